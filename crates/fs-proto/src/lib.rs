@@ -1,0 +1,24 @@
+//! Wire types and the frame codec shared by `fs-server` and `fs-client`.
+//!
+//! This crate does no I/O. Both sides depend on it and neither depends on the other.
+//!
+//! # Layout
+//! - [`types`]: attributes, times, the opaque [`FileHandle`], credentials.
+//! - [`errno`]: the one errno table ([`Errno`]); values are Linux errno numbers, so the
+//!   mapping to and from the kernel is the identity.
+//! - [`msg`]: [`Call`] (client to server) and [`Reply`] (server to client), one
+//!   [`Request`]/[`Response`] variant per operation.
+//! - [`codec`]: the only place that configures bincode; frame header and size limits.
+//!
+//! The byte layout is written down in `PROTOCOL.md` at the repository root and pinned by
+//! golden-byte tests in [`codec`].
+
+pub mod codec;
+pub mod errno;
+pub mod msg;
+pub mod types;
+
+pub use codec::{decode, encode_frame, frame_len, DecodeError, FrameError, MAX_FRAME, MAX_IO};
+pub use errno::Errno;
+pub use msg::*;
+pub use types::*;

@@ -1,0 +1,247 @@
+//! Calls and replies: one [`Request`] variant per operation, one [`Response`] per result.
+//!
+//! Every call carries a transaction id (`xid`) chosen by the client and a client id that
+//! stays the same across reconnects; the pair keys the server's duplicate request cache.
+//! Replies may come back in any order; the client matches them by `xid`.
+
+use crate::errno::Errno;
+use crate::types::*;
+use bincode::{Decode, Encode};
+
+/// Client to server.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Call {
+    pub xid: u64,
+    pub client: u64,
+    pub cred: Cred,
+    pub req: Request,
+}
+
+/// Server to client.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Reply {
+    pub xid: u64,
+    pub res: Result<Response, Errno>,
+}
+
+/// How CREATE treats an existing name (RFC 1813, section 3.3.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum CreateHow {
+    /// Succeed on an existing file (and keep it).
+    Unchecked,
+    /// Fail with `EEXIST` on an existing file.
+    Guarded,
+    /// Exclusive create: the verifier is stored with the file so that a retransmission
+    /// succeeds and any other create of the name fails with `EEXIST`.
+    Exclusive(u64),
+}
+
+/// What MKNOD makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum NodeKind {
+    Fifo,
+    Socket,
+    CharDevice(u64),
+    BlockDevice(u64),
+}
+
+/// How a WRITE or its data must reach stable storage (RFC 1813 `stable_how`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Stable {
+    Unstable,
+    DataSync,
+    FileSync,
+}
+
+/// SETATTR's new values; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SetAttrs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: SetTime,
+    pub mtime: SetTime,
+}
+
+/// RENAME flags, as `renameat2(2)`.
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// SETXATTR flags, as `setxattr(2)`.
+pub const XATTR_CREATE: u32 = 1;
+pub const XATTR_REPLACE: u32 = 2;
+
+/// ACCESS bits, as `access(2)`.
+pub const ACCESS_R: u32 = 4;
+pub const ACCESS_W: u32 = 2;
+pub const ACCESS_X: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Request {
+    /// Do nothing; measures a round trip.
+    Null,
+    /// The export's root handle. `path` must be empty or "/".
+    Mount { path: String },
+    GetAttr { fh: FileHandle },
+    /// Applies `attrs`; with `guard`, only if the object's ctime still equals it.
+    SetAttr { fh: FileHandle, attrs: SetAttrs, guard: Option<Timespec> },
+    Lookup { dir: FileHandle, name: Vec<u8> },
+    /// Which of the `mask` bits the caller would be granted.
+    Access { fh: FileHandle, mask: u32 },
+    ReadLink { fh: FileHandle },
+    Read { fh: FileHandle, offset: u64, count: u32 },
+    Write { fh: FileHandle, offset: u64, stable: Stable, data: Vec<u8> },
+    Create { dir: FileHandle, name: Vec<u8>, mode: u32, how: CreateHow },
+    Mkdir { dir: FileHandle, name: Vec<u8>, mode: u32 },
+    Symlink { dir: FileHandle, name: Vec<u8>, target: Vec<u8> },
+    Mknod { dir: FileHandle, name: Vec<u8>, mode: u32, kind: NodeKind },
+    Remove { dir: FileHandle, name: Vec<u8> },
+    Rmdir { dir: FileHandle, name: Vec<u8> },
+    Rename { from_dir: FileHandle, from: Vec<u8>, to_dir: FileHandle, to: Vec<u8>, flags: u32 },
+    Link { fh: FileHandle, dir: FileHandle, name: Vec<u8> },
+    /// Entries after `cookie` (0: from the start), at most about `count` bytes of them.
+    ReadDir { dir: FileHandle, cookie: u64, verifier: u64, count: u32 },
+    /// As `ReadDir`, with each entry's handle and attributes.
+    ReadDirPlus { dir: FileHandle, cookie: u64, verifier: u64, count: u32 },
+    FsStat { fh: FileHandle },
+    Commit { fh: FileHandle, offset: u64, count: u32 },
+    GetXattr { fh: FileHandle, name: Vec<u8> },
+    SetXattr { fh: FileHandle, name: Vec<u8>, value: Vec<u8>, flags: u32 },
+    ListXattr { fh: FileHandle },
+    RemoveXattr { fh: FileHandle, name: Vec<u8> },
+    /// `fallocate(2)` with its `mode` flags.
+    Fallocate { fh: FileHandle, mode: u32, offset: u64, len: u64 },
+    /// The server's clock, for Cristian-style offset estimation.
+    Time,
+}
+
+impl Request {
+    /// Operations whose retransmission could give a different answer than the first
+    /// call; they go through the duplicate request cache (RFC 1813, section 4.4 and
+    /// "Duplicate request cache" in the Linux knfsd sources).
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(
+            self,
+            Request::SetAttr { .. }
+                | Request::Create { .. }
+                | Request::Mkdir { .. }
+                | Request::Symlink { .. }
+                | Request::Mknod { .. }
+                | Request::Remove { .. }
+                | Request::Rmdir { .. }
+                | Request::Rename { .. }
+                | Request::Link { .. }
+                | Request::SetXattr { .. }
+                | Request::RemoveXattr { .. }
+                | Request::Fallocate { .. }
+        )
+    }
+
+    /// Operations that change the export; a read-only server refuses them with `EROFS`.
+    pub fn is_mutation(&self) -> bool {
+        !self.is_idempotent() || matches!(self, Request::Write { .. } | Request::Commit { .. })
+    }
+
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Null => "NULL",
+            Request::Mount { .. } => "MOUNT",
+            Request::GetAttr { .. } => "GETATTR",
+            Request::SetAttr { .. } => "SETATTR",
+            Request::Lookup { .. } => "LOOKUP",
+            Request::Access { .. } => "ACCESS",
+            Request::ReadLink { .. } => "READLINK",
+            Request::Read { .. } => "READ",
+            Request::Write { .. } => "WRITE",
+            Request::Create { .. } => "CREATE",
+            Request::Mkdir { .. } => "MKDIR",
+            Request::Symlink { .. } => "SYMLINK",
+            Request::Mknod { .. } => "MKNOD",
+            Request::Remove { .. } => "REMOVE",
+            Request::Rmdir { .. } => "RMDIR",
+            Request::Rename { .. } => "RENAME",
+            Request::Link { .. } => "LINK",
+            Request::ReadDir { .. } => "READDIR",
+            Request::ReadDirPlus { .. } => "READDIRPLUS",
+            Request::FsStat { .. } => "FSSTAT",
+            Request::Commit { .. } => "COMMIT",
+            Request::GetXattr { .. } => "GETXATTR",
+            Request::SetXattr { .. } => "SETXATTR",
+            Request::ListXattr { .. } => "LISTXATTR",
+            Request::RemoveXattr { .. } => "REMOVEXATTR",
+            Request::Fallocate { .. } => "FALLOCATE",
+            Request::Time => "TIME",
+        }
+    }
+}
+
+/// One directory entry. `cookie` resumes the listing after this entry.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DirEntry {
+    pub fileid: u64,
+    pub name: Vec<u8>,
+    pub cookie: u64,
+    pub kind: Option<FileKind>,
+    /// READDIRPLUS only; absent for "." and "..".
+    pub plus: Option<(FileHandle, Attr)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct FsStat {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub avail_bytes: u64,
+    pub total_files: u64,
+    pub free_files: u64,
+    pub avail_files: u64,
+    pub bsize: u32,
+    pub frsize: u32,
+    pub namemax: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Response {
+    Null,
+    /// MOUNT: the root handle, its attributes, and the largest READ/WRITE accepted.
+    Mount { root: FileHandle, attr: Attr, max_io: u32 },
+    /// GETATTR, SETXATTR, REMOVEXATTR (post-operation attributes).
+    Attr(Attr),
+    /// SETATTR, FALLOCATE, REMOVE, RMDIR (the directory's), COMMIT's data.
+    Wcc(Wcc),
+    /// LOOKUP: the object and, for caches, the directory's attributes.
+    Lookup { fh: FileHandle, attr: Attr, dir: Option<Attr> },
+    Access { granted: u32, attr: Attr },
+    ReadLink { target: Vec<u8> },
+    Read { data: Vec<u8>, eof: bool, attr: Attr },
+    /// WRITE: bytes written, how stably, and the server instance's write verifier.
+    Write { count: u32, committed: Stable, verifier: u64, wcc: Wcc },
+    /// CREATE, MKDIR, SYMLINK, MKNOD.
+    Created { fh: FileHandle, attr: Attr, dir: Wcc },
+    Rename { from: Wcc, to: Wcc },
+    Link { attr: Attr, dir: Wcc },
+    /// READDIR, READDIRPLUS.
+    Dir {
+        verifier: u64,
+        #[cfg_attr(test, proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<DirEntry>(), 0..4)"))]
+        entries: Vec<DirEntry>,
+        eof: bool,
+        attr: Attr,
+    },
+    FsStat(FsStat),
+    Commit { verifier: u64, wcc: Wcc },
+    /// GETXATTR's value, or LISTXATTR's NUL-terminated names.
+    Xattr(Vec<u8>),
+    Time { now: Timespec },
+}
