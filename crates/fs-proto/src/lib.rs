@@ -8,16 +8,19 @@
 //!   mapping to and from the kernel is the identity.
 //! - [`msg`]: [`Call`] (client to server) and [`Reply`] (server to client), one
 //!   [`Request`]/[`Response`] variant per operation.
+//! - [`addr`]: `HOST:PORT` or a Unix socket path, as users type them.
 //! - [`codec`]: the only place that configures bincode; frame header and size limits.
 //!
 //! The byte layout is written down in `PROTOCOL.md` at the repository root and pinned by
 //! golden-byte tests in [`codec`].
 
+pub mod addr;
 pub mod codec;
 pub mod errno;
 pub mod msg;
 pub mod types;
 
+pub use addr::{Addr, AddrError};
 pub use codec::{decode, encode_frame, frame_len, DecodeError, FrameError, MAX_FRAME, MAX_IO};
 pub use errno::Errno;
 pub use msg::*;

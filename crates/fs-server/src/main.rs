@@ -1,1 +1,97 @@
-fn main(){}
+//! `fs-server --export DIR --listen ADDR [--state-dir DIR] [--read-only] [--no-root-squash]`
+
+use anyhow::Context;
+use clap::Parser;
+use fs_proto::Addr;
+use fs_server::net::Listener;
+use fs_server::{Config, Server};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Export a directory to fs-client mounts.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Directory to export.
+    #[arg(long, value_name = "DIR")]
+    export: PathBuf,
+    /// HOST:PORT for TCP, or a path (containing '/') for a Unix socket.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// Where the handle key lives; keep it to keep handles valid across restarts.
+    /// Default: $XDG_STATE_HOME/fs-server or ~/.local/state/fs-server.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Refuse every change with EROFS.
+    #[arg(long)]
+    read_only: bool,
+    /// Let root on the client act as root here (by default it is mapped to nobody).
+    #[arg(long)]
+    no_root_squash: bool,
+}
+
+/// Turns raw arguments into a validated configuration (the one-line reasons live here).
+fn config(args: Args) -> anyhow::Result<(Config, Addr)> {
+    let addr: Addr = args.listen.parse()?;
+    let export = &args.export;
+    let meta = std::fs::metadata(export).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("export {} does not exist", export.display()),
+        _ => anyhow::anyhow!("export {}: {e}", export.display()),
+    })?;
+    anyhow::ensure!(meta.is_dir(), "export {} is not a directory", export.display());
+    let state_dir = match args.state_dir {
+        Some(d) => d,
+        None => default_state_dir().context("no --state-dir given and neither XDG_STATE_HOME nor HOME is set")?,
+    };
+    let mut cfg = Config::new(export.clone(), state_dir);
+    cfg.read_only = args.read_only;
+    cfg.root_squash = !args.no_root_squash;
+    Ok((cfg, addr))
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("fs-server"))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let (cfg, addr) = config(args)?;
+    let server = Arc::new(Server::new(&cfg)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = Listener::bind(&addr).await?;
+        println!("listening on {}", listener.local_addr());
+        tracing::info!(export = %cfg.export.display(), read_only = cfg.read_only, "serving");
+        listener.serve(server, shutdown_signal()).await;
+        tracing::info!("shutting down");
+        anyhow::Ok(())
+    })?;
+    // Calls still on the blocking pool finish or are abandoned; every operation is
+    // idempotent or answered again from a fresh cache, so clients simply retransmit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("fs-server: {e:#}");
+        std::process::exit(1);
+    }
+}

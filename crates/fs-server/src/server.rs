@@ -1,0 +1,141 @@
+//! The server proper: configuration, the duplicate request cache in front of the
+//! operations, and the dispatch from a [`Call`] to one operation.
+
+use crate::creds::Identity;
+use crate::drc::{Begin, Drc};
+use crate::handles::{self, Handles};
+use fs_proto::*;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Validated configuration: what `main` builds from the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub export: PathBuf,
+    pub state_dir: PathBuf,
+    pub read_only: bool,
+    pub root_squash: bool,
+    /// Entries in the duplicate request cache.
+    pub drc_size: usize,
+    /// Open descriptors kept by the handle cache.
+    pub fd_cache: usize,
+}
+
+impl Config {
+    pub fn new(export: PathBuf, state_dir: PathBuf) -> Config {
+        Config { export, state_dir, read_only: false, root_squash: true, drc_size: 4096, fd_cache: 4096 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("export {0} does not exist")]
+    Missing(String),
+    #[error(transparent)]
+    Handles(#[from] handles::HandleSetupError),
+    #[error("state folder {0}: {1}")]
+    State(String, std::io::Error),
+}
+
+pub struct Server {
+    pub(crate) handles: Handles,
+    pub(crate) ident: Identity,
+    drc: Mutex<Drc<Reply>>,
+    /// Changes on every start: a client that sees a new one resends uncommitted writes.
+    pub(crate) verifier: u64,
+    pub(crate) read_only: bool,
+}
+
+impl Server {
+    pub fn new(cfg: &Config) -> Result<Server, StartError> {
+        if !cfg.export.exists() {
+            return Err(StartError::Missing(cfg.export.display().to_string()));
+        }
+        let key = handles::load_or_create_key(&cfg.state_dir)
+            .map_err(|e| StartError::State(cfg.state_dir.display().to_string(), e))?;
+        let handles = Handles::new(&cfg.export, key, cfg.fd_cache)?;
+        let ident = Identity::probe(cfg.root_squash);
+        if !ident.switch {
+            tracing::warn!("no CAP_SETUID/CAP_SETGID: every request runs as uid {}", ident.own_uid);
+        }
+        // Modes from clients arrive with their umask already applied.
+        crate::sys::set_umask(0);
+        crate::sys::raise_nofile();
+        Ok(Server {
+            handles,
+            ident,
+            drc: Mutex::new(Drc::new(cfg.drc_size)),
+            verifier: handles::random_u64(),
+            read_only: cfg.read_only,
+        })
+    }
+
+    pub fn root(&self) -> &FileHandle {
+        self.handles.root()
+    }
+
+    pub fn write_verifier(&self) -> u64 {
+        self.verifier
+    }
+
+    /// Answers one call. `None` means "say nothing": the same call is already running
+    /// and its reply will answer this retransmission too.
+    pub fn handle_call(&self, call: Call) -> Option<Reply> {
+        let Call { xid, client, cred, req } = call;
+        if req.is_idempotent() {
+            return Some(Reply { xid, res: self.dispatch(&cred, req) });
+        }
+        match self.drc.lock().unwrap().begin(client, xid, &req) {
+            Begin::New => {}
+            Begin::InProgress => return None,
+            Begin::Replay(r) => {
+                tracing::debug!(xid, client, "replaying {} from the duplicate request cache", req.name());
+                return Some(r);
+            }
+        }
+        let reply = Reply { xid, res: self.dispatch(&cred, req.clone()) };
+        self.drc.lock().unwrap().finish(client, xid, req, reply.clone());
+        Some(reply)
+    }
+
+    fn dispatch(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
+        if self.read_only && req.is_mutation() {
+            return Err(Errno::EROFS);
+        }
+        match req {
+            Request::Null => Ok(Response::Null),
+            Request::Mount { path } => self.op_mount(&path),
+            Request::GetAttr { fh } => self.op_getattr(&fh),
+            Request::SetAttr { fh, attrs, guard } => self.op_setattr(cred, &fh, &attrs, guard),
+            Request::Lookup { dir, name } => self.op_lookup(cred, &dir, &name),
+            Request::Access { fh, mask } => self.op_access(cred, &fh, mask),
+            Request::ReadLink { fh } => self.op_readlink(&fh),
+            Request::Read { fh, offset, count } => self.op_read(cred, &fh, offset, count),
+            Request::Write { fh, offset, stable, data } => self.op_write(cred, &fh, offset, stable, &data),
+            Request::Create { dir, name, mode, how } => self.op_create(cred, &dir, &name, mode, how),
+            Request::Mkdir { dir, name, mode } => self.op_mkdir(cred, &dir, &name, mode),
+            Request::Symlink { dir, name, target } => self.op_symlink(cred, &dir, &name, &target),
+            Request::Mknod { dir, name, mode, kind } => self.op_mknod(cred, &dir, &name, mode, kind),
+            Request::Remove { dir, name } => self.op_remove(cred, &dir, &name, 0),
+            Request::Rmdir { dir, name } => self.op_remove(cred, &dir, &name, libc::AT_REMOVEDIR),
+            Request::Rename { from_dir, from, to_dir, to, flags } => {
+                self.op_rename(cred, &from_dir, &from, &to_dir, &to, flags)
+            }
+            Request::Link { fh, dir, name } => self.op_link(cred, &fh, &dir, &name),
+            Request::ReadDir { dir, cookie, verifier, count } => {
+                self.op_readdir(cred, &dir, cookie, verifier, count, false)
+            }
+            Request::ReadDirPlus { dir, cookie, verifier, count } => {
+                self.op_readdir(cred, &dir, cookie, verifier, count, true)
+            }
+            Request::FsStat { fh } => self.op_fsstat(&fh),
+            Request::Commit { fh, .. } => self.op_commit(&fh),
+            Request::GetXattr { fh, name } => self.op_getxattr(cred, &fh, &name),
+            Request::SetXattr { fh, name, value, flags } => self.op_setxattr(cred, &fh, &name, &value, flags),
+            Request::ListXattr { fh } => self.op_listxattr(cred, &fh),
+            Request::RemoveXattr { fh, name } => self.op_removexattr(cred, &fh, &name),
+            Request::Fallocate { fh, mode, offset, len } => self.op_fallocate(cred, &fh, mode, offset, len),
+            Request::Time => self.op_time(),
+        }
+    }
+}
