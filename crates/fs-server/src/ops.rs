@@ -80,6 +80,16 @@ fn need_dir(o: &Obj) -> Result<(), Errno> {
     }
 }
 
+/// Data operations (read, write, truncate, fallocate) apply to regular files only; in
+/// particular never through a symlink.
+fn need_regular(st: &libc::stat) -> Result<(), Errno> {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Ok(()),
+        libc::S_IFDIR => Err(Errno::EISDIR),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
 /// One name component from the wire: not empty, no `/` or NUL, at most 255 bytes.
 fn component(name: &[u8]) -> Result<CString, Errno> {
     if name.is_empty() {
@@ -183,9 +193,7 @@ impl Server {
         let g = self.ident.assume(cred)?;
         let fd = o.raw();
         if let Some(size) = a.size {
-            if is_dir(&o.st) {
-                return Err(Errno::EISDIR);
-            }
+            need_regular(&o.st)?;
             let size = i64::try_from(size).map_err(|_| Errno::EFBIG)?;
             owner_override(&g, &o.st, || sys::truncate_fd(fd, size))?;
         }
@@ -249,9 +257,7 @@ impl Server {
     }
 
     fn open_data(&self, g: &CredGuard, o: &Obj, flags: i32) -> Result<File, Errno> {
-        if is_dir(&o.st) {
-            return Err(Errno::EISDIR);
-        }
+        need_regular(&o.st)?;
         Ok(File::from(owner_override(g, &o.st, || sys::reopen(o.raw(), flags))?))
     }
 
