@@ -83,7 +83,14 @@ fn sigterm_stops_cleanly_and_unix_sockets_work() {
     assert_eq!(c.call(Request::Null), Ok(Response::Null));
     // A second server on the same live socket is refused.
     refuses(
-        &["--export", export.path().to_str().unwrap(), "--listen", sock.to_str().unwrap(), "--state-dir", state.path().to_str().unwrap()],
+        &[
+            "--export",
+            export.path().to_str().unwrap(),
+            "--listen",
+            sock.to_str().unwrap(),
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ],
         "already in use",
     );
     assert!(srv.terminate().success());
@@ -114,10 +121,14 @@ fn handles_survive_a_server_restart() {
     srv.kill();
     let srv = ServerProc::start(export.path(), state.path(), "127.0.0.1:0", &[]);
     let mut c = Conn::connect(&srv.addr).unwrap();
-    let Ok(Response::Read { data, .. }) = c.call(Request::Read { fh: fh.clone(), offset: 0, count: 100 }) else { panic!() };
+    let Ok(Response::Read { data, .. }) = c.call(Request::Read { fh: fh.clone(), offset: 0, count: 100 }) else {
+        panic!()
+    };
     assert_eq!(data, b"Still here");
     assert_eq!(c.mount(), root, "the same root handle");
-    let Ok(Response::Commit { verifier: v2, .. }) = c.call(Request::Commit { fh, offset: 0, count: 0 }) else { panic!() };
+    let Ok(Response::Commit { verifier: v2, .. }) = c.call(Request::Commit { fh, offset: 0, count: 0 }) else {
+        panic!()
+    };
     assert_ne!(v1, v2, "a restarted server has a new write verifier");
 }
 
@@ -129,9 +140,9 @@ fn malformed_frames_close_only_that_connection() {
     let mut good = Conn::connect(&srv.addr).unwrap();
     let root = good.mount();
     let bad_frames: Vec<Vec<u8>> = vec![
-        vec![0xff, 0xff, 0xff, 0xff],                    // length over the limit
-        vec![0, 0, 0, 0],                                // empty frame
-        vec![0, 0, 0, 3, 0x01, 0x01, 0xff],              // truncated call
+        vec![0xff, 0xff, 0xff, 0xff],                      // length over the limit
+        vec![0, 0, 0, 0],                                  // empty frame
+        vec![0, 0, 0, 3, 0x01, 0x01, 0xff],                // truncated call
         vec![0, 0, 0, 8, 1, 1, 0, 0, 0, 0xee, 0xee, 0xee], // unknown request variant
     ];
     for frame in bad_frames {
@@ -181,7 +192,13 @@ fn retransmission_on_a_new_connection_gets_the_first_reply() {
     let root = c.mount();
     let ops = [
         Request::Create { dir: root.clone(), name: b"new".to_vec(), mode: 0o644, how: CreateHow::Guarded },
-        Request::Rename { from_dir: root.clone(), from: b"new".to_vec(), to_dir: root.clone(), to: b"renamed".to_vec(), flags: 0 },
+        Request::Rename {
+            from_dir: root.clone(),
+            from: b"new".to_vec(),
+            to_dir: root.clone(),
+            to: b"renamed".to_vec(),
+            flags: 0,
+        },
         Request::Remove { dir: root.clone(), name: b"victim".to_vec() },
     ];
     for (i, req) in ops.into_iter().enumerate() {

@@ -57,6 +57,37 @@ pub fn encode_frame<T: Encode>(msg: &T) -> Result<Vec<u8>, FrameError> {
     Ok(buf)
 }
 
+/// A frame in two parts, sent one after the other: `head` holds the header and every
+/// field but a READ reply's data, which stays in `tail` so it is never copied into the
+/// frame buffer. For other replies `tail` is empty.
+pub struct SplitFrame {
+    pub head: Vec<u8>,
+    pub tail: Vec<u8>,
+}
+
+/// Encodes a reply as [`encode_frame`] does, byte for byte, but leaves READ data where it
+/// is. This relies on `data` being the last field of `Response::Read` and `Response`
+/// being the last field of `Reply`: the encoding of a reply with empty data ends in the
+/// one-byte length 0, which is replaced by the real length.
+pub fn encode_reply(mut reply: crate::Reply) -> Result<SplitFrame, FrameError> {
+    let tail = match &mut reply.res {
+        Ok(crate::Response::Read { data, .. }) => std::mem::take(data),
+        _ => Vec::new(),
+    };
+    let mut head = encode_frame(&reply)?;
+    if !tail.is_empty() {
+        let zero = head.pop();
+        debug_assert_eq!(zero, Some(0));
+        bincode::encode_into_std_write(tail.len() as u64, &mut head, CONFIG).expect("encoding into a Vec");
+        let len = head.len() - 4 + tail.len();
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    }
+    Ok(SplitFrame { head, tail })
+}
+
 /// Decodes one frame payload (without its header). Trailing bytes are an error.
 pub fn decode<T: Decode<()>>(payload: &[u8]) -> Result<T, DecodeError> {
     let (msg, used) = bincode::decode_from_slice(payload, CONFIG)?;
@@ -187,6 +218,14 @@ mod tests {
             let f = encode_frame(&call).unwrap();
             prop_assert_eq!(frame_len(f[..4].try_into().unwrap()).unwrap(), f.len() - 4);
             prop_assert_eq!(decode::<Call>(&f[4..]).unwrap(), call);
+        }
+
+        #[test]
+        fn split_reply_is_the_same_bytes(xid: u64, eof: bool, attr: Attr, len in 0..70_000usize) {
+            let reply = Reply { xid, res: Ok(Response::Read { eof, attr, data: vec![7; len] }) };
+            let whole = encode_frame(&reply).unwrap();
+            let split = encode_reply(reply).unwrap();
+            prop_assert_eq!([split.head, split.tail].concat(), whole);
         }
 
         #[test]

@@ -21,7 +21,9 @@ pub mod msg;
 pub mod types;
 
 pub use addr::{Addr, AddrError};
-pub use codec::{decode, encode_frame, frame_len, DecodeError, FrameError, MAX_FRAME, MAX_IO};
+pub use codec::{
+    decode, encode_frame, encode_reply, frame_len, DecodeError, FrameError, SplitFrame, MAX_FRAME, MAX_IO,
+};
 pub use errno::Errno;
 pub use msg::*;
 pub use types::*;

@@ -89,36 +89,129 @@ pub enum Request {
     /// Do nothing; measures a round trip.
     Null,
     /// The export's root handle. `path` must be empty or "/".
-    Mount { path: String },
-    GetAttr { fh: FileHandle },
+    Mount {
+        path: String,
+    },
+    GetAttr {
+        fh: FileHandle,
+    },
     /// Applies `attrs`; with `guard`, only if the object's ctime still equals it.
-    SetAttr { fh: FileHandle, attrs: SetAttrs, guard: Option<Timespec> },
-    Lookup { dir: FileHandle, name: Vec<u8> },
+    SetAttr {
+        fh: FileHandle,
+        attrs: SetAttrs,
+        guard: Option<Timespec>,
+    },
+    Lookup {
+        dir: FileHandle,
+        name: Vec<u8>,
+    },
     /// Which of the `mask` bits the caller would be granted.
-    Access { fh: FileHandle, mask: u32 },
-    ReadLink { fh: FileHandle },
-    Read { fh: FileHandle, offset: u64, count: u32 },
-    Write { fh: FileHandle, offset: u64, stable: Stable, data: Vec<u8> },
-    Create { dir: FileHandle, name: Vec<u8>, mode: u32, how: CreateHow },
-    Mkdir { dir: FileHandle, name: Vec<u8>, mode: u32 },
-    Symlink { dir: FileHandle, name: Vec<u8>, target: Vec<u8> },
-    Mknod { dir: FileHandle, name: Vec<u8>, mode: u32, kind: NodeKind },
-    Remove { dir: FileHandle, name: Vec<u8> },
-    Rmdir { dir: FileHandle, name: Vec<u8> },
-    Rename { from_dir: FileHandle, from: Vec<u8>, to_dir: FileHandle, to: Vec<u8>, flags: u32 },
-    Link { fh: FileHandle, dir: FileHandle, name: Vec<u8> },
+    Access {
+        fh: FileHandle,
+        mask: u32,
+    },
+    ReadLink {
+        fh: FileHandle,
+    },
+    Read {
+        fh: FileHandle,
+        offset: u64,
+        count: u32,
+    },
+    Write {
+        fh: FileHandle,
+        offset: u64,
+        stable: Stable,
+        data: Vec<u8>,
+    },
+    Create {
+        dir: FileHandle,
+        name: Vec<u8>,
+        mode: u32,
+        how: CreateHow,
+    },
+    Mkdir {
+        dir: FileHandle,
+        name: Vec<u8>,
+        mode: u32,
+    },
+    Symlink {
+        dir: FileHandle,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    Mknod {
+        dir: FileHandle,
+        name: Vec<u8>,
+        mode: u32,
+        kind: NodeKind,
+    },
+    Remove {
+        dir: FileHandle,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        dir: FileHandle,
+        name: Vec<u8>,
+    },
+    Rename {
+        from_dir: FileHandle,
+        from: Vec<u8>,
+        to_dir: FileHandle,
+        to: Vec<u8>,
+        flags: u32,
+    },
+    Link {
+        fh: FileHandle,
+        dir: FileHandle,
+        name: Vec<u8>,
+    },
     /// Entries after `cookie` (0: from the start), at most about `count` bytes of them.
-    ReadDir { dir: FileHandle, cookie: u64, verifier: u64, count: u32 },
+    ReadDir {
+        dir: FileHandle,
+        cookie: u64,
+        verifier: u64,
+        count: u32,
+    },
     /// As `ReadDir`, with each entry's handle and attributes.
-    ReadDirPlus { dir: FileHandle, cookie: u64, verifier: u64, count: u32 },
-    FsStat { fh: FileHandle },
-    Commit { fh: FileHandle, offset: u64, count: u32 },
-    GetXattr { fh: FileHandle, name: Vec<u8> },
-    SetXattr { fh: FileHandle, name: Vec<u8>, value: Vec<u8>, flags: u32 },
-    ListXattr { fh: FileHandle },
-    RemoveXattr { fh: FileHandle, name: Vec<u8> },
+    ReadDirPlus {
+        dir: FileHandle,
+        cookie: u64,
+        verifier: u64,
+        count: u32,
+    },
+    FsStat {
+        fh: FileHandle,
+    },
+    Commit {
+        fh: FileHandle,
+        offset: u64,
+        count: u32,
+    },
+    GetXattr {
+        fh: FileHandle,
+        name: Vec<u8>,
+    },
+    SetXattr {
+        fh: FileHandle,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    },
+    ListXattr {
+        fh: FileHandle,
+    },
+    RemoveXattr {
+        fh: FileHandle,
+        name: Vec<u8>,
+    },
     /// `fallocate(2)` with its `mode` flags.
-    Fallocate { fh: FileHandle, mode: u32, offset: u64, len: u64 },
+    Fallocate {
+        fh: FileHandle,
+        mode: u32,
+        offset: u64,
+        len: u64,
+    },
     /// The server's clock, for Cristian-style offset estimation.
     Time,
 }
@@ -215,33 +308,75 @@ pub struct FsStat {
 pub enum Response {
     Null,
     /// MOUNT: the root handle, its attributes, and the largest READ/WRITE accepted.
-    Mount { root: FileHandle, attr: Attr, max_io: u32 },
+    Mount {
+        root: FileHandle,
+        attr: Attr,
+        max_io: u32,
+    },
     /// GETATTR, SETXATTR, REMOVEXATTR (post-operation attributes).
     Attr(Attr),
     /// SETATTR, FALLOCATE, REMOVE, RMDIR (the directory's), COMMIT's data.
     Wcc(Wcc),
     /// LOOKUP: the object and, for caches, the directory's attributes.
-    Lookup { fh: FileHandle, attr: Attr, dir: Option<Attr> },
-    Access { granted: u32, attr: Attr },
-    ReadLink { target: Vec<u8> },
-    Read { data: Vec<u8>, eof: bool, attr: Attr },
+    Lookup {
+        fh: FileHandle,
+        attr: Attr,
+        dir: Option<Attr>,
+    },
+    Access {
+        granted: u32,
+        attr: Attr,
+    },
+    ReadLink {
+        target: Vec<u8>,
+    },
+    /// READ. `data` is the last field on purpose: a server can send it straight from
+    /// its own buffer after the rest of the frame ([`crate::codec::encode_reply`]).
+    Read {
+        eof: bool,
+        attr: Attr,
+        data: Vec<u8>,
+    },
     /// WRITE: bytes written, how stably, and the server instance's write verifier.
-    Write { count: u32, committed: Stable, verifier: u64, wcc: Wcc },
+    Write {
+        count: u32,
+        committed: Stable,
+        verifier: u64,
+        wcc: Wcc,
+    },
     /// CREATE, MKDIR, SYMLINK, MKNOD.
-    Created { fh: FileHandle, attr: Attr, dir: Wcc },
-    Rename { from: Wcc, to: Wcc },
-    Link { attr: Attr, dir: Wcc },
+    Created {
+        fh: FileHandle,
+        attr: Attr,
+        dir: Wcc,
+    },
+    Rename {
+        from: Wcc,
+        to: Wcc,
+    },
+    Link {
+        attr: Attr,
+        dir: Wcc,
+    },
     /// READDIR, READDIRPLUS.
     Dir {
         verifier: u64,
-        #[cfg_attr(test, proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<DirEntry>(), 0..4)"))]
+        #[cfg_attr(
+            test,
+            proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<DirEntry>(), 0..4)")
+        )]
         entries: Vec<DirEntry>,
         eof: bool,
         attr: Attr,
     },
     FsStat(FsStat),
-    Commit { verifier: u64, wcc: Wcc },
+    Commit {
+        verifier: u64,
+        wcc: Wcc,
+    },
     /// GETXATTR's value, or LISTXATTR's NUL-terminated names.
     Xattr(Vec<u8>),
-    Time { now: Timespec },
+    Time {
+        now: Timespec,
+    },
 }

@@ -93,11 +93,7 @@ pub struct WccAttr {
 
 impl From<&Attr> for WccAttr {
     fn from(a: &Attr) -> WccAttr {
-        WccAttr {
-            size: a.size,
-            mtime: a.mtime,
-            ctime: a.ctime,
-        }
+        WccAttr { size: a.size, mtime: a.mtime, ctime: a.ctime }
     }
 }
 

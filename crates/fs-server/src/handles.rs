@@ -68,7 +68,9 @@ pub enum HandleSetupError {
     NotDir(String),
     #[error("the file system of {0} does not support file handles (name_to_handle_at: {1})")]
     NoHandles(String, io::Error),
-    #[error("open_by_handle_at needs CAP_DAC_READ_SEARCH: run fs-server as root or `setcap cap_dac_read_search+ep` it")]
+    #[error(
+        "open_by_handle_at needs CAP_DAC_READ_SEARCH: run fs-server as root or `setcap cap_dac_read_search+ep` it"
+    )]
     NoCapability,
     #[error("open_by_handle_at failed on the export root: {0}")]
     Open(io::Error),
@@ -188,12 +190,12 @@ impl Handles {
             Some(fd) => fd,
             None => {
                 let kh = self.unwrap(fh)?;
-                let fd = Arc::new(sys::open_by_handle(self.root_fd.as_raw_fd(), &kh).map_err(|e| {
-                    match e.raw_os_error() {
+                let fd = Arc::new(sys::open_by_handle(self.root_fd.as_raw_fd(), &kh).map_err(
+                    |e| match e.raw_os_error() {
                         Some(libc::ESTALE) | Some(libc::ENOENT) => Errno::ESTALE,
                         _ => Errno::from_io(&e),
-                    }
-                })?);
+                    },
+                )?);
                 self.cache.lock().unwrap().put(fh.clone(), fd.clone());
                 fd
             }

@@ -8,7 +8,7 @@
 //! connection, which is the back-pressure on a client that sends faster than we answer.
 
 use crate::server::Server;
-use fs_proto::{decode, encode_frame, frame_len, Addr, Call, Errno, Reply};
+use fs_proto::{decode, encode_reply, frame_len, Addr, Call, Errno, Reply, SplitFrame};
 use std::io;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -123,7 +123,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     tracing::debug!(%peer, "connected");
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+    let (tx, rx) = mpsc::channel::<SplitFrame>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(w, rx));
     match read_calls(r, server, tx).await {
         Ok(()) => tracing::debug!(%peer, "disconnected"),
@@ -133,7 +133,11 @@ where
     let _ = writer.await;
 }
 
-async fn read_calls<R: AsyncRead + Unpin>(r: R, server: Arc<Server>, tx: mpsc::Sender<Vec<u8>>) -> Result<(), String> {
+async fn read_calls<R: AsyncRead + Unpin>(
+    r: R,
+    server: Arc<Server>,
+    tx: mpsc::Sender<SplitFrame>,
+) -> Result<(), String> {
     let mut r = BufReader::with_capacity(IO_BUF, r);
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
@@ -158,7 +162,7 @@ async fn read_calls<R: AsyncRead + Unpin>(r: R, server: Arc<Server>, tx: mpsc::S
                 Ok(None) => return,
                 Err(_) => Reply { xid, res: Err(Errno::SERVERFAULT) },
             };
-            match encode_frame(&reply) {
+            match encode_reply(reply) {
                 Ok(frame) => {
                     let _ = tx.blocking_send(frame);
                 }
@@ -168,15 +172,15 @@ async fn read_calls<R: AsyncRead + Unpin>(r: R, server: Arc<Server>, tx: mpsc::S
     }
 }
 
-async fn write_replies<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_replies<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<SplitFrame>) {
     let mut w = BufWriter::with_capacity(IO_BUF, w);
     while let Some(frame) = rx.recv().await {
-        if w.write_all(&frame).await.is_err() {
+        if write_frame(&mut w, &frame).await.is_err() {
             return;
         }
         // Gather whatever else is ready into the same write before flushing.
         while let Ok(frame) = rx.try_recv() {
-            if w.write_all(&frame).await.is_err() {
+            if write_frame(&mut w, &frame).await.is_err() {
                 return;
             }
         }
@@ -184,4 +188,11 @@ async fn write_replies<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Vec<u
             return;
         }
     }
+}
+
+/// Small frames gather in the buffer; a READ's data (larger than the buffer) goes to the
+/// socket directly from where the operation put it.
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, f: &SplitFrame) -> io::Result<()> {
+    w.write_all(&f.head).await?;
+    w.write_all(&f.tail).await
 }

@@ -266,20 +266,11 @@ impl Server {
         let g = self.ident.assume(cred)?;
         let f = self.open_data(&g, &o, libc::O_RDONLY)?;
         let count = (count as usize).min(MAX_IO);
-        let mut data = vec![0u8; count];
-        let mut n = 0;
-        while n < count {
-            match f.read_at(&mut data[n..], offset + n as u64) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        data.truncate(n);
+        let data = sys::pread_full(f.as_raw_fd(), count, offset)?;
+        let n = data.len();
         let st = sys::fstat(f.as_raw_fd())?;
         let eof = offset.saturating_add(n as u64) >= st.st_size as u64;
-        Ok(Response::Read { data, eof, attr: self.attr(&st) })
+        Ok(Response::Read { eof, attr: self.attr(&st), data })
     }
 
     pub(crate) fn op_write(&self, cred: &Cred, fh: &FileHandle, offset: u64, stable: Stable, data: &[u8]) -> OpResult {
@@ -342,7 +333,13 @@ impl Server {
     }
 
     /// MKDIR, SYMLINK and MKNOD: make the object with `make`, then hand out its handle.
-    fn make_node(&self, cred: &Cred, dir: &FileHandle, name: &[u8], make: impl FnOnce(RawFd, &CStr) -> io::Result<()>) -> OpResult {
+    fn make_node(
+        &self,
+        cred: &Cred,
+        dir: &FileHandle,
+        name: &[u8],
+        make: impl FnOnce(RawFd, &CStr) -> io::Result<()>,
+    ) -> OpResult {
         let d = self.handles.resolve(dir)?;
         need_dir(&d)?;
         let name = component(name)?;
@@ -389,7 +386,15 @@ impl Server {
         Ok(Response::Wcc(self.wcc(&d)))
     }
 
-    pub(crate) fn op_rename(&self, cred: &Cred, from_dir: &FileHandle, from: &[u8], to_dir: &FileHandle, to: &[u8], flags: u32) -> OpResult {
+    pub(crate) fn op_rename(
+        &self,
+        cred: &Cred,
+        from_dir: &FileHandle,
+        from: &[u8],
+        to_dir: &FileHandle,
+        to: &[u8],
+        flags: u32,
+    ) -> OpResult {
         let fd = self.handles.resolve(from_dir)?;
         let td = self.handles.resolve(to_dir)?;
         need_dir(&fd)?;
@@ -420,7 +425,15 @@ impl Server {
         (st.st_ino ^ self.handles.export_id()).max(1)
     }
 
-    pub(crate) fn op_readdir(&self, cred: &Cred, dir: &FileHandle, cookie: u64, verifier: u64, count: u32, plus: bool) -> OpResult {
+    pub(crate) fn op_readdir(
+        &self,
+        cred: &Cred,
+        dir: &FileHandle,
+        cookie: u64,
+        verifier: u64,
+        count: u32,
+        plus: bool,
+    ) -> OpResult {
         let d = self.handles.resolve(dir)?;
         need_dir(&d)?;
         let cv = self.cookie_verifier(&d.st);
@@ -451,7 +464,13 @@ impl Server {
                 used += size;
                 let dots = e.name == b"." || e.name == b"..";
                 let plus = if plus && !dots { self.plus_entry(&g, d.raw(), &e.name) } else { None };
-                entries.push(DirEntry { fileid: e.ino, name: e.name, cookie: e.off, kind: kind_of_dtype(e.dtype), plus });
+                entries.push(DirEntry {
+                    fileid: e.ino,
+                    name: e.name,
+                    cookie: e.off,
+                    kind: kind_of_dtype(e.dtype),
+                    plus,
+                });
             }
         }
         if entries.is_empty() && !eof {
@@ -545,7 +564,8 @@ impl Server {
         let o = self.handles.resolve(fh)?;
         let g = self.ident.assume(cred)?;
         let f = self.open_data(&g, &o, libc::O_WRONLY)?;
-        let (off, len) = (i64::try_from(offset).map_err(|_| Errno::EFBIG)?, i64::try_from(len).map_err(|_| Errno::EFBIG)?);
+        let (off, len) =
+            (i64::try_from(offset).map_err(|_| Errno::EFBIG)?, i64::try_from(len).map_err(|_| Errno::EFBIG)?);
         sys::fallocate(f.as_raw_fd(), mode as i32, off, len)?;
         Ok(Response::Wcc(Wcc { before: pre(&o.st), after: self.post(f.as_raw_fd()) }))
     }

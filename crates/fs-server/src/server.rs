@@ -61,6 +61,7 @@ impl Server {
         // Modes from clients arrive with their umask already applied.
         crate::sys::set_umask(0);
         crate::sys::raise_nofile();
+        crate::sys::tune_malloc();
         Ok(Server {
             handles,
             ident,

@@ -42,7 +42,8 @@ struct RawHandle {
 /// The handle of `name` in `dirfd`, never following a symlink; an empty name means
 /// `dirfd` itself.
 pub fn name_to_handle(dirfd: RawFd, name: &CStr) -> io::Result<KernelHandle> {
-    let mut raw = RawHandle { handle_bytes: MAX_KERNEL_HANDLE as u32, handle_type: 0, f_handle: [0; MAX_KERNEL_HANDLE] };
+    let mut raw =
+        RawHandle { handle_bytes: MAX_KERNEL_HANDLE as u32, handle_type: 0, f_handle: [0; MAX_KERNEL_HANDLE] };
     let mut mount_id: libc::c_int = 0;
     let flags = if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
     // SAFETY: raw is a valid file_handle with room for MAX_HANDLE_SZ bytes; pointers live.
@@ -56,7 +57,8 @@ pub fn open_by_handle(mount_fd: RawFd, h: &KernelHandle) -> io::Result<OwnedFd> 
     if h.bytes.len() > MAX_KERNEL_HANDLE {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let mut raw = RawHandle { handle_bytes: h.bytes.len() as u32, handle_type: h.htype, f_handle: [0; MAX_KERNEL_HANDLE] };
+    let mut raw =
+        RawHandle { handle_bytes: h.bytes.len() as u32, handle_type: h.htype, f_handle: [0; MAX_KERNEL_HANDLE] };
     raw.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
     let flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     // SAFETY: raw is a valid file_handle; the call only reads it.
@@ -129,8 +131,9 @@ pub fn renameat2(olddir: RawFd, old: &CStr, newdir: RawFd, new: &CStr, flags: u3
 pub fn link_fd(fd: RawFd, dirfd: RawFd, name: &CStr) -> io::Result<()> {
     let p = proc_path(fd);
     // SAFETY: both paths NUL-terminated.
-    cvt(unsafe { libc::linkat(libc::AT_FDCWD, p.as_ptr(), dirfd, name.as_ptr(), libc::AT_SYMLINK_FOLLOW) } as libc::c_long)
-        .map(drop)
+    cvt(unsafe { libc::linkat(libc::AT_FDCWD, p.as_ptr(), dirfd, name.as_ptr(), libc::AT_SYMLINK_FOLLOW) }
+        as libc::c_long)
+    .map(drop)
 }
 
 /// Sets atime and mtime of the object behind `fd` (`UTIME_NOW`/`UTIME_OMIT` allowed).
@@ -241,6 +244,37 @@ pub fn removexattr_fd(fd: RawFd, name: &CStr) -> io::Result<()> {
     cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) } as libc::c_long).map(drop)
 }
 
+/// Reads up to `count` bytes at `offset` into a fresh buffer, stopping early only at end
+/// of file. The buffer is not zeroed first: `pread` fills it and only what it filled is
+/// kept (one pass over the memory instead of two on the 1 MiB read path).
+pub fn pread_full(fd: RawFd, count: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(count);
+    while buf.len() < count {
+        let filled = buf.len();
+        let spare = buf.spare_capacity_mut();
+        let off = offset
+            .checked_add(filled as u64)
+            .and_then(|o| i64::try_from(o).ok())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: spare is writable for spare.len() bytes; pread writes at most that many.
+        let n = unsafe { libc::pread(fd, spare.as_mut_ptr().cast(), spare.len(), off) };
+        match n {
+            0 => break,
+            n if n > 0 => {
+                // SAFETY: pread initialised n more bytes right after the filled part.
+                unsafe { buf.set_len(filled + n as usize) };
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
+}
+
 /// Per-thread file system identity. `setfsuid`/`setfsgid` are per thread on Linux, and
 /// the raw `setgroups` system call is too (glibc's wrapper would broadcast it to every
 /// thread of the process, which is why it is not used here).
@@ -277,6 +311,17 @@ pub fn getegid() -> u32 {
 pub fn set_umask(mask: u32) {
     // SAFETY: plain integer argument.
     unsafe { libc::umask(mask) };
+}
+
+/// Keeps 1 MiB I/O buffers on the heap instead of fresh `mmap`s: with glibc's default
+/// thresholds every READ and WRITE buffer was a new mapping whose pages all faulted in
+/// (measured: about a fifth of the CPU time of a 1 MiB read loop).
+pub fn tune_malloc() {
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
 }
 
 /// Raises the soft descriptor limit to the hard limit (the handle cache keeps many open).

@@ -165,7 +165,9 @@ fn create_how() {
     let Ok(Response::Created { fh: again, .. }) = mk(CreateHow::Unchecked) else { panic!() };
     assert_eq!(again, fh);
     // Exclusive: the same verifier succeeds again (a retransmission), another fails.
-    let ex = |name: &str, v| t.call(Request::Create { dir: r.clone(), name: name.into(), mode: 0o600, how: CreateHow::Exclusive(v) });
+    let ex = |name: &str, v| {
+        t.call(Request::Create { dir: r.clone(), name: name.into(), mode: 0o600, how: CreateHow::Exclusive(v) })
+    };
     let Ok(Response::Created { fh: e1, .. }) = ex("e", 0x1234_5678_9abc_def0) else { panic!() };
     let Ok(Response::Created { fh: e2, .. }) = ex("e", 0x1234_5678_9abc_def0) else { panic!() };
     assert_eq!(e1, e2);
@@ -183,7 +185,9 @@ fn mk_named(t: &T, name: &str, how: CreateHow) -> Result<Response, Errno> {
 fn write_read_commit() {
     let t = T::new();
     let fh = t.create("f");
-    let Response::Write { count, committed, verifier, wcc } = t.write(&fh, 0, b"hello world").unwrap() else { panic!() };
+    let Response::Write { count, committed, verifier, wcc } = t.write(&fh, 0, b"hello world").unwrap() else {
+        panic!()
+    };
     assert_eq!((count, committed), (11, Stable::Unstable));
     assert_eq!(verifier, t.srv.write_verifier());
     assert_eq!(wcc.before.unwrap().size, 0);
@@ -199,7 +203,8 @@ fn write_read_commit() {
         panic!()
     };
     assert_eq!(committed, Stable::FileSync);
-    let Response::Commit { verifier, .. } = t.call(Request::Commit { fh: fh.clone(), offset: 0, count: 0 }).unwrap() else {
+    let Response::Commit { verifier, .. } = t.call(Request::Commit { fh: fh.clone(), offset: 0, count: 0 }).unwrap()
+    else {
         panic!()
     };
     assert_eq!(verifier, t.srv.write_verifier());
@@ -274,7 +279,11 @@ fn symlinks_are_never_followed() {
     let root = t.root();
     let secret = outside.path().join("secret");
     let Response::Created { fh: link, attr, .. } = t
-        .call(Request::Symlink { dir: root.clone(), name: b"l".to_vec(), target: secret.as_os_str().as_encoded_bytes().to_vec() })
+        .call(Request::Symlink {
+            dir: root.clone(),
+            name: b"l".to_vec(),
+            target: secret.as_os_str().as_encoded_bytes().to_vec(),
+        })
         .unwrap()
     else {
         panic!()
@@ -291,7 +300,11 @@ fn symlinks_are_never_followed() {
     assert_eq!(t.write(&link, 0, b"pwned").err(), Some(Errno::EINVAL));
     let trunc = SetAttrs { size: Some(0), ..Default::default() };
     assert_eq!(t.call(Request::SetAttr { fh: link.clone(), attrs: trunc, guard: None }).err(), Some(Errno::EINVAL));
-    let _ = t.call(Request::SetAttr { fh: link.clone(), attrs: SetAttrs { mode: Some(0o777), ..Default::default() }, guard: None });
+    let _ = t.call(Request::SetAttr {
+        fh: link.clone(),
+        attrs: SetAttrs { mode: Some(0o777), ..Default::default() },
+        guard: None,
+    });
     let _ = t.call(Request::SetXattr { fh: link.clone(), name: b"user.x".to_vec(), value: b"v".to_vec(), flags: 0 });
     // An existing symlink is not opened by an unchecked create either.
     assert_eq!(mk_named(&t, "l", CreateHow::Unchecked).err(), Some(Errno::EEXIST));
@@ -339,7 +352,12 @@ fn handles_survive_a_restart() {
     let restarted = Server::new(&cfg).unwrap();
     assert_ne!(restarted.write_verifier(), old_verifier, "a new instance has a new write verifier");
     assert_eq!(restarted.root(), t.srv.root());
-    let reply = restarted.handle_call(Call { xid: 1, client: 1, cred: ROOT, req: Request::Read { fh: f, offset: 0, count: 100 } });
+    let reply = restarted.handle_call(Call {
+        xid: 1,
+        client: 1,
+        cred: ROOT,
+        req: Request::Read { fh: f, offset: 0, count: 100 },
+    });
     let Some(Reply { res: Ok(Response::Read { data, .. }), .. }) = reply else { panic!("{reply:?}") };
     assert_eq!(data, b"persist");
 }
@@ -384,23 +402,44 @@ fn remove_rmdir_errors() {
 fn mkdir_mknod_symlink() {
     let t = T::new();
     let root = t.root();
-    let Response::Created { attr, .. } = t.call(Request::Mkdir { dir: root.clone(), name: b"d".to_vec(), mode: 0o750 }).unwrap() else { panic!() };
+    let Response::Created { attr, .. } =
+        t.call(Request::Mkdir { dir: root.clone(), name: b"d".to_vec(), mode: 0o750 }).unwrap()
+    else {
+        panic!()
+    };
     assert_eq!((attr.kind, attr.mode), (FileKind::Directory, 0o750));
-    assert_eq!(t.call(Request::Mkdir { dir: root.clone(), name: b"d".to_vec(), mode: 0o750 }).err(), Some(Errno::EEXIST));
-    assert_eq!(t.call(Request::Mkdir { dir: root.clone(), name: b"..".to_vec(), mode: 0o750 }).err(), Some(Errno::EEXIST));
+    assert_eq!(
+        t.call(Request::Mkdir { dir: root.clone(), name: b"d".to_vec(), mode: 0o750 }).err(),
+        Some(Errno::EEXIST)
+    );
+    assert_eq!(
+        t.call(Request::Mkdir { dir: root.clone(), name: b"..".to_vec(), mode: 0o750 }).err(),
+        Some(Errno::EEXIST)
+    );
     for (name, kind, want) in [("fifo", NodeKind::Fifo, FileKind::Fifo), ("sock", NodeKind::Socket, FileKind::Socket)] {
-        let Response::Created { attr, .. } = t.call(Request::Mknod { dir: root.clone(), name: name.into(), mode: 0o600, kind }).unwrap() else { panic!() };
+        let Response::Created { attr, .. } =
+            t.call(Request::Mknod { dir: root.clone(), name: name.into(), mode: 0o600, kind }).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(attr.kind, want);
     }
     // Devices: allowed to an unsquashed root, refused to anyone else.
     let null = libc::makedev(1, 3);
-    let Response::Created { attr, .. } =
-        t.call(Request::Mknod { dir: root.clone(), name: b"null".to_vec(), mode: 0o666, kind: NodeKind::CharDevice(null) }).unwrap()
+    let Response::Created { attr, .. } = t
+        .call(Request::Mknod {
+            dir: root.clone(),
+            name: b"null".to_vec(),
+            mode: 0o666,
+            kind: NodeKind::CharDevice(null),
+        })
+        .unwrap()
     else {
         panic!()
     };
     assert_eq!((attr.kind, attr.rdev), (FileKind::CharDevice, null));
-    let req = Request::Mknod { dir: root.clone(), name: b"null2".to_vec(), mode: 0o666, kind: NodeKind::CharDevice(null) };
+    let req =
+        Request::Mknod { dir: root.clone(), name: b"null2".to_vec(), mode: 0o666, kind: NodeKind::CharDevice(null) };
     assert_eq!(t.call_as(&user(1000), req).err(), Some(Errno::EPERM));
     assert_eq!(t.call(Request::Symlink { dir: root, name: b"s".to_vec(), target: vec![] }).err(), Some(Errno::ENOENT));
 }
@@ -416,7 +455,13 @@ fn rename_flavours() {
     std::fs::create_dir(t.path("e")).unwrap();
     let (d, _) = t.lookup(&root, "d").unwrap();
     let mv = |from: &str, to_dir: &FileHandle, to: &str, flags| {
-        t.call(Request::Rename { from_dir: root.clone(), from: from.into(), to_dir: to_dir.clone(), to: to.into(), flags })
+        t.call(Request::Rename {
+            from_dir: root.clone(),
+            from: from.into(),
+            to_dir: to_dir.clone(),
+            to: to.into(),
+            flags,
+        })
     };
     assert_eq!(mv("a", &root, "b", RENAME_NOREPLACE).err(), Some(Errno::EEXIST));
     mv("a", &root, "b", RENAME_EXCHANGE).unwrap();
@@ -427,12 +472,20 @@ fn rename_flavours() {
     assert_eq!(mv("missing", &root, "x", 0).err(), Some(Errno::ENOENT));
     let (e, _) = t.lookup(&root, "e").unwrap();
     assert_eq!(
-        t.call(Request::Rename { from_dir: root.clone(), from: b"e".to_vec(), to_dir: d.clone(), to: b"full".to_vec(), flags: 0 }).err(),
+        t.call(Request::Rename {
+            from_dir: root.clone(),
+            from: b"e".to_vec(),
+            to_dir: d.clone(),
+            to: b"full".to_vec(),
+            flags: 0
+        })
+        .err(),
         Some(Errno::ENOTEMPTY)
     );
     // A directory into its own subtree.
     assert_eq!(
-        t.call(Request::Rename { from_dir: root.clone(), from: b"e".to_vec(), to_dir: e, to: b"x".to_vec(), flags: 0 }).err(),
+        t.call(Request::Rename { from_dir: root.clone(), from: b"e".to_vec(), to_dir: e, to: b"x".to_vec(), flags: 0 })
+            .err(),
         Some(Errno::EINVAL)
     );
 }
@@ -443,7 +496,11 @@ fn hard_links() {
     let f = t.create("f");
     std::fs::create_dir(t.path("d")).unwrap();
     let (d, _) = t.lookup(&t.root(), "d").unwrap();
-    let Response::Link { attr, dir } = t.call(Request::Link { fh: f.clone(), dir: d.clone(), name: b"g".to_vec() }).unwrap() else { panic!() };
+    let Response::Link { attr, dir } =
+        t.call(Request::Link { fh: f.clone(), dir: d.clone(), name: b"g".to_vec() }).unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(attr.nlink, 2);
     assert!(dir.after.is_some());
     assert_eq!(t.call(Request::Link { fh: f, dir: d.clone(), name: b"g".to_vec() }).err(), Some(Errno::EEXIST));
@@ -475,10 +532,20 @@ fn readdir_pages_through_everything() {
     // A cookie with another directory's verifier is refused.
     std::fs::write(t.path("sub/x"), b"").unwrap();
     let (sub, _) = t.lookup(&t.root(), "sub").unwrap();
-    let Response::Dir { verifier, entries, .. } = t.call(Request::ReadDir { dir: t.root(), cookie: 0, verifier: 0, count: 1024 }).unwrap() else { panic!() };
+    let Response::Dir { verifier, entries, .. } =
+        t.call(Request::ReadDir { dir: t.root(), cookie: 0, verifier: 0, count: 1024 }).unwrap()
+    else {
+        panic!()
+    };
     let cookie = entries[0].cookie;
-    assert_eq!(t.call(Request::ReadDir { dir: sub.clone(), cookie, verifier, count: 1024 }).err(), Some(Errno::BAD_COOKIE));
-    assert_eq!(t.call(Request::ReadDir { dir: t.create("plain"), cookie: 0, verifier: 0, count: 1024 }).err(), Some(Errno::ENOTDIR));
+    assert_eq!(
+        t.call(Request::ReadDir { dir: sub.clone(), cookie, verifier, count: 1024 }).err(),
+        Some(Errno::BAD_COOKIE)
+    );
+    assert_eq!(
+        t.call(Request::ReadDir { dir: t.create("plain"), cookie: 0, verifier: 0, count: 1024 }).err(),
+        Some(Errno::ENOTDIR)
+    );
 }
 
 #[test]
@@ -495,12 +562,17 @@ fn fsstat_and_time() {
 fn xattrs() {
     let t = T::new();
     let f = t.create("f");
-    let set = |name: &str, value: &[u8], flags| t.call(Request::SetXattr { fh: f.clone(), name: name.into(), value: value.to_vec(), flags });
+    let set = |name: &str, value: &[u8], flags| {
+        t.call(Request::SetXattr { fh: f.clone(), name: name.into(), value: value.to_vec(), flags })
+    };
     set("user.a", b"1", 0).unwrap();
     set("user.b", b"22", XATTR_CREATE).unwrap();
     assert_eq!(set("user.b", b"x", XATTR_CREATE).err(), Some(Errno::EEXIST));
     assert_eq!(set("user.c", b"x", XATTR_REPLACE).err(), Some(Errno::ENODATA));
-    assert_eq!(t.call(Request::GetXattr { fh: f.clone(), name: b"user.b".to_vec() }), Ok(Response::Xattr(b"22".to_vec())));
+    assert_eq!(
+        t.call(Request::GetXattr { fh: f.clone(), name: b"user.b".to_vec() }),
+        Ok(Response::Xattr(b"22".to_vec()))
+    );
     assert_eq!(t.call(Request::GetXattr { fh: f.clone(), name: b"user.zz".to_vec() }).err(), Some(Errno::ENODATA));
     let Response::Xattr(list) = t.call(Request::ListXattr { fh: f.clone() }).unwrap() else { panic!() };
     assert_eq!(list, b"user.a\0user.b\0");
@@ -513,9 +585,13 @@ fn xattrs() {
 fn fallocate() {
     let t = T::new();
     let f = t.create("f");
-    let Response::Wcc(w) = t.call(Request::Fallocate { fh: f.clone(), mode: 0, offset: 0, len: 1 << 20 }).unwrap() else { panic!() };
+    let Response::Wcc(w) = t.call(Request::Fallocate { fh: f.clone(), mode: 0, offset: 0, len: 1 << 20 }).unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(w.after.unwrap().size, 1 << 20);
-    t.call(Request::Fallocate { fh: f.clone(), mode: libc::FALLOC_FL_KEEP_SIZE as u32, offset: 1 << 20, len: 1 << 20 }).unwrap();
+    t.call(Request::Fallocate { fh: f.clone(), mode: libc::FALLOC_FL_KEEP_SIZE as u32, offset: 1 << 20, len: 1 << 20 })
+        .unwrap();
     let a = t.getattr(&f).unwrap();
     assert_eq!(a.size, 1 << 20);
     assert!(a.used >= 2 << 20);
@@ -541,12 +617,19 @@ fn permissions_follow_the_caller() {
     std::fs::set_permissions(t.path("private"), std::fs::Permissions::from_mode(0o640)).unwrap();
     let member = Cred { uid: 3000, gid: 3000, groups: vec![1000] };
     assert!(t.read_as(&member, &f, 0, 10).is_ok());
-    let Response::Access { granted, .. } = t.call_as(&user(2000), Request::Access { fh: f.clone(), mask: 7 }).unwrap() else { panic!() };
+    let Response::Access { granted, .. } = t.call_as(&user(2000), Request::Access { fh: f.clone(), mask: 7 }).unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(granted, 0);
-    let Response::Access { granted, .. } = t.call_as(&user(1000), Request::Access { fh: f.clone(), mask: 7 }).unwrap() else { panic!() };
+    let Response::Access { granted, .. } = t.call_as(&user(1000), Request::Access { fh: f.clone(), mask: 7 }).unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(granted, ACCESS_R | ACCESS_W);
     // chmod by a stranger.
-    let chmod = Request::SetAttr { fh: f.clone(), attrs: SetAttrs { mode: Some(0o777), ..Default::default() }, guard: None };
+    let chmod =
+        Request::SetAttr { fh: f.clone(), attrs: SetAttrs { mode: Some(0o777), ..Default::default() }, guard: None };
     assert_eq!(t.call_as(&user(2000), chmod).err(), Some(Errno::EPERM));
     // The owner may write a file it made read-only (knfsd's owner override).
     let ro = t.create_as(&user(1000), &home, "ro", 0o444).unwrap();
@@ -577,7 +660,13 @@ fn read_only_refuses_every_change() {
         Request::Create { dir: root.clone(), name: b"n".to_vec(), mode: 0o644, how: CreateHow::Guarded },
         Request::Mkdir { dir: root.clone(), name: b"n".to_vec(), mode: 0o755 },
         Request::Remove { dir: root.clone(), name: b"f".to_vec() },
-        Request::Rename { from_dir: root.clone(), from: b"f".to_vec(), to_dir: root.clone(), to: b"g".to_vec(), flags: 0 },
+        Request::Rename {
+            from_dir: root.clone(),
+            from: b"f".to_vec(),
+            to_dir: root.clone(),
+            to: b"g".to_vec(),
+            flags: 0,
+        },
         Request::SetAttr { fh: f.clone(), attrs: SetAttrs { size: Some(0), ..Default::default() }, guard: None },
         Request::SetXattr { fh: f.clone(), name: b"user.a".to_vec(), value: vec![], flags: 0 },
         Request::Link { fh: f.clone(), dir: root.clone(), name: b"l".to_vec() },
@@ -603,7 +692,13 @@ fn retransmissions_get_the_first_reply() {
     assert_eq!(t.call_xid(&ROOT, 100, create.clone()), first);
     assert_eq!(t.call_xid(&ROOT, 101, create).err(), Some(Errno::EEXIST), "a new xid is a new call");
 
-    let rename = Request::Rename { from_dir: root.clone(), from: b"f".to_vec(), to_dir: root.clone(), to: b"g".to_vec(), flags: 0 };
+    let rename = Request::Rename {
+        from_dir: root.clone(),
+        from: b"f".to_vec(),
+        to_dir: root.clone(),
+        to: b"g".to_vec(),
+        flags: 0,
+    };
     let first = t.call_xid(&ROOT, 200, rename.clone());
     assert!(first.is_ok());
     assert_eq!(t.call_xid(&ROOT, 200, rename.clone()), first);
