@@ -116,6 +116,231 @@ impl Drop for ServerProc {
     }
 }
 
+/// Mount points of this test process, for the watchdog's last-resort cleanup.
+static MOUNTED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// An `fs-client` mount process. Dropping it unmounts (`fs-client unmount`, then a lazy
+/// `umount2` as the last resort) and reaps the process, on every path, panics included.
+pub struct MountProc {
+    child: Option<Child>,
+    pub mountpoint: PathBuf,
+}
+
+impl MountProc {
+    /// Mounts `addr` at `mountpoint` with `-o opts` and waits for the `mounted` line.
+    pub fn start(addr: &str, mountpoint: &Path, opts: &str) -> MountProc {
+        let mut child = command(&bin_path("fs-client"))
+            .args(["mount", addr])
+            .arg(mountpoint)
+            .args(["-o", opts])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn fs-client");
+        let line = first_line(&mut child, Duration::from_secs(20));
+        let mp = MountProc { child: Some(child), mountpoint: mountpoint.to_path_buf() };
+        MOUNTED.lock().unwrap().push(mp.mountpoint.clone());
+        match line {
+            Some(l) if l.starts_with("mounted ") => mp,
+            other => panic!("fs-client did not mount: first line {other:?}"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Unmounts and waits for the process to end; returns its exit status.
+    pub fn unmount(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        MOUNTED.lock().unwrap().retain(|m| m != &self.mountpoint);
+        let ok = Command::new(bin_path("fs-client"))
+            .arg("unmount")
+            .arg(&self.mountpoint)
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            lazy_unmount(&self.mountpoint);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for MountProc {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Whether `p` is a mount point now (from /proc/self/mountinfo).
+pub fn is_mounted(p: &Path) -> bool {
+    let want = p.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str())))
+        .unwrap_or(false)
+}
+
+/// `umount2(MNT_DETACH)`: never blocks, even on a dead FUSE daemon.
+pub fn lazy_unmount(p: &Path) {
+    if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+        // SAFETY: c is NUL-terminated.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A server and a mount of it on fresh temporary folders.
+pub struct Rig {
+    // Field order is drop order: the mount goes before the server and the folders.
+    pub mount: MountProc,
+    pub server: ServerProc,
+    pub dirs: tempfile::TempDir,
+}
+
+impl Rig {
+    pub fn new(opts: &str) -> Rig {
+        let dirs = tempfile::tempdir().expect("tempdir");
+        for d in ["export", "state", "mnt"] {
+            std::fs::create_dir(dirs.path().join(d)).unwrap();
+        }
+        let server = ServerProc::start(
+            &dirs.path().join("export"),
+            &dirs.path().join("state"),
+            "127.0.0.1:0",
+            &["--no-root-squash"],
+        );
+        let mount = MountProc::start(&server.addr, &dirs.path().join("mnt"), opts);
+        Rig { mount, server, dirs }
+    }
+
+    pub fn export(&self, rel: &str) -> PathBuf {
+        self.dirs.path().join("export").join(rel)
+    }
+
+    pub fn mnt(&self, rel: &str) -> PathBuf {
+        self.mount.path(rel)
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same address and folders.
+    pub fn restart_server(&mut self) {
+        self.server.kill();
+        self.start_server_again();
+    }
+
+    /// Starts the server again after [`ServerProc::kill`], on the same address.
+    pub fn start_server_again(&mut self) {
+        let addr = self.server.addr.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // The port may linger for a moment after the old process died.
+        loop {
+            let try_start = std::panic::catch_unwind(|| {
+                ServerProc::start(
+                    &self.dirs.path().join("export"),
+                    &self.dirs.path().join("state"),
+                    &addr,
+                    &["--no-root-squash"],
+                )
+            });
+            match try_start {
+                Ok(s) => {
+                    self.server = s;
+                    return;
+                }
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+    }
+
+    /// A second mount of the same export.
+    pub fn second_mount(&self, name: &str, opts: &str) -> MountProc {
+        let mp = self.dirs.path().join(name);
+        std::fs::create_dir_all(&mp).unwrap();
+        MountProc::start(&self.server.addr, &mp, opts)
+    }
+}
+
+/// A description of a tree for comparing two trees: per path (sorted), the type, the
+/// permission bits, owner, size, link target or BLAKE3 of the content, and extended
+/// attributes. Times are left out (two runs of the same commands differ in them).
+pub fn manifest(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let ft = m.file_type();
+            let what = if ft.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+            } else if ft.is_fifo() {
+                "fifo".to_string()
+            } else if ft.is_file() {
+                format!("file {} {}", m.len(), blake3::hash(&std::fs::read(&p).unwrap()).to_hex())
+            } else {
+                "other".to_string()
+            };
+            let xattrs = if ft.is_symlink() { String::new() } else { list_xattrs(&p) };
+            let nlink = if ft.is_dir() { 0 } else { m.nlink() };
+            out.push(format!(
+                "{rel}: {what} mode={:o} uid={} gid={} nlink={nlink} {xattrs}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn list_xattrs(p: &Path) -> String {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: buf has buf.len() bytes; c is NUL-terminated.
+    let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return String::new();
+    }
+    let mut names: Vec<_> = buf[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    names.sort();
+    names.join(",")
+}
+
+/// Runs a shell script in `dir`, panicking with its output if it fails.
+pub fn sh(dir: &Path, script: &str) -> String {
+    let (status, out, err) = run_with_timeout(
+        Command::new("bash").arg("-c").arg(format!("set -euo pipefail\n{script}")).current_dir(dir),
+        Duration::from_secs(300),
+    );
+    assert!(status.success(), "script failed in {}:\n{script}\nstdout:\n{out}\nstderr:\n{err}", dir.display());
+    out
+}
+
 /// Runs the command and returns (exit status, stdout, stderr) with a time limit.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
@@ -144,7 +369,12 @@ impl Watchdog {
         let (tx, rx) = mpsc::channel::<()>();
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!("watchdog: test exceeded {limit:?}; aborting");
+                eprintln!("watchdog: test exceeded {limit:?}; unmounting and aborting");
+                // Abort skips destructors: detach every mount this process made first,
+                // so no stale mount is left to block whoever touches it.
+                for m in MOUNTED.lock().map(|m| m.clone()).unwrap_or_default() {
+                    lazy_unmount(&m);
+                }
                 std::process::abort();
             }
         });

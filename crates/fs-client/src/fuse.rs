@@ -1,0 +1,514 @@
+//! The `fuser::Filesystem` implementation: translation only. Each callback turns the
+//! kernel's arguments into plain values, hands the work to [`Client`] on the tokio
+//! runtime, and turns the result into a reply. No callback blocks the FUSE thread.
+
+use crate::client::{Caller, Client, Entry};
+use fs_proto::{Attr, Errno, FileKind, SetAttrs, SetTime, Timespec};
+use fuser::{
+    AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub struct Fs {
+    client: Arc<Client>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Fs {
+    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle) -> Fs {
+        Fs { client, rt }
+    }
+
+    /// Runs `work` on the runtime and answers with `ok` or the error.
+    fn run<R, T, F>(&self, reply: R, work: F, ok: impl FnOnce(R, T) + Send + 'static)
+    where
+        R: Fail + Send + 'static,
+        T: Send + 'static,
+        F: Future<Output = Result<T, Errno>> + Send + 'static,
+    {
+        self.rt.spawn(async move {
+            match work.await {
+                Ok(v) => ok(reply, v),
+                Err(e) => reply.fail(e),
+            }
+        });
+    }
+}
+
+/// The error half of every reply type.
+pub trait Fail {
+    fn fail(self, e: Errno);
+}
+
+macro_rules! fail {
+    ($($t:ty),*) => {$(
+        impl Fail for $t {
+            fn fail(self, e: Errno) {
+                self.error(fuser::Errno::from_i32(e.to_kernel()));
+            }
+        }
+    )*};
+}
+fail!(
+    ReplyEntry,
+    ReplyAttr,
+    ReplyData,
+    ReplyEmpty,
+    ReplyOpen,
+    ReplyWrite,
+    ReplyCreate,
+    ReplyStatfs,
+    ReplyXattr,
+    ReplyDirectory,
+    ReplyDirectoryPlus
+);
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+}
+
+fn time(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec.min(999_999_999))
+    } else {
+        UNIX_EPOCH - Duration::new(t.sec.unsigned_abs(), 0) + Duration::new(0, t.nsec.min(999_999_999))
+    }
+}
+
+fn timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+        Err(e) => {
+            let d = e.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> SetTime {
+    match t {
+        None => SetTime::DontChange,
+        Some(TimeOrNow::Now) => SetTime::ServerNow,
+        Some(TimeOrNow::SpecificTime(t)) => SetTime::Set(timespec(t)),
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+pub fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: a.size,
+        blocks: a.used.div_ceil(512),
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: time(a.ctime),
+        kind: file_type(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: if a.blksize == 0 { 4096 } else { a.blksize },
+        flags: 0,
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, e: Entry) {
+    reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &file_attr(e.ino, &e.attr), Generation(0));
+}
+
+fn bytes(s: &OsStr) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+impl Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let io = self.client.max_io() as u32;
+        if let Err(max) = config.set_max_write(io) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(io) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        for flag in [
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_BIG_WRITES,
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            // A kernel without one of these simply goes without.
+            let _ = config.add_capabilities(flag);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
+        self.run(reply, async move { cl.lookup(c, parent.0, &name).await }, reply_entry);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.client.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (c, cl) = (caller(req), self.client.clone());
+        self.run(reply, async move { cl.getattr(c, ino.0).await }, move |r, (a, ttl)| {
+            r.attr(&ttl, &file_attr(ino.0, &a))
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let attrs =
+            SetAttrs { mode: mode.map(|m| m & 0o7777), uid, gid, size, atime: set_time(atime), mtime: set_time(mtime) };
+        let (c, cl) = (caller(req), self.client.clone());
+        self.run(reply, async move { cl.setattr(c, ino.0, attrs).await }, move |r, (a, ttl)| {
+            r.attr(&ttl, &file_attr(ino.0, &a))
+        });
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let (c, cl) = (caller(req), self.client.clone());
+        self.run(reply, async move { cl.readlink(c, ino.0).await }, |r, t| r.data(&t));
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
+        self.run(reply, async move { cl.mknod(c, parent.0, &name, mode, rdev as u64).await }, reply_entry);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
+        self.run(reply, async move { cl.mkdir(c, parent.0, &name, mode & 0o7777).await }, reply_entry);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
+        self.run(reply, async move { cl.unlink(c, parent.0, &name).await }, |r, ()| r.ok());
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
+        self.run(reply, async move { cl.rmdir(c, parent.0, &name).await }, |r, ()| r.ok());
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (c, cl, name, target) = (caller(req), self.client.clone(), bytes(link_name), bytes(target.as_os_str()));
+        self.run(reply, async move { cl.symlink(c, parent.0, &name, &target).await }, reply_entry);
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (c, cl, name, newname) = (caller(req), self.client.clone(), bytes(name), bytes(newname));
+        let flags = flags.bits();
+        let work = async move {
+            if flags & !(fs_proto::RENAME_NOREPLACE | fs_proto::RENAME_EXCHANGE) != 0 {
+                return Err(Errno::EINVAL);
+            }
+            cl.rename(c, parent.0, &name, newparent.0, &newname, flags).await
+        };
+        self.run(reply, work, |r, ()| r.ok());
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let (c, cl, name) = (caller(req), self.client.clone(), bytes(newname));
+        self.run(reply, async move { cl.link(c, ino.0, newparent.0, &name).await }, reply_entry);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (c, cl) = (caller(req), self.client.clone());
+        self.run(reply, async move { cl.open(c, ino.0).await }, |r, o| {
+            let flags = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+            r.opened(FileHandle(o.fh), flags)
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let cl = self.client.clone();
+        self.run(reply, async move { cl.read(ino.0, fh.0, offset, size).await }, |r, d| r.data(&d));
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (cl, data) = (self.client.clone(), data.to_vec());
+        self.run(reply, async move { cl.write(ino.0, offset, &data).await }, |r, n| r.written(n));
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let cl = self.client.clone();
+        self.run(reply, async move { cl.flush(ino.0).await }, |r, ()| r.ok());
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let cl = self.client.clone();
+        self.run(reply, async move { cl.release(ino.0, fh.0).await }, |r, ()| r.ok());
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let cl = self.client.clone();
+        self.run(reply, async move { cl.fsync(ino.0).await }, |r, ()| r.ok());
+    }
+
+    fn opendir(&self, req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(self.client.opendir(caller(req))), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let cl = self.client.clone();
+        self.rt.spawn(async move {
+            let listing = match cl.readdir(ino.0, fh.0, offset).await {
+                Ok(l) => l,
+                Err(e) => return reply.fail(e),
+            };
+            for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+                let kind = file_type(e.kind.unwrap_or(FileKind::Regular));
+                if reply.add(INodeNo(e.fileid), i as u64 + 1, kind, OsStr::from_bytes(&e.name)) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let (c, cl) = (caller(req), self.client.clone());
+        self.rt.spawn(async move {
+            let listing = match cl.readdir(ino.0, fh.0, offset).await {
+                Ok(l) => l,
+                Err(e) => return reply.fail(e),
+            };
+            let dir_attr = match cl.getattr(c, ino.0).await {
+                Ok((a, _)) => a,
+                Err(e) => return reply.fail(e),
+            };
+            for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+                let name = OsStr::from_bytes(&e.name);
+                let next = i as u64 + 1;
+                if e.name == b"." || e.name == b".." {
+                    // The kernel neither links nor counts these.
+                    let a = file_attr(if e.name == b"." { ino.0 } else { e.fileid }, &dir_attr);
+                    if reply.add(a.ino, next, name, &Duration::ZERO, &a, Generation(0)) {
+                        break;
+                    }
+                    continue;
+                }
+                let entry = match &e.plus {
+                    Some((fh, attr)) => cl.remember(fh, *attr),
+                    // No handle in the listing (it raced with a removal, or is another
+                    // file system's mount point): ask, and leave it out if that fails.
+                    None => match cl.lookup(c, ino.0, &e.name).await {
+                        Ok(en) => en,
+                        Err(_) => continue,
+                    },
+                };
+                let a = file_attr(entry.ino, &entry.attr);
+                if reply.add(a.ino, next, name, &entry.attr_ttl, &a, Generation(0)) {
+                    // Did not fit: the kernel never saw it, so it holds no reference.
+                    cl.forget(entry.ino, 1);
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.client.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Directory operations are synchronous on the server already.
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let (c, cl) = (caller(req), self.client.clone());
+        self.run(reply, async move { cl.statfs(c, ino.0).await }, |r, s| {
+            let fr = u64::from(s.frsize.max(1));
+            r.statfs(
+                s.total_bytes / fr,
+                s.free_bytes / fr,
+                s.avail_bytes / fr,
+                s.total_files,
+                s.free_files,
+                s.bsize,
+                s.namemax,
+                s.frsize,
+            )
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (c, cl, name, value) = (caller(req), self.client.clone(), bytes(name), value.to_vec());
+        self.run(reply, async move { cl.setxattr(c, ino.0, &name, &value, flags as u32).await }, |r, ()| r.ok());
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
+        let work = async move {
+            let v = cl.getxattr(c, ino.0, &name).await?;
+            if size != 0 && v.len() > size as usize {
+                return Err(Errno::ERANGE);
+            }
+            Ok(v)
+        };
+        self.run(reply, work, move |r, v| if size == 0 { r.size(v.len() as u32) } else { r.data(&v) });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let (c, cl) = (caller(req), self.client.clone());
+        let work = async move {
+            let v = cl.listxattr(c, ino.0).await?;
+            if size != 0 && v.len() > size as usize {
+                return Err(Errno::ERANGE);
+            }
+            Ok(v)
+        };
+        self.run(reply, work, move |r, v| if size == 0 { r.size(v.len() as u32) } else { r.data(&v) });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
+        self.run(reply, async move { cl.removexattr(c, ino.0, &name).await }, |r, ()| r.ok());
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let (c, cl) = (caller(req), self.client.clone());
+        let mask = mask.bits() as u32 & 7;
+        self.run(reply, async move { cl.access(c, ino.0, mask).await }, |r, ()| r.ok());
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
+        let exclusive = flags & libc::O_EXCL != 0;
+        self.run(reply, async move { cl.create(c, parent.0, &name, mode, exclusive).await }, |r, (e, fh)| {
+            r.created(&e.attr_ttl, &file_attr(e.ino, &e.attr), Generation(0), FileHandle(fh), FopenFlags::empty())
+        });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let (c, cl) = (caller(req), self.client.clone());
+        self.run(reply, async move { cl.fallocate(c, ino.0, offset, length, mode as u32).await }, |r, ()| r.ok());
+    }
+}

@@ -1,0 +1,138 @@
+//! Mounting and unmounting: checks with one-line reasons, the FUSE session, signals.
+
+use crate::client::Client;
+use crate::fuse::Fs;
+use crate::options::MountOptions;
+use crate::rpc::{Rpc, RpcConfig};
+use anyhow::{anyhow, bail, Context};
+use fs_proto::Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether `path` is currently a mount point (any file system), from mountinfo.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy();
+    // Field 5 is the mount point, with spaces and the like octal-escaped.
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| unescape(mp) == want)
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap(), 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn check_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(mp).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("mount point {} does not exist", mp.display()),
+        _ => anyhow!("mount point {}: {e}", mp.display()),
+    })?;
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", mp.display());
+    }
+    let canon = std::fs::canonicalize(mp).with_context(|| format!("mount point {}", mp.display()))?;
+    if is_mount_point(&canon) {
+        bail!("mount point {} is in use (something is already mounted there)", canon.display());
+    }
+    Ok(canon)
+}
+
+fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok() {
+        return u64::from_le_bytes(b);
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)
+}
+
+/// `fs-client mount`: runs in the foreground until unmounted or signalled.
+pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
+    let addr: Addr = addr.parse()?;
+    let opts = MountOptions::parse(opts)?;
+    let mp = check_mountpoint(mountpoint)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let cfg = RpcConfig { addr: addr.clone(), soft: opts.soft, timeo: opts.timeo, retrans: opts.retrans };
+    let client = rt.block_on(async {
+        let rpc = tokio::time::timeout(Duration::from_secs(10), Rpc::connect(cfg, random_u64()))
+            .await
+            .map_err(|_| anyhow!("cannot reach server {addr}: timed out"))?
+            .map_err(|e| anyhow!("cannot reach server {addr}: {e}"))?;
+        let client = tokio::time::timeout(Duration::from_secs(30), Client::new(rpc, opts.clone()))
+            .await
+            .map_err(|_| anyhow!("server {addr} did not answer MOUNT"))?
+            .map_err(|e| anyhow!("server {addr} refused the mount: {e}"))?;
+        anyhow::Ok(Arc::new(client))
+    })?;
+    let mut mount_opts = vec![
+        fuser::MountOption::FSName(format!("fs:{addr}")),
+        fuser::MountOption::Subtype("fs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if opts.read_only {
+        mount_opts.push(fuser::MountOption::RO);
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = mount_opts;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    config.acl = if opts.allow_other && root { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    config.n_threads = Some(2);
+    config.clone_fd = true;
+    let fs = Fs::new(client, rt.handle().clone());
+    let mut session =
+        fuser::Session::new(fs, &mp, &config).map_err(|e| anyhow!("cannot mount at {}: {e}", mp.display()))?;
+    let mut unmounter = session.unmount_callable();
+    println!("mounted {addr} at {}", mp.display());
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+
+    // SIGINT/SIGTERM: unmount (lazily, so a busy mount point cannot hold us), then give
+    // the session a moment to end; if open files keep the connection alive, exiting
+    // closes /dev/fuse, which aborts it. Nothing here waits on the server.
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = (signal(SignalKind::terminate()).unwrap(), signal(SignalKind::interrupt()).unwrap());
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("signal: unmounting");
+        let _ = tokio::task::spawn_blocking(move || unmounter.unmount()).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        std::process::exit(0);
+    });
+    let result = session.run();
+    rt.shutdown_timeout(Duration::from_millis(200));
+    result.map_err(|e| anyhow!("FUSE session ended: {e}"))
+}
+
+/// `fs-client unmount`: unmounts, lazily with `lazy`.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> anyhow::Result<()> {
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(|_| anyhow!("bad mount point {}", mountpoint.display()))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: c is NUL-terminated.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EBUSY) => {
+            bail!("{} is busy (files open?); `fs-client unmount --lazy` detaches it now", mountpoint.display())
+        }
+        Some(libc::EINVAL) => bail!("{} is not a mount point", mountpoint.display()),
+        Some(libc::ENOENT) => bail!("{} does not exist", mountpoint.display()),
+        Some(libc::EPERM) => bail!("unmounting {} needs root", mountpoint.display()),
+        _ => bail!("cannot unmount {}: {e}", mountpoint.display()),
+    }
+}

@@ -1,0 +1,139 @@
+//! The client's page cache: an LRU of fixed-size blocks keyed by (node, block index),
+//! bounded in bytes, each tagged with the change attribute it was read under.
+//!
+//! A block is only served while its tag equals the node's current data change attribute,
+//! so revalidation at `open` (close-to-open) that finds a new change attribute makes
+//! every old block of that file unreachable at once; they age out of the LRU. A block
+//! shorter than the block size is the file's last (it ends at end of file). Pure.
+
+use lru::LruCache;
+use std::sync::Arc;
+
+pub type Data = Arc<Vec<u8>>;
+
+struct Block {
+    change: u64,
+    data: Data,
+}
+
+pub struct PageCache {
+    lru: LruCache<(u64, u64), Block>,
+    bytes: usize,
+    capacity: usize,
+    block_size: usize,
+}
+
+impl PageCache {
+    pub fn new(capacity_bytes: usize, block_size: usize) -> PageCache {
+        PageCache { lru: LruCache::unbounded(), bytes: 0, capacity: capacity_bytes, block_size }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The block if cached under this change attribute.
+    pub fn get(&mut self, ino: u64, block: u64, change: u64) -> Option<Data> {
+        match self.lru.get(&(ino, block)) {
+            Some(b) if b.change == change => Some(b.data.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn insert(&mut self, ino: u64, block: u64, change: u64, data: Data) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.bytes += data.len();
+        if let Some(old) = self.lru.put((ino, block), Block { change, data }) {
+            self.bytes -= old.data.len();
+        }
+        while self.bytes > self.capacity {
+            match self.lru.pop_lru() {
+                Some((_, b)) => self.bytes -= b.data.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Drops the blocks of `ino` that overlap the byte range `[start, end)`.
+    pub fn invalidate_range(&mut self, ino: u64, start: u64, end: u64) {
+        if end <= start {
+            return;
+        }
+        let bs = self.block_size as u64;
+        let (first, last) = (start / bs, (end - 1) / bs);
+        if last - first < 64 {
+            for b in first..=last {
+                if let Some(old) = self.lru.pop(&(ino, b)) {
+                    self.bytes -= old.data.len();
+                }
+            }
+        } else {
+            let keys: Vec<_> =
+                self.lru.iter().map(|(k, _)| *k).filter(|&(i, b)| i == ino && b >= first && b <= last).collect();
+            for k in keys {
+                if let Some(old) = self.lru.pop(&k) {
+                    self.bytes -= old.data.len();
+                }
+            }
+        }
+    }
+
+    /// Drops every block of `ino`.
+    pub fn invalidate(&mut self, ino: u64) {
+        self.invalidate_range(ino, 0, u64::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn data(n: usize) -> Data {
+        Arc::new(vec![1; n])
+    }
+
+    #[test]
+    fn tags_and_lru_bound() {
+        let mut c = PageCache::new(300, 100);
+        c.insert(1, 0, 7, data(100));
+        assert!(c.get(1, 0, 7).is_some());
+        assert!(c.get(1, 0, 8).is_none(), "another change attribute: stale");
+        c.insert(1, 1, 7, data(100));
+        c.insert(1, 2, 7, data(100));
+        c.get(1, 0, 7); // 0 is now the most recent
+        c.insert(2, 0, 7, data(100));
+        assert_eq!(c.bytes(), 300);
+        assert!(c.get(1, 1, 7).is_none(), "least recently used went first");
+        assert!(c.get(1, 0, 7).is_some());
+        c.invalidate_range(1, 150, 250);
+        assert!(c.get(1, 2, 7).is_none());
+        assert!(c.get(1, 0, 7).is_some());
+        c.invalidate(1);
+        assert!(c.get(1, 0, 7).is_none());
+        assert_eq!(c.bytes(), 100);
+    }
+
+    proptest! {
+        #[test]
+        fn never_over_capacity_and_bytes_exact(ops in proptest::collection::vec((0..3u64, 0..200u64, 1..120usize, any::<bool>()), 0..300)) {
+            let mut c = PageCache::new(1000, 100);
+            for (ino, block, len, inval) in ops {
+                if inval {
+                    c.invalidate_range(ino, block * 100, block * 100 + len as u64 * 100);
+                } else {
+                    c.insert(ino, block, 0, data(len));
+                }
+                prop_assert!(c.bytes() <= 1000);
+                let sum: usize = c.lru.iter().map(|(_, b)| b.data.len()).sum();
+                prop_assert_eq!(sum, c.bytes());
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Write-back buffering for one file: dirty byte ranges coalesced into extents, cut into
+//! large WRITEs. Pure: the caller sends what [`Dirty::take_full`] and [`Dirty::take_all`]
+//! return.
+//!
+//! Appending to the end of an extent (the common case: a program writing a file front
+//! to back in small pieces) extends it in place, so coalescing costs one copy per byte.
+
+use std::collections::BTreeMap;
+
+#[derive(Default, Debug)]
+pub struct Dirty {
+    /// Start offset -> bytes. Extents never overlap or touch (touching ones are merged).
+    extents: BTreeMap<u64, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Dirty {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
+    /// End of the highest dirty byte, for the file size the kernel should see.
+    pub fn end(&self) -> Option<u64> {
+        self.extents.iter().next_back().map(|(s, v)| s + v.len() as u64)
+    }
+
+    /// Records a write; newer bytes replace older ones where they overlap.
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let end = offset + data.len() as u64;
+        // Fast path: extends (or overwrites within) the extent that starts at or before it.
+        if let Some((&s, v)) = self.extents.range_mut(..=offset).next_back() {
+            let v_end = s + v.len() as u64;
+            if offset <= v_end {
+                let next_start = self.extents.range(offset + 1..).next().map(|(&k, _)| k);
+                if next_start.is_none_or(|n| end < n) {
+                    let v = self.extents.get_mut(&s).expect("found");
+                    let at = (offset - s) as usize;
+                    let overlap = (v.len() - at).min(data.len());
+                    v[at..at + overlap].copy_from_slice(&data[..overlap]);
+                    v.extend_from_slice(&data[overlap..]);
+                    self.bytes += data.len() - overlap;
+                    return;
+                }
+            }
+        }
+        // General case: merge every extent that overlaps or touches [offset, end).
+        let touching: Vec<u64> =
+            self.extents.range(..=end).filter(|(&s, v)| s + v.len() as u64 >= offset).map(|(&s, _)| s).collect();
+        let start = touching.first().map_or(offset, |&s| s.min(offset));
+        let mut merged_end = end;
+        for s in &touching {
+            merged_end = merged_end.max(s + self.extents[s].len() as u64);
+        }
+        let mut merged = vec![0u8; (merged_end - start) as usize];
+        for s in touching {
+            let v = self.extents.remove(&s).expect("listed");
+            self.bytes -= v.len();
+            let at = (s - start) as usize;
+            merged[at..at + v.len()].copy_from_slice(&v);
+        }
+        let at = (offset - start) as usize;
+        merged[at..at + data.len()].copy_from_slice(data);
+        self.bytes += merged.len();
+        self.extents.insert(start, merged);
+    }
+
+    /// Removes and returns `chunk`-sized pieces of extents that have reached that size
+    /// (what is ready to go as full-size WRITEs); shorter tails stay to grow.
+    pub fn take_full(&mut self, chunk: usize) -> Vec<(u64, Vec<u8>)> {
+        let big: Vec<u64> = self.extents.iter().filter(|(_, v)| v.len() >= chunk).map(|(&s, _)| s).collect();
+        let mut out = Vec::new();
+        for s in big {
+            let mut v = self.extents.remove(&s).expect("listed");
+            self.bytes -= v.len();
+            let mut off = s;
+            while v.len() >= chunk {
+                let rest = v.split_off(chunk);
+                out.push((off, v));
+                off += chunk as u64;
+                v = rest;
+            }
+            if !v.is_empty() {
+                self.bytes += v.len();
+                self.extents.insert(off, v);
+            }
+        }
+        out
+    }
+
+    /// Removes and returns everything, in pieces of at most `chunk` bytes.
+    pub fn take_all(&mut self, chunk: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (s, v) in std::mem::take(&mut self.extents) {
+            if v.len() <= chunk {
+                out.push((s, v));
+            } else {
+                for (i, piece) in v.chunks(chunk).enumerate() {
+                    out.push((s + (i * chunk) as u64, piece.to_vec()));
+                }
+            }
+        }
+        self.bytes = 0;
+        out
+    }
+
+    /// Forgets dirty bytes at or beyond `size` (a truncate made them moot).
+    pub fn truncate(&mut self, size: u64) {
+        let keys: Vec<u64> = self.extents.keys().copied().collect();
+        for s in keys {
+            let v = self.extents.get_mut(&s).expect("listed");
+            if s >= size {
+                self.bytes -= v.len();
+                self.extents.remove(&s);
+            } else if s + v.len() as u64 > size {
+                let keep = (size - s) as usize;
+                self.bytes -= v.len() - keep;
+                v.truncate(keep);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Applies the extents to a flat model of the file.
+    fn flatten(d: &Dirty, size: usize) -> Vec<Option<u8>> {
+        let mut f = vec![None; size];
+        for (s, v) in &d.extents {
+            for (i, b) in v.iter().enumerate() {
+                f[*s as usize + i] = Some(*b);
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn appends_coalesce() {
+        let mut d = Dirty::default();
+        for i in 0..100u64 {
+            d.write(i * 10, &[i as u8; 10]);
+        }
+        assert_eq!(d.extents.len(), 1);
+        assert_eq!(d.bytes(), 1000);
+        let full = d.take_full(300);
+        assert_eq!(full.iter().map(|(o, v)| (*o, v.len())).collect::<Vec<_>>(), vec![(0, 300), (300, 300), (600, 300)]);
+        assert_eq!(d.bytes(), 100);
+        assert_eq!(d.end(), Some(1000));
+        let rest = d.take_all(64);
+        assert_eq!(rest.iter().map(|(o, v)| (*o, v.len())).collect::<Vec<_>>(), vec![(900, 64), (964, 36)]);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn overlaps_and_gaps() {
+        let mut d = Dirty::default();
+        d.write(10, b"aaaa");
+        d.write(20, b"bbbb");
+        d.write(12, b"XXXXXXXXXX"); // 12..22 bridges both
+        assert_eq!(d.extents.len(), 1);
+        assert_eq!(d.extents[&10], b"aaXXXXXXXXXXbb");
+        d.truncate(15);
+        assert_eq!(d.extents[&10], b"aaXXX");
+        assert_eq!(d.bytes(), 5);
+    }
+
+    proptest! {
+        /// Against a flat model: the newest byte wins everywhere, the byte count is exact,
+        /// and extents never overlap or touch.
+        #[test]
+        fn matches_a_flat_model(writes in proptest::collection::vec((0..400usize, 1..60usize, any::<u8>()), 0..60), cut in 0..500usize) {
+            let mut d = Dirty::default();
+            let mut model = vec![None; 500];
+            for (off, len, byte) in writes {
+                d.write(off as u64, &vec![byte; len]);
+                for b in &mut model[off..off + len] {
+                    *b = Some(byte);
+                }
+                prop_assert_eq!(flatten(&d, 500), model.clone());
+                prop_assert_eq!(d.bytes(), model.iter().filter(|b| b.is_some()).count());
+                let mut prev_end = None;
+                for (s, v) in &d.extents {
+                    if let Some(e) = prev_end { prop_assert!(*s > e); }
+                    prev_end = Some(s + v.len() as u64);
+                }
+            }
+            d.truncate(cut as u64);
+            for b in &mut model[cut..] { *b = None; }
+            prop_assert_eq!(flatten(&d, 500), model.clone());
+            let all = d.take_all(37);
+            let mut back = vec![None; 500];
+            for (o, v) in all {
+                prop_assert!(v.len() <= 37);
+                for (i, b) in v.iter().enumerate() { back[o as usize + i] = Some(*b); }
+            }
+            prop_assert_eq!(back, model);
+        }
+    }
+}
