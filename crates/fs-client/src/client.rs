@@ -95,6 +95,8 @@ struct Wb {
     error: Option<Errno>,
     /// Highest byte written since the data last reached the server.
     written_end: u64,
+    /// A background COMMIT is running.
+    committing: bool,
 }
 
 /// Write-back state of one file, while it is open.
@@ -119,6 +121,9 @@ pub struct Client {
     write_slots: Arc<Semaphore>,
     groups: Mutex<LruCache<u32, (Instant, Vec<u32>)>>,
     max_io: usize,
+    /// Background commits running, and a wake-up when one ends.
+    background: AtomicU64,
+    quiet: Notify,
 }
 
 fn unexpected(r: Response) -> Errno {
@@ -146,6 +151,8 @@ impl Client {
             write_slots: Arc::new(Semaphore::new(opts.writes_in_flight.max(1))),
             groups: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             max_io: max_io.clamp(4096, MAX_IO),
+            background: AtomicU64::new(0),
+            quiet: Notify::new(),
             opts,
         })
     }
@@ -568,45 +575,86 @@ impl Client {
         Ok((entry.clone(), self.new_open(entry.ino, cred)))
     }
 
-    /// `close(2)` of one descriptor: write back and commit, reporting any write error.
+    /// `close(2)` of one descriptor: every buffered write reaches the server, so the next
+    /// open anywhere sees it (close-to-open), and an error a background write met is
+    /// reported here. The COMMIT follows in the background ([`Client::release`]);
+    /// `fsync` waits for it.
     pub async fn flush(self: &Arc<Self>, ino: u64) -> Result<(), Errno> {
-        self.sync(ino).await
+        let Some(f) = self.files.lock().unwrap().get(&ino).cloned() else { return Ok(()) };
+        self.drain(&f).await;
+        let error = f.wb.lock().unwrap().error.take();
+        error.map_or(Ok(()), Err)
     }
 
+    /// `fsync(2)`: written, committed, and resent until the server has it on stable
+    /// storage under one write verifier.
     pub async fn fsync(self: &Arc<Self>, ino: u64) -> Result<(), Errno> {
-        self.sync(ino).await
+        let Some(f) = self.files.lock().unwrap().get(&ino).cloned() else { return Ok(()) };
+        self.sync(&f).await
     }
 
-    /// The last close of an open file description.
+    /// The last close of an open file description. On the file's last close the COMMIT
+    /// runs in the background: the data is already on the server (visible to every client),
+    /// and we keep our copy until the server says it is on stable storage, resending it
+    /// if the server restarted meanwhile. A silly-renamed file is removed after that.
     pub async fn release(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), Errno> {
         self.opens.lock().unwrap().remove(&fh);
-        let result = self.sync(ino).await;
-        let last = {
-            let mut files = self.files.lock().unwrap();
-            let last = files.get(&ino).is_some_and(|f| {
-                let mut o = f.opens.lock().unwrap();
-                *o = o.saturating_sub(1);
-                *o == 0
-            });
-            if last {
-                files.remove(&ino);
+        let f = self.files.lock().unwrap().get(&ino).cloned();
+        let mut result = Ok(());
+        let mut last = false;
+        if let Some(f) = &f {
+            self.drain(f).await;
+            if let Some(e) = f.wb.lock().unwrap().error.take() {
+                result = Err(e);
             }
-            last
-        };
-        let gone = self.inodes.lock().unwrap().release(ino);
-        if gone {
+            let mut o = f.opens.lock().unwrap();
+            *o = o.saturating_sub(1);
+            last = *o == 0;
+        }
+        if self.inodes.lock().unwrap().release(ino) {
             self.cache.lock().unwrap().invalidate(ino);
         }
-        if last {
-            let silly = self.silly.lock().unwrap().remove(&ino);
-            if let Some((dir, name)) = silly {
-                let cred = Cred { uid: 0, gid: 0, groups: vec![] };
-                if let Err(e) = self.call(&cred, Request::Remove { dir, name }).await {
-                    tracing::warn!("cannot remove silly-renamed file: {e}");
+        if let (true, Some(f)) = (last, f) {
+            let this = self.clone();
+            self.background.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Err(e) = this.sync(&f).await {
+                    tracing::warn!(ino, "background commit failed: {e}");
                 }
-            }
+                {
+                    let mut files = this.files.lock().unwrap();
+                    let reopened =
+                        files.get(&ino).is_some_and(|cur| !Arc::ptr_eq(cur, &f) || *cur.opens.lock().unwrap() > 0);
+                    if !reopened {
+                        files.remove(&ino);
+                    }
+                }
+                let silly = this.silly.lock().unwrap().remove(&ino);
+                if let Some((dir, name)) = silly {
+                    let cred = Cred { uid: 0, gid: 0, groups: vec![] };
+                    if let Err(e) = this.call(&cred, Request::Remove { dir, name }).await {
+                        tracing::warn!("cannot remove silly-renamed file: {e}");
+                    }
+                }
+                this.background.fetch_sub(1, Ordering::SeqCst);
+                this.quiet.notify_waiters();
+            });
         }
         result
+    }
+
+    /// Waits (up to `limit`) for background commits to finish; called at unmount.
+    pub async fn quiesce(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let n = self.quiet.notified();
+                if self.background.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                n.await;
+            }
+        })
+        .await;
     }
 
     pub fn opendir(&self, c: Caller) -> u64 {
@@ -808,9 +856,25 @@ impl Client {
         for (off, chunk) in full {
             self.send_write(&f, off, chunk).await;
         }
-        // Bound what waits for a COMMIT in memory.
-        let pending = f.wb.lock().unwrap().uncommitted_bytes;
-        if pending >= self.commit_threshold() {
+        // Bound what waits for a COMMIT in memory: start one in the background at the
+        // threshold, and make the writer wait for one at twice that.
+        let (pending, start) = {
+            let mut wb = f.wb.lock().unwrap();
+            let start = wb.uncommitted_bytes >= self.commit_threshold() && !wb.committing;
+            if start {
+                wb.committing = true;
+            }
+            (wb.uncommitted_bytes, start)
+        };
+        if start {
+            let (this, f) = (self.clone(), f.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this.commit(&f).await {
+                    f.wb.lock().unwrap().error.get_or_insert(e);
+                }
+                f.wb.lock().unwrap().committing = false;
+            });
+        } else if pending >= 2 * self.commit_threshold() {
             self.commit(&f).await?;
         }
         Ok(data.len() as u32)
@@ -926,14 +990,13 @@ impl Client {
 
     /// Write back, wait, commit, and resend until the server has it all on stable
     /// storage under one verifier; then report any error a background write met.
-    async fn sync(self: &Arc<Self>, ino: u64) -> Result<(), Errno> {
-        let Some(f) = self.files.lock().unwrap().get(&ino).cloned() else { return Ok(()) };
+    async fn sync(self: &Arc<Self>, f: &Arc<FileState>) -> Result<(), Errno> {
         loop {
-            self.drain(&f).await;
+            self.drain(f).await;
             if let Some(e) = f.wb.lock().unwrap().error.take() {
                 return Err(e);
             }
-            if self.commit(&f).await? {
+            if self.commit(f).await? {
                 return Ok(());
             }
         }

@@ -90,9 +90,9 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     config.acl = if opts.allow_other && root { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
-    config.n_threads = Some(2);
+    config.n_threads = Some(8);
     config.clone_fd = true;
-    let fs = Fs::new(client, rt.handle().clone());
+    let fs = Fs::new(client.clone(), rt.handle().clone());
     let mut session =
         fuser::Session::new(fs, &mp, &config).map_err(|e| anyhow!("cannot mount at {}: {e}", mp.display()))?;
     let mut unmounter = session.unmount_callable();
@@ -112,6 +112,8 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
         std::process::exit(0);
     });
     let result = session.run();
+    // Commits still running in the background get a moment to finish.
+    rt.block_on(client.quiesce(Duration::from_secs(5)));
     rt.shutdown_timeout(Duration::from_millis(200));
     result.map_err(|e| anyhow!("FUSE session ended: {e}"))
 }

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""One file-system workload in one folder; prints the figure (and its unit) on stdout.
+
+Used by scripts/bench-fs, which runs each workload on the mount, a local folder, sshfs
+and bindfs in one run. Workloads:
+  seqwrite DIR MIB     write MIB MiB in 1 MiB writes, close          -> MiB/s
+  seqread DIR          read the seqwrite file in 1 MiB reads          -> MiB/s
+  randread DIR SECS    4 KiB preads at random offsets of that file    -> IOPS
+  create DIR N         create N empty files (open O_CREAT, close)     -> files/s
+  stat DIR N           stat them                                      -> stats/s
+  delete DIR N         unlink them                                    -> files/s
+  untar DIR TARBALL    tar xf                                         -> seconds
+"""
+import os, random, subprocess, sys, time
+
+MIB = 1 << 20
+
+
+def main():
+    what, d = sys.argv[1], sys.argv[2]
+    big = os.path.join(d, "big")
+    if what == "seqwrite":
+        n = int(sys.argv[3])
+        buf = os.urandom(MIB)
+        t = time.perf_counter()
+        fd = os.open(big, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        for _ in range(n):
+            os.write(fd, buf)
+        os.close(fd)
+        print(f"{n / (time.perf_counter() - t):.0f} MiB/s")
+    elif what == "seqread":
+        t = time.perf_counter()
+        fd = os.open(big, os.O_RDONLY)
+        total = 0
+        while True:
+            b = os.read(fd, MIB)
+            if not b:
+                break
+            total += len(b)
+        os.close(fd)
+        print(f"{total / MIB / (time.perf_counter() - t):.0f} MiB/s")
+    elif what == "randread":
+        secs = float(sys.argv[3])
+        fd = os.open(big, os.O_RDONLY)
+        blocks = os.fstat(fd).st_size // 4096
+        rnd = random.Random(42)
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < secs:
+            for _ in range(64):
+                os.pread(fd, 4096, rnd.randrange(blocks) * 4096)
+            n += 64
+        os.close(fd)
+        print(f"{n / (time.perf_counter() - t):.0f} IOPS")
+    elif what in ("create", "stat", "delete"):
+        n = int(sys.argv[3])
+        sub = os.path.join(d, "many")
+        if what == "create":
+            os.makedirs(sub, exist_ok=True)
+        names = [os.path.join(sub, f"f{i:05}") for i in range(n)]
+        t = time.perf_counter()
+        for p in names:
+            if what == "create":
+                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            elif what == "stat":
+                os.stat(p)
+            else:
+                os.unlink(p)
+        print(f"{n / (time.perf_counter() - t):.0f} {'stats' if what == 'stat' else 'files'}/s")
+        if what == "delete":
+            os.rmdir(sub)
+    elif what == "untar":
+        tarball = sys.argv[3]
+        dest = os.path.join(d, "untar")
+        os.makedirs(dest, exist_ok=True)
+        t = time.perf_counter()
+        subprocess.run(["tar", "xf", tarball, "-C", dest], check=True)
+        print(f"{time.perf_counter() - t:.2f} s")
+    else:
+        sys.exit(f"unknown workload {what}")
+
+
+if __name__ == "__main__":
+    main()
