@@ -93,7 +93,10 @@ struct Wb {
     uncommitted: Vec<Uncommitted>,
     uncommitted_bytes: usize,
     error: Option<Errno>,
-    /// Highest byte written since the data last reached the server.
+    /// Highest byte written while the file is open (lowered only by our own truncate).
+    /// Sizes we report never go below it: a GETATTR that raced with the write-back of
+    /// acknowledged writes would otherwise shrink the kernel's file size, and a program
+    /// reading through `mmap` there gets SIGBUS (found by fsx).
     written_end: u64,
     /// A background COMMIT is running.
     committing: bool,
@@ -225,6 +228,15 @@ impl Client {
         // Names are revalidated on the directory timeouts, as NFS's dentry cache.
         let entry_ttl = self.timeouts().dir_min.min(attr_ttl.max(self.timeouts().dir_min));
         Entry { ino, attr, attr_ttl, entry_ttl }
+    }
+
+    /// Drops cached blocks of `ino` in `[start, end)`, and forgets fetches of them still
+    /// in flight, so that readers from now on fetch afresh.
+    fn invalidate(&self, ino: u64, start: u64, end: u64) {
+        let bs = self.opts.block_size as u64;
+        self.cache.lock().unwrap().invalidate_range(ino, start, end);
+        let (first, last) = (start / bs, end.saturating_sub(1) / bs);
+        self.fetches.lock().unwrap().retain(|&(i, b), _| i != ino || b < first || b > last);
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -396,10 +408,15 @@ impl Client {
 
     /// What the kernel should see: the server's attributes, with the size grown by
     /// writes still buffered here.
+    /// A silly-renamed file shows the link count it would have had, had it really been
+    /// removed (pjdfstest's `unlink::open_file_not_freed`).
     fn local_view(&self, ino: u64, mut attr: Attr) -> Attr {
         if let Some(f) = self.files.lock().unwrap().get(&ino) {
             let end = f.wb.lock().unwrap().written_end;
             attr.size = attr.size.max(end);
+        }
+        if self.silly.lock().unwrap().contains_key(&ino) {
+            attr.nlink = attr.nlink.saturating_sub(1);
         }
         attr
     }
@@ -422,9 +439,11 @@ impl Client {
         self.writeback(ino).await?;
         if let Some(size) = attrs.size {
             if let Some(f) = self.files.lock().unwrap().get(&ino) {
-                f.wb.lock().unwrap().dirty.truncate(size);
+                let mut wb = f.wb.lock().unwrap();
+                wb.dirty.truncate(size);
+                wb.written_end = wb.written_end.min(size);
             }
-            self.cache.lock().unwrap().invalidate_range(ino, size, u64::MAX);
+            self.invalidate(ino, size, u64::MAX);
         }
         let req = Request::SetAttr { fh: fh.clone(), attrs, guard: None };
         let wcc = match self.call(&self.cred(c), req).await? {
@@ -437,11 +456,12 @@ impl Client {
         };
         self.note_attr(&fh, &attr);
         if attrs.size.is_some() {
-            // Our own truncate: cached blocks below the cut stay valid.
+            // Our own truncate: the new change attribute is ours, so the next open need
+            // not drop the kernel's cache; our blocks (tagged with the old one) go.
             if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
                 n.data_change = attr.change;
             }
-            self.cache.lock().unwrap().invalidate(ino);
+            self.invalidate(ino, 0, u64::MAX);
         }
         Ok((self.local_view(ino, attr), self.attr_ttl(&attr)))
     }
@@ -803,15 +823,16 @@ impl Client {
         if !run.is_empty() {
             runs.push(run);
         }
+        let epoch = self.cache.lock().unwrap().epoch(ino);
         for run in runs {
             let this = self.clone();
             let (file, cred) = (file.clone(), cred.clone());
-            tokio::spawn(async move { this.fetch_run(ino, file, cred, change, run).await });
+            tokio::spawn(async move { this.fetch_run(ino, file, cred, change, epoch, run).await });
         }
         out
     }
 
-    async fn fetch_run(&self, ino: u64, file: FileHandle, cred: Cred, change: u64, run: Vec<(u64, Filler)>) {
+    async fn fetch_run(&self, ino: u64, file: FileHandle, cred: Cred, change: u64, epoch: u64, run: Vec<(u64, Filler)>) {
         let bs = self.opts.block_size;
         let first = run[0].0;
         let count = (run.len() * bs) as u32;
@@ -824,13 +845,16 @@ impl Client {
         let mut cache = self.cache.lock().unwrap();
         let mut fetches = self.fetches.lock().unwrap();
         for (i, (b, tx)) in run.into_iter().enumerate() {
-            fetches.remove(&(ino, b));
+            // A write may have dropped our entry and a newer fetch taken its place.
+            if fetches.get(&(ino, b)).is_some_and(|rx| rx.same_channel(&tx.subscribe())) {
+                fetches.remove(&(ino, b));
+            }
             let result = match &data {
                 Ok(d) => {
                     let start = (i * bs).min(d.len());
                     let end = (start + bs).min(d.len());
                     let block: Data = Arc::new(d[start..end].to_vec());
-                    cache.insert(ino, b, change, block.clone());
+                    cache.insert(ino, b, change, epoch, block.clone());
                     Ok(block)
                 }
                 Err(e) => Err(*e),
@@ -846,9 +870,14 @@ impl Client {
             return Err(Errno::EROFS);
         }
         let f = self.files.lock().unwrap().get(&ino).cloned().ok_or(Errno::EBADF)?;
-        self.cache.lock().unwrap().invalidate_range(ino, offset, offset + data.len() as u64);
+        let known_size = self.inodes.lock().unwrap().get(ino).map_or(0, |n| n.attr.size);
         let full = {
             let mut wb = f.wb.lock().unwrap();
+            // Drop cached blocks this write makes stale: the ones it covers and, when it
+            // extends the file, the old last block, which ends short (a short block means
+            // end of file, and a short READ makes the kernel shrink the file).
+            let old_end = known_size.max(wb.written_end);
+            self.invalidate(ino, offset.min(old_end), offset + data.len() as u64);
             wb.dirty.write(offset, data);
             wb.written_end = wb.written_end.max(offset + data.len() as u64);
             wb.dirty.take_full(self.opts.wsize.min(self.max_io))
@@ -928,11 +957,7 @@ impl Client {
             tokio::pin!(idle);
             idle.as_mut().enable();
             {
-                let mut wb = f.wb.lock().unwrap();
-                if wb.inflight == 0 {
-                    if wb.dirty.is_empty() {
-                        wb.written_end = 0;
-                    }
+                if f.wb.lock().unwrap().inflight == 0 {
                     return;
                 }
             }

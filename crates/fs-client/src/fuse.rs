@@ -53,7 +53,10 @@ impl Fs {
         self.rt.spawn(async move {
             match work.await {
                 Ok(v) => ok(reply, v),
-                Err(e) => reply.fail(e),
+                Err(e) => {
+                    tracing::debug!("data call failed: {e}");
+                    reply.fail(e)
+                }
             }
         });
     }
@@ -173,6 +176,8 @@ impl Filesystem for Fs {
         }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // Not FUSE_AUTO_INVAL_DATA: with it, fsx found stale pages in the kernel's cache
+        // (an invalidation racing a READ). Close-to-open does the invalidating instead.
         for flag in [
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_BIG_WRITES,
@@ -180,7 +185,6 @@ impl Filesystem for Fs {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             // A kernel without one of these simply goes without.

@@ -5,6 +5,11 @@
 //! so revalidation at `open` (close-to-open) that finds a new change attribute makes
 //! every old block of that file unreachable at once; they age out of the LRU. A block
 //! shorter than the block size is the file's last (it ends at end of file). Pure.
+//!
+//! Every invalidation of a file bumps its epoch. A fetch notes the epoch when it starts
+//! and its result is only cached if the epoch is still the same: a READ that was on its
+//! way while a write or truncate changed the file must not put old data back (fsx found
+//! exactly that race).
 
 use lru::LruCache;
 use std::sync::Arc;
@@ -18,6 +23,7 @@ struct Block {
 
 pub struct PageCache {
     lru: LruCache<(u64, u64), Block>,
+    epochs: std::collections::HashMap<u64, u64>,
     bytes: usize,
     capacity: usize,
     block_size: usize,
@@ -25,7 +31,7 @@ pub struct PageCache {
 
 impl PageCache {
     pub fn new(capacity_bytes: usize, block_size: usize) -> PageCache {
-        PageCache { lru: LruCache::unbounded(), bytes: 0, capacity: capacity_bytes, block_size }
+        PageCache { lru: LruCache::unbounded(), epochs: Default::default(), bytes: 0, capacity: capacity_bytes, block_size }
     }
 
     pub fn block_size(&self) -> usize {
@@ -44,8 +50,14 @@ impl PageCache {
         }
     }
 
-    pub fn insert(&mut self, ino: u64, block: u64, change: u64, data: Data) {
-        if self.capacity == 0 {
+    /// The file's invalidation epoch, to pass back to [`PageCache::insert`].
+    pub fn epoch(&self, ino: u64) -> u64 {
+        self.epochs.get(&ino).copied().unwrap_or(0)
+    }
+
+    /// Caches a block fetched when the file's epoch was `epoch`; a stale one is dropped.
+    pub fn insert(&mut self, ino: u64, block: u64, change: u64, epoch: u64, data: Data) {
+        if self.capacity == 0 || self.epoch(ino) != epoch {
             return;
         }
         self.bytes += data.len();
@@ -65,6 +77,7 @@ impl PageCache {
         if end <= start {
             return;
         }
+        *self.epochs.entry(ino).or_insert(0) += 1;
         let bs = self.block_size as u64;
         let (first, last) = (start / bs, (end - 1) / bs);
         if last - first < 64 {
@@ -102,13 +115,13 @@ mod tests {
     #[test]
     fn tags_and_lru_bound() {
         let mut c = PageCache::new(300, 100);
-        c.insert(1, 0, 7, data(100));
+        c.insert(1, 0, 7, 0, data(100));
         assert!(c.get(1, 0, 7).is_some());
         assert!(c.get(1, 0, 8).is_none(), "another change attribute: stale");
-        c.insert(1, 1, 7, data(100));
-        c.insert(1, 2, 7, data(100));
+        c.insert(1, 1, 7, 0, data(100));
+        c.insert(1, 2, 7, 0, data(100));
         c.get(1, 0, 7); // 0 is now the most recent
-        c.insert(2, 0, 7, data(100));
+        c.insert(2, 0, 7, 0, data(100));
         assert_eq!(c.bytes(), 300);
         assert!(c.get(1, 1, 7).is_none(), "least recently used went first");
         assert!(c.get(1, 0, 7).is_some());
@@ -120,6 +133,18 @@ mod tests {
         assert_eq!(c.bytes(), 100);
     }
 
+    /// A fetch that started before an invalidation does not put old data back.
+    #[test]
+    fn regression_fetch_racing_a_write_is_not_cached() {
+        let mut c = PageCache::new(1000, 100);
+        let started = c.epoch(1);
+        c.invalidate_range(1, 0, 10); // a write lands while the READ is on its way
+        c.insert(1, 0, 7, started, data(100));
+        assert!(c.get(1, 0, 7).is_none());
+        c.insert(1, 0, 7, c.epoch(1), data(100));
+        assert!(c.get(1, 0, 7).is_some());
+    }
+
     proptest! {
         #[test]
         fn never_over_capacity_and_bytes_exact(ops in proptest::collection::vec((0..3u64, 0..200u64, 1..120usize, any::<bool>()), 0..300)) {
@@ -128,7 +153,8 @@ mod tests {
                 if inval {
                     c.invalidate_range(ino, block * 100, block * 100 + len as u64 * 100);
                 } else {
-                    c.insert(ino, block, 0, data(len));
+                    let e = c.epoch(ino);
+                    c.insert(ino, block, 0, e, data(len));
                 }
                 prop_assert!(c.bytes() <= 1000);
                 let sum: usize = c.lru.iter().map(|(_, b)| b.data.len()).sum();
