@@ -225,6 +225,7 @@ impl Client {
     pub fn remember(&self, fh: &FileHandle, attr: Attr) -> Entry {
         let attr_ttl = self.attr_ttl(&attr);
         let ino = self.inodes.lock().unwrap().lookup(fh, attr, attr_ttl, Instant::now());
+        let attr = self.local_view(ino, attr);
         // Names are revalidated on the directory timeouts, as NFS's dentry cache.
         let entry_ttl = self.timeouts().dir_min.min(attr_ttl.max(self.timeouts().dir_min));
         Entry { ino, attr, attr_ttl, entry_ttl }
@@ -832,7 +833,15 @@ impl Client {
         out
     }
 
-    async fn fetch_run(&self, ino: u64, file: FileHandle, cred: Cred, change: u64, epoch: u64, run: Vec<(u64, Filler)>) {
+    async fn fetch_run(
+        &self,
+        ino: u64,
+        file: FileHandle,
+        cred: Cred,
+        change: u64,
+        epoch: u64,
+        run: Vec<(u64, Filler)>,
+    ) {
         let bs = self.opts.block_size;
         let first = run[0].0;
         let count = (run.len() * bs) as u32;

@@ -66,11 +66,9 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     let mp = check_mountpoint(mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let cfg = RpcConfig { addr: addr.clone(), soft: opts.soft, timeo: opts.timeo, retrans: opts.retrans };
+    let rpc = Rpc::connect(cfg, random_u64(), Duration::from_secs(10))
+        .map_err(|e| anyhow!("cannot reach server {addr}: {e}"))?;
     let client = rt.block_on(async {
-        let rpc = tokio::time::timeout(Duration::from_secs(10), Rpc::connect(cfg, random_u64()))
-            .await
-            .map_err(|_| anyhow!("cannot reach server {addr}: timed out"))?
-            .map_err(|e| anyhow!("cannot reach server {addr}: {e}"))?;
         let client = tokio::time::timeout(Duration::from_secs(30), Client::new(rpc, opts.clone()))
             .await
             .map_err(|_| anyhow!("server {addr} did not answer MOUNT"))?

@@ -31,7 +31,13 @@ pub struct PageCache {
 
 impl PageCache {
     pub fn new(capacity_bytes: usize, block_size: usize) -> PageCache {
-        PageCache { lru: LruCache::unbounded(), epochs: Default::default(), bytes: 0, capacity: capacity_bytes, block_size }
+        PageCache {
+            lru: LruCache::unbounded(),
+            epochs: Default::default(),
+            bytes: 0,
+            capacity: capacity_bytes,
+            block_size,
+        }
     }
 
     pub fn block_size(&self) -> usize {

@@ -2,8 +2,9 @@
 //! and retransmission.
 //!
 //! Every call is encoded once, kept with its reply slot until answered, and written to
-//! the current connection. When the connection breaks (the server died, restarted, or the
-//! network hiccupped) a manager task reconnects with exponential backoff and resends
+//! the current connection by the caller itself. One thread reads replies and hands each
+//! to its caller. When the connection breaks (the server died, restarted, or the
+//! network hiccupped) that thread reconnects with exponential backoff and resends
 //! every outstanding call *with its original xid*, so the server's duplicate request
 //! cache recognises retransmitted non-idempotent calls (RFC 1813, section 4.4, and the
 //! NFS client's behaviour on a TCP reconnect).
@@ -14,12 +15,13 @@
 
 use fs_proto::{decode, encode_frame, frame_len, Addr, Call, Cred, Errno, Reply, Request, Response};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 #[derive(Clone, Debug)]
 pub struct RpcConfig {
@@ -37,11 +39,28 @@ struct Pending {
     tx: oneshot::Sender<Reply>,
 }
 
+/// The write side of the live connection. Callers write their frames themselves, under
+/// this lock, instead of handing them to a writer thread: one thread wake-up less per
+/// call, which on this machine is a large part of a round trip.
+struct Conn {
+    w: Mutex<Stream>,
+}
+
+impl Conn {
+    fn send(&self, frame: &[u8]) {
+        let mut w = self.w.lock().unwrap();
+        if w.write_all(frame).is_err() {
+            // The reader notices the broken connection and reconnects; the frame stays
+            // pending and is resent then.
+            w.shutdown();
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     pending: HashMap<u64, Pending>,
-    /// The live connection's writer queue, if connected.
-    conn: Option<mpsc::UnboundedSender<Frame>>,
+    conn: Option<Arc<Conn>>,
 }
 
 struct Inner {
@@ -57,30 +76,79 @@ pub struct Rpc {
     inner: Arc<Inner>,
 }
 
+/// A blocking stream: the reader is a plain thread, so replies are always drained even
+/// when every runtime worker is busy (no full-duplex deadlock with the server).
 enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
+    Tcp(TcpStream),
+    Unix(UnixStream),
 }
 
-async fn connect(addr: &Addr) -> io::Result<Stream> {
-    match addr {
-        Addr::Tcp { host, port } => {
-            let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            // Without it, small calls wait for delayed ACKs (40 ms stalls).
-            s.set_nodelay(true)?;
-            Ok(Stream::Tcp(s))
+impl Stream {
+    fn connect(addr: &Addr, timeout: Duration) -> io::Result<Stream> {
+        match addr {
+            Addr::Tcp { host, port } => {
+                let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+                for a in (host.as_str(), *port).to_socket_addrs()? {
+                    match TcpStream::connect_timeout(&a, timeout) {
+                        Ok(s) => {
+                            // Without it, small calls wait for delayed ACKs (40 ms stalls).
+                            s.set_nodelay(true)?;
+                            return Ok(Stream::Tcp(s));
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+            Addr::Unix(p) => Ok(Stream::Unix(UnixStream::connect(p)?)),
         }
-        Addr::Unix(p) => Ok(Stream::Unix(tokio::net::UnixStream::connect(p).await?)),
+    }
+
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
 impl Rpc {
     /// Connects once (an unreachable server is an immediate error, so `mount` can say
-    /// so), then hands the connection to the manager task, which keeps it alive.
-    pub async fn connect(cfg: RpcConfig, client: u64) -> io::Result<Rpc> {
-        let stream = connect(&cfg.addr).await?;
+    /// so), then hands the connection to the connection thread, which keeps it alive.
+    pub fn connect(cfg: RpcConfig, client: u64, timeout: Duration) -> io::Result<Rpc> {
+        let stream = Stream::connect(&cfg.addr, timeout)?;
         let inner = Arc::new(Inner { cfg, client, next_xid: AtomicU64::new(1), state: Mutex::new(State::default()) });
-        tokio::spawn(manage(inner.clone(), stream));
+        let i = inner.clone();
+        std::thread::Builder::new().name("fs-rpc".into()).spawn(move || manage(i, stream))?;
         Ok(Rpc { inner })
     }
 
@@ -94,14 +162,16 @@ impl Rpc {
         let call = Call { xid, client: self.inner.client, cred: cred.clone(), req };
         let frame: Frame = encode_frame(&call).map_err(|_| Errno::EINVAL)?.into();
         let (tx, rx) = oneshot::channel();
-        {
+        let conn = {
             let mut st = self.inner.state.lock().unwrap();
             st.pending.insert(xid, Pending { frame: frame.clone(), tx });
-            if let Some(conn) = &st.conn {
-                // If the connection just died the frame is resent on reconnect; a
-                // duplicate send is harmless (idempotent, or caught by the server's DRC).
-                let _ = conn.send(frame);
-            }
+            st.conn.clone()
+        };
+        // Not connected: the connection thread sends it on reconnect. If the connection
+        // dies mid-send, it is resent too; a duplicate is harmless (idempotent, or caught
+        // by the server's duplicate request cache).
+        if let Some(conn) = conn {
+            conn.send(&frame);
         }
         let reply = if self.inner.cfg.soft {
             let limit = self.inner.cfg.timeo * (self.inner.cfg.retrans + 1);
@@ -120,16 +190,17 @@ impl Rpc {
     }
 }
 
-/// Keeps a connection up: runs it until it breaks, then reconnects with backoff and
-/// resends everything outstanding.
-async fn manage(inner: Arc<Inner>, first: Stream) {
+/// The connection thread: installs a connection (resending everything outstanding),
+/// reads replies until it breaks, then reconnects with backoff.
+fn manage(inner: Arc<Inner>, first: Stream) {
     let mut stream = Some(first);
     loop {
         let s = match stream.take() {
             Some(s) => s,
-            None => reconnect(&inner).await,
+            None => reconnect(&inner),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let Ok(w) = s.try_clone() else { continue };
+        let conn = Arc::new(Conn { w: Mutex::new(w) });
         {
             let mut st = inner.state.lock().unwrap();
             let mut outstanding: Vec<_> = st.pending.iter().map(|(xid, p)| (*xid, p.frame.clone())).collect();
@@ -138,30 +209,22 @@ async fn manage(inner: Arc<Inner>, first: Stream) {
                 tracing::info!("resending {} outstanding calls", outstanding.len());
             }
             for (_, f) in outstanding {
-                let _ = tx.send(f);
+                conn.send(&f);
             }
-            st.conn = Some(tx);
+            st.conn = Some(conn.clone());
         }
-        let why = match s {
-            Stream::Tcp(s) => {
-                let (r, w) = s.into_split();
-                run_connection(&inner, r, w, rx).await
-            }
-            Stream::Unix(s) => {
-                let (r, w) = s.into_split();
-                run_connection(&inner, r, w, rx).await
-            }
-        };
+        let why = read_replies(&inner, s);
         inner.state.lock().unwrap().conn = None;
+        conn.w.lock().unwrap().shutdown();
         tracing::warn!("connection to {} lost ({why}); reconnecting", inner.cfg.addr);
     }
 }
 
-async fn reconnect(inner: &Inner) -> Stream {
+fn reconnect(inner: &Inner) -> Stream {
     let mut delay = Duration::from_millis(20);
     let mut said = false;
     loop {
-        match connect(&inner.cfg.addr).await {
+        match Stream::connect(&inner.cfg.addr, Duration::from_secs(5)) {
             Ok(s) => {
                 if said {
                     tracing::warn!("server {} OK", inner.cfg.addr);
@@ -173,29 +236,18 @@ async fn reconnect(inner: &Inner) -> Stream {
                     tracing::warn!("server {} not responding ({e}), still trying", inner.cfg.addr);
                     said = true;
                 }
-                tokio::time::sleep(delay).await;
+                std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     }
 }
 
-async fn run_connection<R, W>(inner: &Inner, r: R, w: W, rx: mpsc::UnboundedReceiver<Frame>) -> String
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    tokio::select! {
-        e = read_replies(inner, r) => e,
-        e = write_calls(w, rx) => e,
-    }
-}
-
-async fn read_replies<R: AsyncRead + Unpin>(inner: &Inner, r: R) -> String {
-    let mut r = BufReader::with_capacity(256 * 1024, r);
+fn read_replies(inner: &Inner, s: Stream) -> String {
+    let mut r = BufReader::with_capacity(256 * 1024, s);
     loop {
         let mut h = [0u8; 4];
-        if let Err(e) = r.read_exact(&mut h).await {
+        if let Err(e) = r.read_exact(&mut h) {
             return e.to_string();
         }
         let n = match frame_len(h) {
@@ -203,7 +255,7 @@ async fn read_replies<R: AsyncRead + Unpin>(inner: &Inner, r: R) -> String {
             Err(e) => return e.to_string(),
         };
         let mut buf = vec![0u8; n];
-        if let Err(e) = r.read_exact(&mut buf).await {
+        if let Err(e) = r.read_exact(&mut buf) {
             return e.to_string();
         }
         let reply: Reply = match decode(&buf) {
@@ -215,22 +267,4 @@ async fn read_replies<R: AsyncRead + Unpin>(inner: &Inner, r: R) -> String {
             let _ = p.tx.send(reply);
         }
     }
-}
-
-async fn write_calls<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::UnboundedReceiver<Frame>) -> String {
-    let mut w = BufWriter::with_capacity(256 * 1024, w);
-    while let Some(f) = rx.recv().await {
-        if let Err(e) = w.write_all(&f).await {
-            return e.to_string();
-        }
-        while let Ok(f) = rx.try_recv() {
-            if let Err(e) = w.write_all(&f).await {
-                return e.to_string();
-            }
-        }
-        if let Err(e) = w.flush().await {
-            return e.to_string();
-        }
-    }
-    "writer closed".into()
 }
