@@ -642,15 +642,17 @@ impl Client {
                 if let Err(e) = this.sync(&f).await {
                     tracing::warn!(ino, "background commit failed: {e}");
                 }
-                {
+                let reopened = {
                     let mut files = this.files.lock().unwrap();
                     let reopened =
                         files.get(&ino).is_some_and(|cur| !Arc::ptr_eq(cur, &f) || *cur.opens.lock().unwrap() > 0);
                     if !reopened {
                         files.remove(&ino);
                     }
-                }
-                let silly = this.silly.lock().unwrap().remove(&ino);
+                    reopened
+                };
+                // Opened again meanwhile: that open's last close removes a silly name.
+                let silly = if reopened { None } else { this.silly.lock().unwrap().remove(&ino) };
                 if let Some((dir, name)) = silly {
                     let cred = Cred { uid: 0, gid: 0, groups: vec![] };
                     if let Err(e) = this.call(&cred, Request::Remove { dir, name }).await {
