@@ -124,6 +124,15 @@ impl Inodes {
         }
     }
 
+    /// Marks every directory's cached attributes as expired.
+    pub fn expire_directories(&mut self, now: Instant) {
+        for n in self.nodes.values_mut() {
+            if n.attr.kind == fs_proto::FileKind::Directory {
+                n.attr_valid_until = now;
+            }
+        }
+    }
+
     /// Whether any file is open on this mount (so unlink must check for silly renames).
     pub fn any_open(&self) -> bool {
         self.open_files > 0

@@ -15,6 +15,12 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
+    /// Whether the last read looked random (no window): such reads fetch only what was
+    /// asked for instead of whole blocks.
+    pub fn is_random(&self) -> bool {
+        self.window == 0
+    }
+
     /// Records a read of `[offset, offset + len)` and returns the blocks to prefetch.
     /// `max_window` is in blocks (0 disables read-ahead); `file_size` bounds the window.
     pub fn on_read(&mut self, offset: u64, len: u64, block_size: u64, max_window: u64, file_size: u64) -> Range<u64> {
@@ -62,6 +68,7 @@ mod tests {
     fn random_reader_gets_none() {
         let mut r = ReadAhead::default();
         assert_eq!(r.on_read(5000, 100, BS, 8, 10_000), 0..0);
+        assert!(r.is_random());
         assert_eq!(r.on_read(300, 100, BS, 8, 10_000), 0..0);
         assert_eq!(r.on_read(9000, 10, BS, 8, 10_000), 0..0);
         // It becomes sequential again.
