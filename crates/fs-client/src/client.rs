@@ -754,6 +754,10 @@ impl Client {
 
     /// Reads `size` bytes at `offset` through the page cache, starting read-ahead.
     pub async fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        // The epoch is taken before the write-back, so that a write arriving while this
+        // read is under way (the kernel's read-ahead runs beside the program) makes what
+        // we fetch uncacheable: it may have reached the server before that write did.
+        let epoch = self.cache.lock().unwrap().epoch(ino);
         self.writeback(ino).await?;
         let bs = self.opts.block_size as u64;
         let (file, change, file_size) = {
@@ -781,9 +785,9 @@ impl Client {
                 r => Err(unexpected(r)),
             };
         }
-        let needed: Vec<Fetch> = self.start_fetches(ino, &file, &cred, change, first..last + 1);
+        let needed: Vec<Fetch> = self.start_fetches(ino, &file, &cred, change, epoch, first..last + 1);
         if !ahead.is_empty() {
-            drop(self.start_fetches(ino, &file, &cred, change, ahead));
+            drop(self.start_fetches(ino, &file, &cred, change, epoch, ahead));
         }
         let mut out = Vec::with_capacity(size as usize);
         for (i, mut rx) in needed.into_iter().enumerate() {
@@ -820,6 +824,7 @@ impl Client {
         file: &FileHandle,
         cred: &Cred,
         change: u64,
+        epoch: u64,
         blocks: std::ops::Range<u64>,
     ) -> Vec<Fetch> {
         let bs = self.opts.block_size as u64;
@@ -857,7 +862,6 @@ impl Client {
         if !run.is_empty() {
             runs.push(run);
         }
-        let epoch = self.cache.lock().unwrap().epoch(ino);
         for run in runs {
             let this = self.clone();
             let (file, cred) = (file.clone(), cred.clone());
@@ -922,7 +926,9 @@ impl Client {
             self.invalidate(ino, offset.min(old_end), offset + data.len() as u64);
             wb.dirty.write(offset, data);
             wb.written_end = wb.written_end.max(offset + data.len() as u64);
-            wb.dirty.take_full(self.opts.wsize.min(self.max_io))
+            let full = wb.dirty.take_full(self.opts.wsize.min(self.max_io));
+            wb.inflight += full.len();
+            full
         };
         for (off, chunk) in full {
             self.send_write(&f, off, chunk).await;
@@ -955,9 +961,12 @@ impl Client {
         (self.opts.cache_size / 2).max(32 << 20)
     }
 
+    /// Sends one WRITE. The caller counted it in `inflight` when it took the bytes out of
+    /// the dirty buffer, in the same critical section: counted any later, a concurrent
+    /// `drain` could see neither dirty bytes nor a write in flight and read from the
+    /// server before the data got there (fsx found that: a short read at a block edge).
     async fn send_write(self: &Arc<Self>, f: &Arc<FileState>, offset: u64, data: Vec<u8>) {
         let permit = self.write_slots.clone().acquire_owned().await.expect("never closed");
-        f.wb.lock().unwrap().inflight += 1;
         let (this, f) = (self.clone(), f.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -990,7 +999,12 @@ impl Client {
     }
 
     async fn drain(self: &Arc<Self>, f: &Arc<FileState>) {
-        let chunks = f.wb.lock().unwrap().dirty.take_all(self.opts.wsize.min(self.max_io));
+        let chunks = {
+            let mut wb = f.wb.lock().unwrap();
+            let chunks = wb.dirty.take_all(self.opts.wsize.min(self.max_io));
+            wb.inflight += chunks.len();
+            chunks
+        };
         for (off, chunk) in chunks {
             self.send_write(f, off, chunk).await;
         }

@@ -320,7 +320,17 @@ impl Filesystem for Fs {
         reply: ReplyData,
     ) {
         let cl = self.client.clone();
-        self.spawn(reply, async move { cl.read(ino.0, fh.0, offset, size).await }, |r, d| r.data(&d));
+        self.spawn(
+            reply,
+            async move {
+                let d = cl.read(ino.0, fh.0, offset, size).await?;
+                if d.len() < size as usize {
+                    tracing::debug!(ino = ino.0, offset, size, got = d.len(), "short read");
+                }
+                Ok(d)
+            },
+            |r, d| r.data(&d),
+        );
     }
 
     fn write(
