@@ -59,26 +59,9 @@ impl AttrTimeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fs_proto::Timespec;
 
     fn attr(kind: FileKind, mtime_sec: i64) -> Attr {
-        Attr {
-            kind,
-            mode: 0,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            used: 0,
-            rdev: 0,
-            fsid: 0,
-            fileid: 5,
-            blksize: 0,
-            atime: Timespec::default(),
-            mtime: Timespec { sec: mtime_sec, nsec: 0 },
-            ctime: Timespec::default(),
-            change: 0,
-        }
+        crate::testutil::attr(kind, 5, mtime_sec)
     }
 
     #[test]

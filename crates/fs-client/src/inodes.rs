@@ -150,27 +150,11 @@ impl Inodes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fs_proto::{FileKind, Timespec};
+    use fs_proto::FileKind;
     use proptest::prelude::*;
 
     fn attr(fileid: u64) -> Attr {
-        Attr {
-            kind: FileKind::Regular,
-            mode: 0o644,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            used: 0,
-            rdev: 0,
-            fsid: 0,
-            fileid,
-            blksize: 4096,
-            atime: Timespec::default(),
-            mtime: Timespec::default(),
-            ctime: Timespec::default(),
-            change: 0,
-        }
+        crate::testutil::attr(FileKind::Regular, fileid, 0)
     }
 
     fn fh(n: u8) -> FileHandle {

@@ -24,3 +24,6 @@ pub mod pagecache;
 pub mod readahead;
 pub mod rpc;
 pub mod writeback;
+
+#[cfg(test)]
+mod testutil;
