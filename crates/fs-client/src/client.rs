@@ -554,6 +554,11 @@ impl Client {
 
     fn file_state(&self, ino: u64, fh: &FileHandle, cred: &Cred) {
         let mut files = self.files.lock().unwrap();
+        // A state left by a file whose node id now names another object (deleted, its
+        // number reused, while a background COMMIT still ran) is not this file's.
+        if files.get(&ino).is_some_and(|f| f.fh != *fh) {
+            files.remove(&ino);
+        }
         let f = files.entry(ino).or_insert_with(|| {
             Arc::new(FileState {
                 fh: fh.clone(),
