@@ -190,12 +190,7 @@ impl Handles {
             Some(fd) => fd,
             None => {
                 let kh = self.unwrap(fh)?;
-                let fd = Arc::new(sys::open_by_handle(self.root_fd.as_raw_fd(), &kh).map_err(
-                    |e| match e.raw_os_error() {
-                        Some(libc::ESTALE) | Some(libc::ENOENT) => Errno::ESTALE,
-                        _ => Errno::from_io(&e),
-                    },
-                )?);
+                let fd = Arc::new(self.open_kernel_handle(&kh)?);
                 self.cache.lock().unwrap().put(fh.clone(), fd.clone());
                 fd
             }
@@ -207,6 +202,28 @@ impl Handles {
             return Err(Errno::ESTALE);
         }
         Ok(Obj { fd, st })
+    }
+
+    /// `open_by_handle_at` for a handle that passed its MAC, so it named an object of
+    /// this export once. Decoding failures mean the object is gone: ESTALE. ext4 on this
+    /// kernel sometimes reports a just-deleted inode as ENOMEM (seen in a CI run of
+    /// `deleted_objects_are_stale`); one retry tells that from real memory pressure.
+    fn open_kernel_handle(&self, kh: &KernelHandle) -> Result<OwnedFd, Errno> {
+        let mut retried = false;
+        loop {
+            match sys::open_by_handle(self.root_fd.as_raw_fd(), kh) {
+                Ok(fd) => return Ok(fd),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::ESTALE) | Some(libc::ENOENT) => return Err(Errno::ESTALE),
+                    Some(libc::ENOMEM) if !retried => {
+                        retried = true;
+                        std::thread::yield_now();
+                    }
+                    Some(libc::ENOMEM) => return Err(Errno::ESTALE),
+                    _ => return Err(Errno::from_io(&e)),
+                },
+            }
+        }
     }
 
     /// Drops the cached descriptor of a handle, so a deleted file's space is freed now.
