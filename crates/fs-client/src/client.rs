@@ -160,10 +160,6 @@ impl Client {
         })
     }
 
-    pub fn options(&self) -> &MountOptions {
-        &self.opts
-    }
-
     pub fn max_io(&self) -> usize {
         self.max_io
     }
@@ -1103,21 +1099,6 @@ impl Client {
             r => return Err(unexpected(r)),
         }
         Ok(())
-    }
-
-    /// The server's clock offset from ours (Cristian's method) and the round trip.
-    pub async fn clock_offset(&self) -> Result<(Duration, i128), Errno> {
-        let cred = Cred::default();
-        let t0 = SystemTime::now();
-        let now = match self.rpc.call(&cred, Request::Time).await? {
-            Response::Time { now } => now,
-            r => return Err(unexpected(r)),
-        };
-        let t1 = SystemTime::now();
-        let rtt = t1.duration_since(t0).unwrap_or_default();
-        let ns = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-        let server = now.sec as i128 * 1_000_000_000 + now.nsec as i128 + rtt.as_nanos() as i128 / 2;
-        Ok((rtt, server - ns(t1)))
     }
 }
 

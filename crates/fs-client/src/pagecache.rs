@@ -40,10 +40,6 @@ impl PageCache {
         }
     }
 
-    pub fn block_size(&self) -> usize {
-        self.block_size
-    }
-
     pub fn bytes(&self) -> usize {
         self.bytes
     }
