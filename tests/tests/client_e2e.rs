@@ -273,3 +273,41 @@ fn sigterm_unmounts_even_with_the_server_gone() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A tiny page cache (constant eviction), small blocks, and read-ahead on and off: the
+/// data read is still exactly the data on the server, sequentially and at random.
+#[test]
+fn cache_and_readahead_options_keep_data_exact() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    for opts in ["cache_size=1M,block_size=64K,readahead=4", "readahead=0", "cache_size=0,block_size=4K"] {
+        let rig = Rig::new(opts);
+        let data: Vec<u8> = (0..(20u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        std::fs::write(rig.export("data"), &data).unwrap();
+        assert!(std::fs::read(rig.mnt("data")).unwrap() == data, "{opts}: sequential read");
+        let f = std::fs::File::open(rig.mnt("data")).unwrap();
+        let mut x = 12345u64;
+        for _ in 0..300 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let off = (x >> 20) as usize % data.len();
+            let len = ((x >> 8) as usize % 200_000).min(data.len() - off);
+            let mut buf = vec![0u8; len];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, off as u64).unwrap();
+            assert!(buf == data[off..off + len], "{opts}: read of {len} at {off}");
+        }
+    }
+}
+
+#[test]
+fn sigint_unmounts() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let rig = Rig::new("");
+    std::fs::write(rig.mnt("f"), b"x").unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(rig.mount.pid(), libc::SIGINT) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tests::is_mounted(&rig.mnt("")) {
+        assert!(std::time::Instant::now() < deadline, "still mounted 10 s after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(rig.export("f")).unwrap(), b"x");
+}
