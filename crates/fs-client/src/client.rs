@@ -89,7 +89,12 @@ struct Uncommitted {
 #[derive(Default)]
 struct Wb {
     dirty: Dirty,
-    inflight: usize,
+    /// WRITEs taken out of `dirty` and not yet answered, oldest first: (sequence, start,
+    /// end). A WRITE waits until no older one overlapping it is still on its way, so
+    /// the server applies overlapping writes in the order they were made (fsx found
+    /// two overlapping WRITEs in flight at once, landing the older one last).
+    sending: Vec<(u64, u64, u64)>,
+    next_seq: u64,
     uncommitted: Vec<Uncommitted>,
     uncommitted_bytes: usize,
     error: Option<Errno>,
@@ -100,6 +105,24 @@ struct Wb {
     written_end: u64,
     /// A background COMMIT is running.
     committing: bool,
+}
+
+impl Wb {
+    /// Registers chunks just taken out of `dirty` as on their way, in the same critical
+    /// section: registered any later, a concurrent `drain` could see neither dirty bytes
+    /// nor a write in flight and read from the server before the data got there (fsx
+    /// found that: a short read at a block edge).
+    fn queue(&mut self, chunks: Vec<(u64, Vec<u8>)>) -> Vec<(u64, u64, Vec<u8>)> {
+        chunks
+            .into_iter()
+            .map(|(off, data)| {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.sending.push((seq, off, off + data.len() as u64));
+                (seq, off, data)
+            })
+            .collect()
+    }
 }
 
 /// Write-back state of one file, while it is open.
@@ -928,11 +951,10 @@ impl Client {
             wb.dirty.write(offset, data);
             wb.written_end = wb.written_end.max(offset + data.len() as u64);
             let full = wb.dirty.take_full(self.opts.wsize.min(self.max_io));
-            wb.inflight += full.len();
-            full
+            wb.queue(full)
         };
-        for (off, chunk) in full {
-            self.send_write(&f, off, chunk).await;
+        for (seq, off, chunk) in full {
+            self.send_write(&f, seq, off, chunk).await;
         }
         // Bound what waits for a COMMIT in memory: start one in the background at the
         // threshold, and make the writer wait for one at twice that.
@@ -962,11 +984,20 @@ impl Client {
         (self.opts.cache_size / 2).max(32 << 20)
     }
 
-    /// Sends one WRITE. The caller counted it in `inflight` when it took the bytes out of
-    /// the dirty buffer, in the same critical section: counted any later, a concurrent
-    /// `drain` could see neither dirty bytes nor a write in flight and read from the
-    /// server before the data got there (fsx found that: a short read at a block edge).
-    async fn send_write(self: &Arc<Self>, f: &Arc<FileState>, offset: u64, data: Vec<u8>) {
+    /// Sends one WRITE, queued by [`Wb::queue`], once no older overlapping WRITE is still
+    /// on its way.
+    async fn send_write(self: &Arc<Self>, f: &Arc<FileState>, seq: u64, offset: u64, data: Vec<u8>) {
+        let end = offset + data.len() as u64;
+        loop {
+            let idle = f.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let blocked = f.wb.lock().unwrap().sending.iter().any(|&(q, s, e)| q < seq && s < end && offset < e);
+            if !blocked {
+                break;
+            }
+            idle.await;
+        }
         let permit = self.write_slots.clone().acquire_owned().await.expect("never closed");
         let (this, f) = (self.clone(), f.clone());
         tokio::spawn(async move {
@@ -975,7 +1006,7 @@ impl Client {
             let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, data: data.clone() };
             let res = this.rpc.call(&cred, req).await;
             let mut wb = f.wb.lock().unwrap();
-            wb.inflight -= 1;
+            wb.sending.retain(|&(q, _, _)| q != seq);
             match res {
                 Ok(Response::Write { committed, verifier, wcc, .. }) => {
                     if committed == Stable::Unstable {
@@ -1003,18 +1034,17 @@ impl Client {
         let chunks = {
             let mut wb = f.wb.lock().unwrap();
             let chunks = wb.dirty.take_all(self.opts.wsize.min(self.max_io));
-            wb.inflight += chunks.len();
-            chunks
+            wb.queue(chunks)
         };
-        for (off, chunk) in chunks {
-            self.send_write(f, off, chunk).await;
+        for (seq, off, chunk) in chunks {
+            self.send_write(f, seq, off, chunk).await;
         }
         loop {
             let idle = f.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
             {
-                if f.wb.lock().unwrap().inflight == 0 {
+                if f.wb.lock().unwrap().sending.is_empty() {
                     return;
                 }
             }
