@@ -89,10 +89,6 @@ impl ServerProc {
         ServerProc { child: Some(child), addr, export: export.into(), state: state.into() }
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -233,12 +229,6 @@ impl Rig {
 
     pub fn mnt(&self, rel: &str) -> PathBuf {
         self.mount.path(rel)
-    }
-
-    /// Kills the server (SIGKILL) and starts it again on the same address and folders.
-    pub fn restart_server(&mut self) {
-        self.server.kill();
-        self.start_server_again();
     }
 
     /// Starts the server again after [`ServerProc::kill`], on the same address.

@@ -255,7 +255,7 @@ fn soft_mount_fails_with_eio_when_the_server_is_gone() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     // A dead server never wedges the unmount.
     let status = rig.mount.unmount().expect("was running");
-    assert!(status.success() || status.code().is_some(), "{status:?}");
+    assert!(status.code().is_some(), "fs-client exited by itself, not killed: {status:?}");
     assert!(!tests::is_mounted(&rig.mnt("")));
 }
 

@@ -4,16 +4,19 @@
 //!
 //! # Caching and consistency (the NFS model)
 //! - **Attributes**: the kernel caches them for the adaptive timeout we give it
-//!   ([`crate::attrcache`]); when it asks, we ask the server. Mutating replies carry the
-//!   object's post-operation attributes, which replace what we hold.
+//!   ([`crate::attrcache`]); when it asks about a file, we ask the server; a directory's
+//!   attributes are served from here while fresh. Mutating replies carry post-operation
+//!   attributes, which replace what we hold.
 //! - **Close-to-open**: `open` always fetches attributes. If the change attribute is the
 //!   one our cached data was read under, the kernel keeps its page cache
 //!   (`FOPEN_KEEP_CACHE`) and ours stays valid; otherwise both are dropped.
 //! - **Page cache**: blocks in an LRU bounded in bytes, tagged with the change attribute.
 //! - **Read-ahead**: per open file, sequential readers get a growing window of block
-//!   fetches in flight; concurrent readers of one block share one fetch.
+//!   fetches in flight; concurrent readers of one block share one fetch; random readers
+//!   fetch only the bytes they ask for.
 //! - **Write-back**: writes are buffered and coalesced, sent as `wsize` UNSTABLE WRITEs,
-//!   several in flight; `flush` (close) and `fsync` send the rest, wait, then COMMIT. The
+//!   several in flight (overlapping ones in order); `flush` (close) sends the rest and
+//!   waits, the last close COMMITs in the background, `fsync` waits for a COMMIT. The
 //!   data stays in memory until a COMMIT with the same write verifier as its WRITE; a
 //!   different verifier (the server restarted) makes us send it again. Errors of
 //!   background writes are reported by the next `flush` or `fsync`, as NFS does.
@@ -54,15 +57,6 @@ pub struct Entry {
     pub entry_ttl: Duration,
 }
 
-/// One entry of a directory listing, as the FUSE layer hands it to the kernel.
-#[derive(Clone, Debug)]
-pub struct Listed {
-    pub name: Vec<u8>,
-    pub fileid: u64,
-    pub kind: Option<FileKind>,
-    pub plus: Option<(FileHandle, Attr)>,
-}
-
 pub struct Opened {
     pub fh: u64,
     /// Keep the kernel's page cache: the file did not change since we cached it.
@@ -77,7 +71,7 @@ struct OpenFile {
     cred: Cred,
     ra: ReadAhead,
     /// A directory's listing, fetched whole at offset 0 and served from here.
-    listing: Option<Arc<Vec<Listed>>>,
+    listing: Option<Arc<Vec<DirEntry>>>,
 }
 
 struct Uncommitted {
@@ -246,7 +240,7 @@ impl Client {
         let ino = self.inodes.lock().unwrap().lookup(fh, attr, attr_ttl, Instant::now());
         let attr = self.local_view(ino, attr);
         // Names are revalidated on the directory timeouts, as NFS's dentry cache.
-        let entry_ttl = self.timeouts().dir_min.min(attr_ttl.max(self.timeouts().dir_min));
+        let entry_ttl = self.timeouts().dir_min;
         Entry { ino, attr, attr_ttl, entry_ttl }
     }
 
@@ -661,17 +655,12 @@ impl Client {
     pub async fn release(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), Errno> {
         self.opens.lock().unwrap().remove(&fh);
         let f = self.files.lock().unwrap().get(&ino).cloned();
-        let mut result = Ok(());
-        let mut last = false;
-        if let Some(f) = &f {
-            self.drain(f).await;
-            if let Some(e) = f.wb.lock().unwrap().error.take() {
-                result = Err(e);
-            }
+        let result = self.flush(ino).await;
+        let last = f.as_ref().is_some_and(|f| {
             let mut o = f.opens.lock().unwrap();
             *o = o.saturating_sub(1);
-            last = *o == 0;
-        }
+            *o == 0
+        });
         if self.inodes.lock().unwrap().release(ino) {
             self.cache.lock().unwrap().invalidate(ino);
         }
@@ -733,7 +722,7 @@ impl Client {
     /// The directory listing of an open directory handle: fetched whole (READDIRPLUS,
     /// as many calls as it takes) when the kernel asks from offset 0, then served from
     /// memory for the kernel's following calls. Offsets are indices + 1.
-    pub async fn readdir(&self, dir_ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<Listed>>, Errno> {
+    pub async fn readdir(&self, dir_ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
         let (cred, cached) = {
             let o = self.opens.lock().unwrap();
             let of = o.get(&fh).ok_or(Errno::EBADF)?;
@@ -754,12 +743,7 @@ impl Client {
                         cookie = last.cookie;
                     }
                     let got = entries.len();
-                    all.extend(entries.into_iter().map(|e| Listed {
-                        name: e.name,
-                        fileid: e.fileid,
-                        kind: e.kind,
-                        plus: e.plus,
-                    }));
+                    all.extend(entries);
                     if eof || got == 0 {
                         break;
                     }

@@ -115,7 +115,6 @@ at_call! {
     fchownat_fd(fd: RawFd, uid: u32, gid: u32) => libc::fchownat(fd, EMPTY.as_ptr(), uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW);
     chmod_fd(fd: RawFd, mode: u32) => libc::chmod(proc_path(fd).as_ptr(), mode);
     truncate_fd(fd: RawFd, size: i64) => libc::truncate(proc_path(fd).as_ptr(), size);
-    ftruncate(fd: RawFd, size: i64) => libc::ftruncate(fd, size);
     fsync(fd: RawFd) => libc::fsync(fd);
     fdatasync(fd: RawFd) => libc::fdatasync(fd);
     fallocate(fd: RawFd, mode: i32, offset: i64, len: i64) => libc::fallocate(fd, mode, offset, len);

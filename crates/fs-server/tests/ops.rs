@@ -155,12 +155,13 @@ fn create_how() {
     let t = T::new();
     let r = t.root();
     let mk = |how| t.call(Request::Create { dir: r.clone(), name: b"f".to_vec(), mode: 0o640, how });
+    let root_before = t.getattr(&r).unwrap();
     let first = mk(CreateHow::Guarded).unwrap();
     let Response::Created { fh, attr, dir } = first else { panic!() };
     assert_eq!(attr.mode, 0o640);
     assert_eq!(attr.kind, FileKind::Regular);
-    assert!(dir.before.is_some() && dir.after.is_some());
-    assert_ne!(dir.before.unwrap().mtime, dir.after.unwrap().mtime.max(Timespec { sec: i64::MAX, nsec: 0 }));
+    assert_eq!(dir.before, Some(WccAttr::from(&root_before)), "pre-operation attributes of the directory");
+    assert_eq!(dir.after, Some(t.getattr(&r).unwrap()), "post-operation attributes of the directory");
     assert_eq!(mk(CreateHow::Guarded), Err(Errno::EEXIST));
     let Ok(Response::Created { fh: again, .. }) = mk(CreateHow::Unchecked) else { panic!() };
     assert_eq!(again, fh);
