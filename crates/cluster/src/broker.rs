@@ -1,0 +1,290 @@
+//! The broker: takes numbers from sources (ROUTER, answering REQ), hands them to workers
+//! (credit-based ROUTER, or plain PUSH), takes results (ROUTER, answering REQ) and
+//! publishes numbers (`n`), primes (`p`) and completions (`d`) on a PUB socket.
+//! One thread, one poll loop; the bookkeeping is [`Dispatcher`].
+
+use crate::dispatch::{Dispatcher, Stats, Submitted};
+use crate::endpoint::{BrokerAddr, Role};
+use crate::util::{self, sock_err};
+use crate::wire::Msg;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dispatch {
+    /// Workers say how much they can take (pull); idle workers are served first.
+    Credit,
+    /// Plain round-robin PUSH, as in the original design (for comparison).
+    Push,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub addr: BrokerAddr,
+    pub dispatch: Dispatch,
+    pub heartbeat: Duration,
+    /// A worker silent this long is dead.
+    pub liveness: Duration,
+    /// Push mode: an item not done this long after it was pushed is pushed again.
+    pub redispatch: Duration,
+}
+
+impl BrokerConfig {
+    pub fn new(addr: BrokerAddr) -> BrokerConfig {
+        BrokerConfig {
+            addr,
+            dispatch: Dispatch::Credit,
+            heartbeat: Duration::from_millis(500),
+            liveness: Duration::from_millis(2500),
+            redispatch: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Broker {
+    cfg: BrokerConfig,
+    src: zmq::Socket,
+    work: zmq::Socket,
+    res: zmq::Socket,
+    publ: zmq::Socket,
+    d: Dispatcher,
+}
+
+impl Broker {
+    /// Binds the four sockets; a port in use or a bad address fails here, with the
+    /// endpoint named.
+    pub fn bind(ctx: &zmq::Context, cfg: BrokerConfig) -> anyhow::Result<Broker> {
+        let bind = |kind, role| -> anyhow::Result<zmq::Socket> {
+            let s = util::socket(ctx, kind)?;
+            let ep = cfg.addr.endpoint(role);
+            if kind == zmq::ROUTER {
+                s.set_router_mandatory(true)?;
+            }
+            if kind == zmq::PUB {
+                // Never drop published results for a slow subscriber: spool watchers
+                // bound what they have in flight, so memory stays bounded.
+                s.set_sndhwm(0)?;
+            }
+            if let Some(path) = ep.strip_prefix("ipc://") {
+                // Binding ipc:// silently replaces a live socket file: refuse instead.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    anyhow::bail!("cannot listen on {ep}: another process is listening there");
+                }
+            }
+            s.bind(&ep).map_err(|e| sock_err("listen on", &ep, e))?;
+            Ok(s)
+        };
+        let work_kind = match cfg.dispatch {
+            Dispatch::Credit => zmq::ROUTER,
+            Dispatch::Push => zmq::PUSH,
+        };
+        Ok(Broker {
+            src: bind(zmq::ROUTER, Role::Sources)?,
+            work: bind(work_kind, Role::Work)?,
+            res: bind(zmq::ROUTER, Role::Results)?,
+            publ: bind(zmq::PUB, Role::Publish)?,
+            d: Dispatcher::new(cfg.liveness, cfg.redispatch),
+            cfg,
+        })
+    }
+
+    /// Serves until the stop flag is set; returns the counters.
+    pub fn run(mut self) -> anyhow::Result<Stats> {
+        let mut next_beat = Instant::now() + self.cfg.heartbeat;
+        while !util::stopping() {
+            let now = Instant::now();
+            self.dispatch(now)?;
+            let push_blocked = self.cfg.dispatch == Dispatch::Push && self.d.queued() > 0;
+            let timeout = next_beat.saturating_duration_since(now).as_millis() as i64;
+            let mut items = [
+                self.src.as_poll_item(zmq::POLLIN),
+                self.res.as_poll_item(zmq::POLLIN),
+                self.work.as_poll_item(match (self.cfg.dispatch, push_blocked) {
+                    (Dispatch::Credit, _) => zmq::POLLIN,
+                    (Dispatch::Push, true) => zmq::POLLOUT,
+                    (Dispatch::Push, false) => zmq::PollEvents::empty(),
+                }),
+            ];
+            match zmq::poll(&mut items, timeout.max(1)) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let (src_in, res_in, work_in) = (items[0].is_readable(), items[1].is_readable(), items[2].is_readable());
+            let now = Instant::now();
+            if res_in {
+                self.drain_results(now)?;
+            }
+            if src_in {
+                self.drain_sources()?;
+            }
+            if work_in && self.cfg.dispatch == Dispatch::Credit {
+                self.drain_workers(now)?;
+            }
+            if now >= next_beat {
+                next_beat = now + self.cfg.heartbeat;
+                self.beat(now)?;
+            }
+        }
+        tracing::info!(stats = ?self.d.stats, "broker stopping");
+        Ok(self.d.stats.clone())
+    }
+
+    fn dispatch(&mut self, now: Instant) -> anyhow::Result<()> {
+        match self.cfg.dispatch {
+            Dispatch::Credit => {
+                while let Some((route, id, item)) = self.d.next_credit(now) {
+                    let msg = Msg::Work { work: id, job: item.job, batch: item.batch, values: item.values.clone() };
+                    if self.work.send_multipart([route.as_slice(), &msg.encode()], zmq::DONTWAIT).is_err() {
+                        // The worker's connection is gone (ROUTER_MANDATORY) or full.
+                        self.d.unsend(id);
+                        break;
+                    }
+                }
+            }
+            Dispatch::Push => {
+                while let Some((id, item)) = self.d.next_push(now) {
+                    let msg = Msg::Work { work: id, job: item.job, batch: item.batch, values: item.values.clone() };
+                    if self.work.send(msg.encode(), zmq::DONTWAIT).is_err() {
+                        self.d.unsend(id);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self, m: &Msg) -> anyhow::Result<()> {
+        self.publ.send(m.encode(), 0)?;
+        Ok(())
+    }
+
+    /// Source requests: [identity, "", body] from a REQ socket.
+    fn drain_sources(&mut self) -> anyhow::Result<()> {
+        for _ in 0..256 {
+            let Some(parts) = recv(&self.src)? else { break };
+            let Some((route, body)) = envelope(&parts) else {
+                tracing::warn!("dropping a source message without a REQ envelope");
+                continue;
+            };
+            let reply = match Msg::decode(body) {
+                Ok(Msg::Submit { source, seq, job, batch, values }) => {
+                    let item = crate::dispatch::Item { job, batch, values };
+                    let numbers = Msg::Numbers { job, batch, values: item.values.clone() };
+                    if let Submitted::Queued(_) = self.d.submit(source, seq, item) {
+                        self.publish(&numbers)?;
+                    }
+                    Msg::Ack { seq }
+                }
+                Ok(Msg::Ping { seq, nonce, .. }) => {
+                    self.publish(&Msg::Hello { nonce })?;
+                    Msg::Ack { seq }
+                }
+                Ok(other) => bad(format!("a source cannot send {}", kind(&other))),
+                Err(e) => bad(format!("malformed source message: {e}")),
+            };
+            send_reply(&self.src, route, &reply);
+        }
+        Ok(())
+    }
+
+    /// Worker results: [identity, "", body] from a REQ socket.
+    fn drain_results(&mut self, now: Instant) -> anyhow::Result<()> {
+        for _ in 0..256 {
+            let Some(parts) = recv(&self.res)? else { break };
+            let Some((route, body)) = envelope(&parts) else {
+                tracing::warn!("dropping a result message without a REQ envelope");
+                continue;
+            };
+            let reply = match Msg::decode(body) {
+                Ok(Msg::Result { worker, work, primes }) => {
+                    if let Some(done) = self.d.result(worker, work, now) {
+                        let (job, batch) = (done.item.job, done.item.batch);
+                        if !primes.is_empty() {
+                            self.publish(&Msg::Primes { job, batch, primes })?;
+                        }
+                        let count = done.item.values.len() as u32;
+                        self.publish(&Msg::Done { job, batch, count, worker })?;
+                    }
+                    Msg::Taken { work }
+                }
+                Ok(other) => bad(format!("a worker cannot send {} as a result", kind(&other))),
+                Err(e) => bad(format!("malformed result message: {e}")),
+            };
+            send_reply(&self.res, route, &reply);
+        }
+        Ok(())
+    }
+
+    /// Worker control over the credit ROUTER: [identity, body] from a DEALER.
+    fn drain_workers(&mut self, now: Instant) -> anyhow::Result<()> {
+        for _ in 0..256 {
+            let Some(parts) = recv(&self.work)? else { break };
+            let [route, body] = parts.as_slice() else {
+                tracing::warn!(parts = parts.len(), "dropping a worker message with the wrong number of parts");
+                continue;
+            };
+            match Msg::decode(body) {
+                Ok(Msg::Ready { worker, credit }) => {
+                    tracing::info!(worker = format!("{worker:016x}"), credit, "worker ready");
+                    self.d.ready(worker, route.clone(), credit, now);
+                }
+                Ok(Msg::Heartbeat { worker }) => {
+                    if !self.d.seen(worker, now) {
+                        // We declared it dead (or restarted): it must start over.
+                        let again = Msg::Ready { worker, credit: 0 }.encode();
+                        let _ = self.work.send_multipart([route.as_slice(), &again], zmq::DONTWAIT);
+                    }
+                }
+                Ok(other) => tracing::warn!("a worker cannot send {} here; dropped", kind(&other)),
+                Err(e) => tracing::warn!("malformed worker message dropped: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn beat(&mut self, now: Instant) -> anyhow::Result<()> {
+        let dead = self.d.expire(now, self.cfg.dispatch == Dispatch::Push);
+        for w in dead {
+            tracing::warn!(worker = format!("{w:016x}"), "worker stopped answering; its work goes to others");
+        }
+        if self.cfg.dispatch == Dispatch::Credit {
+            let beat = Msg::Heartbeat { worker: 0 }.encode();
+            let routes: Vec<Vec<u8>> = self.d.routes().map(|r| r.to_vec()).collect();
+            for r in routes {
+                let _ = self.work.send_multipart([r.as_slice(), &beat], zmq::DONTWAIT);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad(reason: String) -> Msg {
+    tracing::warn!("{reason}");
+    Msg::Error { reason }
+}
+
+fn kind(m: &Msg) -> String {
+    let b = m.encode();
+    format!("a '{}' message", b[0] as char)
+}
+
+fn recv(s: &zmq::Socket) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
+    match s.recv_multipart(zmq::DONTWAIT) {
+        Ok(p) => Ok(Some(p)),
+        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Splits a REQ envelope as a ROUTER sees it: [identity, "", body].
+fn envelope(parts: &[Vec<u8>]) -> Option<(&[u8], &[u8])> {
+    match parts {
+        [route, empty, body] if empty.is_empty() => Some((route, body)),
+        _ => None,
+    }
+}
+
+fn send_reply(s: &zmq::Socket, route: &[u8], m: &Msg) {
+    // A peer that went away cannot be answered; its REQ retry will be.
+    let _ = s.send_multipart([route, &[][..], &m.encode()], zmq::DONTWAIT);
+}

@@ -1,0 +1,397 @@
+//! The broker's bookkeeping, without sockets: which numbers wait, which worker holds what,
+//! which workers are alive. Time is passed in. The broker shell (`broker.rs`) moves bytes.
+//!
+//! Reliability rules (the Paranoid Pirate pattern of the ZeroMQ guide, adapted):
+//! - A source's request is identified by (source, seq). The source resends the same
+//!   request after a timeout (Lazy Pirate); a request seen before is acknowledged again
+//!   and not queued again, so a lost acknowledgement never duplicates work downstream.
+//! - Each accepted batch becomes a work item with a fresh id. A result for an item that is
+//!   no longer outstanding (a second copy after a re-dispatch) is dropped: counted once.
+//! - Credit dispatch: a worker says how many items it can hold (`Ready`); it gets one more
+//!   each time it returns a result. Idle workers (most credit) are served first.
+//! - A worker silent for `liveness` is dead: what it held goes back to the front of the
+//!   queue. A worker that says `Ready` again (it restarted or lost the broker) is treated
+//!   the same way for what it held before.
+//! - Plain PUSH (round-robin, no credit) is kept for comparison; there the broker cannot
+//!   know the holder, so an item not done within `redispatch` is queued again.
+
+use lru::LruCache;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+pub type WorkerId = u64;
+pub type WorkId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub job: u64,
+    pub batch: u32,
+    pub values: Vec<i64>,
+}
+
+/// What a result becomes when it is the first for its item.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Completed {
+    pub item: Item,
+    pub worker: WorkerId,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// New work: publish the numbers.
+    Queued(WorkId),
+    /// A resend of a request already taken: acknowledge again, nothing else.
+    Duplicate,
+}
+
+struct Outstanding {
+    item: Item,
+    holder: Option<WorkerId>,
+    sent_at: Option<Instant>,
+}
+
+struct Worker {
+    credit: u32,
+    held: HashSet<WorkId>,
+    last_seen: Instant,
+    /// The socket routing id to send work to (credit mode).
+    route: Vec<u8>,
+}
+
+pub struct Dispatcher {
+    next_work: WorkId,
+    queue: VecDeque<WorkId>,
+    items: HashMap<WorkId, Outstanding>,
+    workers: HashMap<WorkerId, Worker>,
+    /// Last seq acknowledged per source; bounded so forgotten sources cost nothing.
+    sources: LruCache<u64, u64>,
+    pub liveness: Duration,
+    pub redispatch: Duration,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub accepted: u64,
+    pub duplicate_requests: u64,
+    pub completed: u64,
+    pub duplicate_results: u64,
+    pub redispatched: u64,
+    pub dead_workers: u64,
+}
+
+impl Dispatcher {
+    pub fn new(liveness: Duration, redispatch: Duration) -> Dispatcher {
+        Dispatcher {
+            next_work: 1,
+            queue: VecDeque::new(),
+            items: HashMap::new(),
+            workers: HashMap::new(),
+            sources: LruCache::new(NonZeroUsize::new(65536).expect("non-zero")),
+            liveness,
+            redispatch,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn submit(&mut self, source: u64, seq: u64, item: Item) -> Submitted {
+        if let Some(&last) = self.sources.get(&source) {
+            if seq <= last {
+                self.stats.duplicate_requests += 1;
+                return Submitted::Duplicate;
+            }
+        }
+        self.sources.put(source, seq);
+        let id = self.next_work;
+        self.next_work += 1;
+        self.items.insert(id, Outstanding { item, holder: None, sent_at: None });
+        self.queue.push_back(id);
+        self.stats.accepted += 1;
+        Submitted::Queued(id)
+    }
+
+    /// A worker's hello: it holds nothing (anything we thought it held is queued again)
+    /// and can take `credit` items.
+    pub fn ready(&mut self, worker: WorkerId, route: Vec<u8>, credit: u32, now: Instant) {
+        if let Some(old) = self.workers.remove(&worker) {
+            self.requeue(old.held);
+        }
+        self.workers.insert(worker, Worker { credit, held: HashSet::new(), last_seen: now, route });
+    }
+
+    /// Any message from a worker shows it is alive. Returns false for a worker we do not
+    /// know (declared dead, or the broker restarted): it must say `Ready` again.
+    pub fn seen(&mut self, worker: WorkerId, now: Instant) -> bool {
+        match self.workers.get_mut(&worker) {
+            Some(w) => {
+                w.last_seen = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A result. `Some` the first time for this item; `None` for a copy or an unknown id.
+    pub fn result(&mut self, worker: WorkerId, work: WorkId, now: Instant) -> Option<Completed> {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.last_seen = now;
+            if w.held.remove(&work) {
+                w.credit += 1;
+            }
+        }
+        match self.items.remove(&work) {
+            Some(o) => {
+                // If another worker holds a re-dispatched copy, its result comes back as a
+                // duplicate later, and its credit returns then.
+                self.queue.retain(|&q| q != work);
+                self.stats.completed += 1;
+                Some(Completed { item: o.item, worker })
+            }
+            None => {
+                self.stats.duplicate_results += 1;
+                None
+            }
+        }
+    }
+
+    /// Credit mode: the next (worker route, work id, item) to send, if a worker has credit
+    /// and work is queued. The worker with the most credit (the idlest) goes first.
+    pub fn next_credit(&mut self, now: Instant) -> Option<(Vec<u8>, WorkId, &Item)> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        let (&wid, _) = self.workers.iter().filter(|(_, w)| w.credit > 0).max_by_key(|(id, w)| (w.credit, *id))?;
+        let id = self.queue.pop_front()?;
+        let w = self.workers.get_mut(&wid).expect("chosen above");
+        w.credit -= 1;
+        w.held.insert(id);
+        let o = self.items.get_mut(&id).expect("queued items are outstanding");
+        o.holder = Some(wid);
+        o.sent_at = Some(now);
+        Some((w.route.clone(), id, &o.item))
+    }
+
+    /// Push mode: the next item to push to whichever worker the socket picks.
+    pub fn next_push(&mut self, now: Instant) -> Option<(WorkId, &Item)> {
+        let id = self.queue.pop_front()?;
+        let o = self.items.get_mut(&id).expect("queued items are outstanding");
+        o.sent_at = Some(now);
+        Some((id, &o.item))
+    }
+
+    /// Puts back an item that could not be sent after all.
+    pub fn unsend(&mut self, id: WorkId) {
+        if let Some(o) = self.items.get_mut(&id) {
+            if let Some(h) = o.holder.take() {
+                if let Some(w) = self.workers.get_mut(&h) {
+                    w.held.remove(&id);
+                    w.credit += 1;
+                }
+            }
+            o.sent_at = None;
+            self.queue.push_front(id);
+        }
+    }
+
+    /// Declares silent workers dead and re-queues their items; in push mode also re-queues
+    /// items sent longer than `redispatch` ago. Returns the workers declared dead.
+    pub fn expire(&mut self, now: Instant, push_mode: bool) -> Vec<WorkerId> {
+        let dead: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.last_seen) > self.liveness)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &dead {
+            let w = self.workers.remove(id).expect("listed above");
+            self.stats.dead_workers += 1;
+            self.requeue(w.held);
+        }
+        if push_mode {
+            let late: Vec<WorkId> = self
+                .items
+                .iter()
+                .filter(|(_, o)| o.sent_at.is_some_and(|t| now.duration_since(t) > self.redispatch))
+                .map(|(&id, _)| id)
+                .collect();
+            self.requeue(late);
+        }
+        dead
+    }
+
+    fn requeue(&mut self, ids: impl IntoIterator<Item = WorkId>) {
+        let mut ids: Vec<WorkId> = ids.into_iter().filter(|id| self.items.contains_key(id)).collect();
+        ids.sort_unstable();
+        for &id in ids.iter().rev() {
+            let o = self.items.get_mut(&id).expect("filtered");
+            o.holder = None;
+            o.sent_at = None;
+            self.queue.push_front(id);
+            self.stats.redispatched += 1;
+        }
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &[u8]> {
+        self.workers.values().map(|w| w.route.as_slice())
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.items.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn item(batch: u32) -> Item {
+        Item { job: 7, batch, values: vec![batch as i64] }
+    }
+
+    fn d() -> Dispatcher {
+        Dispatcher::new(Duration::from_secs(3), Duration::from_secs(10))
+    }
+
+    #[test]
+    fn a_resent_request_is_acknowledged_but_not_queued_twice() {
+        let mut b = d();
+        assert_eq!(b.submit(1, 1, item(0)), Submitted::Queued(1));
+        assert_eq!(b.submit(1, 1, item(0)), Submitted::Duplicate);
+        assert_eq!(b.submit(2, 1, item(0)), Submitted::Queued(2), "another source, same seq");
+        assert_eq!(b.submit(1, 2, item(1)), Submitted::Queued(3));
+        assert_eq!(b.queued(), 3);
+    }
+
+    #[test]
+    fn credit_goes_to_the_idlest_worker_and_returns_with_results() {
+        let t = Instant::now();
+        let mut b = d();
+        for i in 0..4 {
+            b.submit(1, i + 1, item(i as u32));
+        }
+        b.ready(10, b"a".to_vec(), 1, t);
+        b.ready(20, b"b".to_vec(), 2, t);
+        let order: Vec<Vec<u8>> = std::iter::from_fn(|| b.next_credit(t).map(|(r, _, _)| r)).collect();
+        assert_eq!(order, vec![b"b".to_vec(), b"b".to_vec(), b"a".to_vec()], "no credit left");
+        assert_eq!(b.queued(), 1);
+        let done = b.result(10, 3, t).unwrap();
+        assert_eq!((done.item.batch, done.worker), (2, 10));
+        assert_eq!(b.next_credit(t).unwrap().0, b"a".to_vec());
+    }
+
+    #[test]
+    fn a_silent_worker_is_dead_and_its_items_go_to_another() {
+        let t = Instant::now();
+        let mut b = d();
+        b.submit(1, 1, item(0));
+        b.ready(10, b"a".to_vec(), 1, t);
+        assert_eq!(b.next_credit(t).unwrap().1, 1);
+        b.ready(20, b"b".to_vec(), 1, t);
+        assert!(b.next_credit(t).is_none());
+        b.seen(20, t + Duration::from_secs(2));
+        assert!(b.expire(t + Duration::from_secs(2), false).is_empty());
+        assert_eq!(b.expire(t + Duration::from_secs(4), false), vec![10]);
+        assert_eq!(b.next_credit(t).unwrap().0, b"b".to_vec());
+        // The dead worker was only slow: its late result still counts, once.
+        assert!(b.result(10, 1, t).is_some());
+        assert!(b.result(20, 1, t).is_none());
+        assert_eq!(b.stats.duplicate_results, 1);
+        assert!(!b.seen(10, t), "a worker declared dead must say Ready again");
+    }
+
+    #[test]
+    fn push_mode_resends_items_not_done_in_time() {
+        let t = Instant::now();
+        let mut b = d();
+        b.submit(1, 1, item(0));
+        assert_eq!(b.next_push(t).unwrap().0, 1);
+        assert!(b.next_push(t).is_none());
+        b.expire(t + Duration::from_secs(5), true);
+        assert!(b.next_push(t).is_none());
+        b.expire(t + Duration::from_secs(11), true);
+        assert_eq!(b.next_push(t).unwrap().0, 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        Submit(u8),
+        Ready(u8, u8),
+        Send,
+        Result(u8, u8),
+        Tick(u8),
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            (0u8..3).prop_map(Ev::Submit),
+            (0u8..3, 0u8..3).prop_map(|(w, c)| Ev::Ready(w, c)),
+            Just(Ev::Send),
+            Just(Ev::Send),
+            (0u8..3, 0u8..20).prop_map(|(w, i)| Ev::Result(w, i)),
+            (0u8..5).prop_map(Ev::Tick),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens (resends, deaths, late results), every accepted item completes
+        /// exactly once when live workers keep draining, and nothing is lost.
+        #[test]
+        fn every_item_completes_exactly_once(events in prop::collection::vec(ev(), 0..80)) {
+            let mut b = d();
+            let mut now = Instant::now();
+            let mut seq = [0u64; 3];
+            let mut accepted = HashSet::new();
+            let mut completed = HashSet::new();
+            let mut sent: Vec<(WorkerId, WorkId)> = Vec::new();
+            for e in events {
+                match e {
+                    Ev::Submit(s) => {
+                        seq[s as usize] += 1;
+                        if let Submitted::Queued(id) = b.submit(s as u64, seq[s as usize], item(0)) {
+                            accepted.insert(id);
+                        }
+                        // A resend of the same request is never queued.
+                        prop_assert_eq!(b.submit(s as u64, seq[s as usize], item(0)), Submitted::Duplicate);
+                    }
+                    Ev::Ready(w, c) => b.ready(w as u64, vec![w], c as u32, now),
+                    Ev::Send => {
+                        if let Some((route, id, _)) = b.next_credit(now) {
+                            sent.push((route[0] as u64, id));
+                        }
+                    }
+                    Ev::Result(w, i) => {
+                        if let Some(&(_, id)) = sent.get(i as usize) {
+                            if b.result(w as u64, id, now).is_some() {
+                                prop_assert!(completed.insert(id), "completed twice");
+                            }
+                        }
+                    }
+                    Ev::Tick(s) => {
+                        now += Duration::from_secs(s as u64);
+                        b.expire(now, false);
+                    }
+                }
+            }
+            // Drain: every worker falls silent, one fresh worker does everything left.
+            now += Duration::from_secs(10);
+            b.expire(now, false);
+            b.ready(99, vec![99], 1, now);
+            while let Some((_, id, _)) = b.next_credit(now) {
+                prop_assert!(b.result(99, id, now).is_some());
+                prop_assert!(completed.insert(id));
+            }
+            prop_assert_eq!(b.outstanding(), 0);
+            prop_assert_eq!(completed, accepted);
+        }
+    }
+}

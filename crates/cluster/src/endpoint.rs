@@ -1,0 +1,127 @@
+//! Where the broker's four sockets live. One address names all four: `HOST[:PORT]` means
+//! TCP ports PORT (sources), PORT+1 (work), PORT+2 (results) and PORT+3 (published
+//! numbers and primes), default PORT 5555; a path (it contains `/`) means four `ipc://`
+//! sockets `PATH.src`, `PATH.work`, `PATH.res`, `PATH.pub`.
+
+use std::fmt;
+use std::net::ToSocketAddrs;
+use thiserror::Error;
+
+pub const DEFAULT_PORT: u16 = 5555;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerAddr {
+    Tcp { host: String, port: u16 },
+    Ipc { path: String },
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AddrError {
+    #[error("broker address is empty")]
+    Empty,
+    #[error("broker address {0:?}: the port is not a number from 1 to 65532")]
+    BadPort(String),
+    #[error("broker address {0:?}: cannot resolve the host")]
+    Unresolvable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Sources,
+    Work,
+    Results,
+    Publish,
+}
+
+impl BrokerAddr {
+    /// Parses and, for TCP, resolves the host (so a typo is reported now, not never).
+    pub fn parse(s: &str) -> Result<BrokerAddr, AddrError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(AddrError::Empty);
+        }
+        let tcp = s.strip_prefix("tcp://");
+        if tcp.is_none() && s.contains('/') {
+            return Ok(BrokerAddr::Ipc { path: s.strip_prefix("ipc://").unwrap_or(s).to_string() });
+        }
+        let s = tcp.unwrap_or(s);
+        let (host, port) = match s.rsplit_once(':') {
+            // An IPv6 literal without a port ("::1") has colons but no brackets.
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
+                let port = p.parse::<u16>().ok().filter(|&p| p >= 1 && p <= u16::MAX - 3);
+                (h.to_string(), port.ok_or_else(|| AddrError::BadPort(s.to_string()))?)
+            }
+            _ => (s.to_string(), DEFAULT_PORT),
+        };
+        if host.is_empty() {
+            return Err(AddrError::Empty);
+        }
+        let host = if host == "*" {
+            host
+        } else {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let ip = (bare, port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| AddrError::Unresolvable(s.to_string()))?
+                .ip();
+            if ip.is_ipv6() {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            }
+        };
+        Ok(BrokerAddr::Tcp { host, port })
+    }
+
+    /// The ZeroMQ endpoint of one of the broker's sockets.
+    pub fn endpoint(&self, role: Role) -> String {
+        let (offset, suffix) = match role {
+            Role::Sources => (0, "src"),
+            Role::Work => (1, "work"),
+            Role::Results => (2, "res"),
+            Role::Publish => (3, "pub"),
+        };
+        match self {
+            BrokerAddr::Tcp { host, port } => format!("tcp://{host}:{}", port + offset),
+            BrokerAddr::Ipc { path } => format!("ipc://{path}.{suffix}"),
+        }
+    }
+}
+
+impl fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            BrokerAddr::Ipc { path } => f.write_str(path),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_of_the_address() {
+        let a = BrokerAddr::parse("127.0.0.1:7000").unwrap();
+        assert_eq!(a.endpoint(Role::Sources), "tcp://127.0.0.1:7000");
+        assert_eq!(a.endpoint(Role::Publish), "tcp://127.0.0.1:7003");
+        assert_eq!(BrokerAddr::parse("localhost").unwrap().endpoint(Role::Work), "tcp://127.0.0.1:5556");
+        assert_eq!(BrokerAddr::parse("tcp://127.0.0.2:9").unwrap().to_string(), "127.0.0.2:9");
+        assert_eq!(BrokerAddr::parse("[::1]:7000").unwrap().endpoint(Role::Results), "tcp://[::1]:7002");
+        assert_eq!(BrokerAddr::parse("/tmp/b").unwrap().endpoint(Role::Results), "ipc:///tmp/b.res");
+        assert_eq!(BrokerAddr::parse("*:6000").unwrap().endpoint(Role::Sources), "tcp://*:6000");
+    }
+
+    #[test]
+    fn bad_addresses_say_why() {
+        assert_eq!(BrokerAddr::parse(""), Err(AddrError::Empty));
+        assert_eq!(BrokerAddr::parse(":5"), Err(AddrError::Empty));
+        assert!(matches!(BrokerAddr::parse("127.0.0.1:x"), Err(AddrError::BadPort(_))));
+        assert!(matches!(BrokerAddr::parse("127.0.0.1:65535"), Err(AddrError::BadPort(_))));
+        assert!(matches!(BrokerAddr::parse("127.0.0.1:0"), Err(AddrError::BadPort(_))));
+        assert!(matches!(BrokerAddr::parse("no such host!:5"), Err(AddrError::Unresolvable(_))));
+    }
+}

@@ -1,0 +1,240 @@
+//! `cluster broker|worker|source|sink|spool|up`: see `cluster --help`.
+
+use clap::{Parser, Subcommand};
+use cluster::broker::{Broker, BrokerConfig, Dispatch};
+use cluster::endpoint::BrokerAddr;
+use cluster::job::Job;
+use cluster::spool::{Spool, SpoolConfig};
+use cluster::worker::{Worker, WorkerConfig};
+use cluster::{sink, source, up, util, wire};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Prime jobs over ZeroMQ on a shared folder.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Take numbers from sources, deal them to workers, publish numbers and primes.
+    Broker {
+        /// HOST[:PORT] (four TCP ports from PORT, default 5555) or a path for ipc:// sockets.
+        #[arg(long, default_value = "127.0.0.1:5555", value_name = "ADDR")]
+        listen: String,
+        #[arg(long, value_enum, default_value = "credit")]
+        dispatch: Dispatch,
+        /// Heartbeat interval to workers, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        heartbeat_ms: u64,
+        /// A worker silent this long (milliseconds) is dead; its work goes to others.
+        #[arg(long, default_value_t = 2500)]
+        liveness_ms: u64,
+    },
+    /// Test numbers for primality.
+    Worker {
+        #[arg(long, value_name = "ADDR")]
+        broker: String,
+        #[arg(long, value_enum, default_value = "credit")]
+        dispatch: Dispatch,
+        /// Work items held at once.
+        #[arg(long, default_value_t = 2)]
+        credit: u32,
+        /// Run every test N times (a slower worker, for benchmarks).
+        #[arg(long, default_value_t = 1)]
+        slow: u32,
+    },
+    /// Send numbers: arguments (numbers or ranges A..B), else --random, else stdin lines.
+    Source {
+        #[arg(long, value_name = "ADDR")]
+        broker: String,
+        /// Numbers per message (1 = one message per number, as in the original design).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Send this many random numbers in 2..=--max instead.
+        #[arg(long)]
+        random: Option<u64>,
+        #[arg(long, default_value_t = 1_000_000_000)]
+        max: i64,
+        /// Wait this long (milliseconds) for each acknowledgement before resending.
+        #[arg(long, default_value_t = 2500)]
+        timeout_ms: u64,
+        /// Resends before giving up.
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
+        numbers: Vec<String>,
+    },
+    /// Print what the broker publishes under one tag, one value per line.
+    Sink {
+        #[arg(long, value_name = "ADDR")]
+        broker: String,
+        /// `p` for primes, `n` for every number received.
+        #[arg(long, value_parser = ["p", "n"])]
+        tag: String,
+        /// Append to this file instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Stop after this many values.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Watch DIR/in for *.job files and run them; results in DIR/out.
+    Spool {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_name = "ADDR")]
+        broker: String,
+        /// Names this watcher's claims (default: host name and a hash of DIR).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// A claim not refreshed for this many seconds is taken over.
+        #[arg(long, default_value_t = 30)]
+        claim_timeout_s: u64,
+        /// Submit a job's missing batches again after this many seconds without progress.
+        #[arg(long, default_value_t = 15)]
+        stall_s: u64,
+        /// Show a progress bar for long jobs (on a terminal).
+        #[arg(long)]
+        progress: bool,
+        /// Run what is there once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// The whole system on this machine: server, mount, broker, workers, sink, spool.
+    Up {
+        /// Where the export, the mount and the state live.
+        #[arg(long, default_value = "mountpoints")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:5555", value_name = "ADDR")]
+        broker: String,
+        /// Workers to start (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+}
+
+fn broker_addr(s: &str) -> anyhow::Result<BrokerAddr> {
+    Ok(BrokerAddr::parse(s)?)
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    util::install_stop_handler();
+    let ctx = zmq::Context::new();
+    match args.cmd {
+        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms } => {
+            let addr = broker_addr(&listen)?;
+            anyhow::ensure!(
+                heartbeat_ms > 0 && liveness_ms > heartbeat_ms,
+                "--liveness-ms must exceed --heartbeat-ms > 0"
+            );
+            let mut cfg = BrokerConfig::new(addr.clone());
+            cfg.dispatch = dispatch;
+            cfg.heartbeat = Duration::from_millis(heartbeat_ms);
+            cfg.liveness = Duration::from_millis(liveness_ms);
+            let broker = Broker::bind(&ctx, cfg)?;
+            println!("broker listening on {addr} ({dispatch:?} dispatch)");
+            broker.run()?;
+        }
+        Cmd::Worker { broker, dispatch, credit, slow } => {
+            let mut cfg = WorkerConfig::new(broker_addr(&broker)?);
+            anyhow::ensure!(credit > 0, "--credit must be at least 1");
+            cfg.dispatch = dispatch;
+            cfg.credit = credit;
+            cfg.slow = slow;
+            let id = cfg.id;
+            let mut w = Worker::connect(&ctx, cfg)?;
+            println!("worker {id:016x} connected to {broker}");
+            w.run()?;
+            tracing::info!(tested = w.tested, "worker stopping");
+        }
+        Cmd::Source { broker, batch, random, max, timeout_ms, retries, numbers } => {
+            anyhow::ensure!(batch > 0, "--batch must be at least 1");
+            let addr = broker_addr(&broker)?;
+            let values: Vec<i64> = if let Some(n) = random {
+                anyhow::ensure!(max >= 2, "--max must be at least 2");
+                (0..n).map(|_| 2 + (util::random_u64() % (max as u64 - 1)) as i64).collect()
+            } else if !numbers.is_empty() {
+                Job::parse(&numbers.join("\n"))?.batches(1 << 16).flatten().collect()
+            } else {
+                let mut text = String::new();
+                for line in std::io::stdin().lock().lines() {
+                    text.push_str(&line?);
+                    text.push('\n');
+                }
+                Job::parse(&text)?.batches(1 << 16).flatten().collect()
+            };
+            let mut src = source::Source::connect(&ctx, &addr)?;
+            src.timeout = Duration::from_millis(timeout_ms);
+            src.retries = Some(retries);
+            let job = util::random_u64();
+            for (i, chunk) in values.chunks(batch).enumerate() {
+                src.submit(job, i as u32, chunk.to_vec())?;
+            }
+            println!("sent {} numbers in {} messages (job {job:016x})", values.len(), values.len().div_ceil(batch));
+        }
+        Cmd::Sink { broker, tag, out, count } => {
+            let addr = broker_addr(&broker)?;
+            let which = if tag == "p" { wire::tag::PRIMES } else { wire::tag::NUMBERS };
+            let sub = sink::subscribe(&ctx, &addr, &[&[which]])?;
+            let mut w: Box<dyn Write> = match &out {
+                Some(p) => Box::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", p.display()))?,
+                ),
+                None => Box::new(std::io::stdout()),
+            };
+            if out.is_some() {
+                println!("sink subscribed to {addr} tag {tag}");
+            }
+            sink::run(&sub, which, &mut w, count)?;
+        }
+        Cmd::Spool { dir, broker, id, batch, window, claim_timeout_s, stall_s, progress, once } => {
+            anyhow::ensure!(dir.is_dir(), "spool folder {} does not exist", dir.display());
+            let mut cfg = SpoolConfig::new(dir.clone(), broker_addr(&broker)?);
+            if let Some(id) = id {
+                cfg.id = id;
+            }
+            cfg.batch = batch;
+            cfg.window = window;
+            cfg.claim_timeout = Duration::from_secs(claim_timeout_s.max(1));
+            cfg.stall = Duration::from_secs(stall_s.max(1));
+            cfg.progress = progress;
+            let id = cfg.id.clone();
+            let spool = Spool::new(&ctx, cfg)?;
+            println!("spool {id} watching {} (broker {broker})", dir.join("in").display());
+            if once {
+                spool.scan_once()?;
+            } else {
+                spool.run()?;
+            }
+        }
+        Cmd::Up { dir, broker, workers } => {
+            broker_addr(&broker)?;
+            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            up::run(up::UpConfig { dir, broker, workers })?;
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("cluster: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,96 @@
+//! A source: sends batches of numbers to the broker over REQ and waits for each
+//! acknowledgement. On a timeout it drops the socket and resends the same request on a
+//! new one (Lazy Pirate); the request's (source, seq) lets the broker recognise the
+//! resend, so nothing is queued or published twice.
+
+use crate::endpoint::{BrokerAddr, Role};
+use crate::util::{self, sock_err};
+use crate::wire::Msg;
+use std::time::{Duration, Instant};
+
+pub struct Source<'a> {
+    ctx: &'a zmq::Context,
+    endpoint: String,
+    sock: zmq::Socket,
+    pub id: u64,
+    seq: u64,
+    pub timeout: Duration,
+    /// Resends before giving up; None = forever (until the stop flag).
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("broker at {endpoint} did not answer after {tries} tries")]
+    NoAnswer { endpoint: String, tries: u32 },
+    #[error("broker refused the request: {0}")]
+    Refused(String),
+    #[error("stopped")]
+    Stopped,
+    #[error(transparent)]
+    Zmq(#[from] zmq::Error),
+}
+
+impl<'a> Source<'a> {
+    pub fn connect(ctx: &'a zmq::Context, addr: &BrokerAddr) -> anyhow::Result<Source<'a>> {
+        let endpoint = addr.endpoint(Role::Sources);
+        let sock = Self::open(ctx, &endpoint)?;
+        Ok(Source {
+            ctx,
+            endpoint,
+            sock,
+            id: util::random_u64(),
+            seq: 0,
+            timeout: Duration::from_millis(2500),
+            retries: Some(3),
+        })
+    }
+
+    fn open(ctx: &zmq::Context, endpoint: &str) -> anyhow::Result<zmq::Socket> {
+        let s = util::socket(ctx, zmq::REQ)?;
+        s.connect(endpoint).map_err(|e| sock_err("connect to", endpoint, e))?;
+        Ok(s)
+    }
+
+    pub fn submit(&mut self, job: u64, batch: u32, values: Vec<i64>) -> Result<(), SourceError> {
+        self.seq += 1;
+        let msg = Msg::Submit { source: self.id, seq: self.seq, job, batch, values };
+        self.request(&msg.encode())
+    }
+
+    /// Asks the broker to publish `h` + nonce: once a subscriber sees it, its
+    /// subscription is in place and nothing published later is missed.
+    pub fn ping(&mut self, nonce: u64) -> Result<(), SourceError> {
+        self.seq += 1;
+        self.request(&Msg::Ping { source: self.id, seq: self.seq, nonce }.encode())
+    }
+
+    fn request(&mut self, body: &[u8]) -> Result<(), SourceError> {
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            self.sock.send(body, 0)?;
+            let deadline = Instant::now() + self.timeout;
+            while Instant::now() < deadline {
+                if util::stopping() {
+                    return Err(SourceError::Stopped);
+                }
+                let left = deadline.saturating_duration_since(Instant::now()).as_millis().clamp(1, 200) as i64;
+                if self.sock.poll(zmq::POLLIN, left).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let reply = self.sock.recv_bytes(0)?;
+                return match Msg::decode(&reply) {
+                    Ok(Msg::Ack { seq }) if seq == self.seq => Ok(()),
+                    Ok(Msg::Error { reason }) => Err(SourceError::Refused(reason)),
+                    other => Err(SourceError::Refused(format!("unexpected answer {other:?}"))),
+                };
+            }
+            if self.retries.is_some_and(|r| tries > r) {
+                return Err(SourceError::NoAnswer { endpoint: self.endpoint.clone(), tries });
+            }
+            tracing::warn!(tries, "broker did not acknowledge in {:?}; resending", self.timeout);
+            self.sock = Self::open(self.ctx, &self.endpoint).map_err(|_| SourceError::Stopped)?;
+        }
+    }
+}

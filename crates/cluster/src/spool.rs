@@ -1,0 +1,400 @@
+//! The spool watcher: users drop `in/NAME.job` into a shared folder; a watcher claims the
+//! job, runs it through the broker as a source and a subscriber, and writes
+//! `out/NAME.primes` and `out/NAME.summary`.
+//!
+//! Folder protocol (every step is one rename, atomic on the server, so it is safe between
+//! watchers on different mounts of one export):
+//! - claim: `in/NAME.job` -> `running/NAME.job@ID`. Only one rename of a name succeeds;
+//!   the loser gets ENOENT and moves on.
+//! - while running, the watcher touches its claim every `claim_timeout / 4`; the claim's
+//!   ctime (set by the server's clock, changed by both the rename and the touch) shows it
+//!   is alive. A claim older than `claim_timeout` by the server's clock is stolen by
+//!   renaming it to the thief's id. A watcher restarted with the same id resumes its own.
+//! - results are written to `out/.NAME.*.tmp@ID` and renamed into place, primes first,
+//!   summary second; then the claim moves to `done/NAME.job`. A crash at any point leaves
+//!   either no result or a whole one, and the claim, so the job is run again.
+//! - a malformed job moves to `failed/NAME.job` with `failed/NAME.reason` naming the line.
+
+use crate::endpoint::BrokerAddr;
+use crate::job::Job;
+use crate::sink;
+use crate::source::{Source, SourceError};
+use crate::util;
+use crate::wire::{job_prefix, tag, Msg};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub addr: BrokerAddr,
+    /// Names this watcher's claims; a restart with the same id resumes them at once.
+    pub id: String,
+    pub batch: usize,
+    /// Batches submitted but not yet done, per job.
+    pub window: usize,
+    pub poll: Duration,
+    pub claim_timeout: Duration,
+    /// No batch of a running job finished for this long: submit the missing ones again
+    /// (the broker restarted, or its publications were lost).
+    pub stall: Duration,
+    pub progress: bool,
+}
+
+impl SpoolConfig {
+    pub fn new(dir: PathBuf, addr: BrokerAddr) -> SpoolConfig {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let abs = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        let tag = blake3::hash(abs.as_os_str().as_encoded_bytes()).to_hex();
+        SpoolConfig {
+            id: format!("{}-{}", host.trim(), &tag[..8]),
+            dir,
+            addr,
+            batch: 4096,
+            window: 32,
+            poll: Duration::from_millis(500),
+            claim_timeout: Duration::from_secs(30),
+            stall: Duration::from_secs(15),
+            progress: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done {
+        name: String,
+        primes: u64,
+    },
+    Failed {
+        name: String,
+        reason: String,
+    },
+    /// Stopped or lost the claim: the job stays claimed and is run again later.
+    Interrupted {
+        name: String,
+    },
+}
+
+pub struct Spool<'a> {
+    ctx: &'a zmq::Context,
+    cfg: SpoolConfig,
+}
+
+const DIRS: [&str; 5] = ["in", "running", "out", "failed", "done"];
+
+impl<'a> Spool<'a> {
+    pub fn new(ctx: &'a zmq::Context, cfg: SpoolConfig) -> anyhow::Result<Spool<'a>> {
+        anyhow::ensure!(!cfg.id.contains(['/', '@']), "spool id {:?} must not contain '/' or '@'", cfg.id);
+        anyhow::ensure!(cfg.batch > 0 && cfg.window > 0, "batch and window must be at least 1");
+        for d in DIRS {
+            let p = cfg.dir.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", p.display()))?;
+        }
+        Ok(Spool { ctx, cfg })
+    }
+
+    fn path(&self, sub: &str, name: &str) -> PathBuf {
+        self.cfg.dir.join(sub).join(name)
+    }
+
+    /// Watches until stopped.
+    pub fn run(&self) -> anyhow::Result<()> {
+        while !util::stopping() {
+            let outcomes = self.scan_once()?;
+            if outcomes.is_empty() {
+                std::thread::sleep(self.cfg.poll);
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass: resumes our claims, steals stale ones, claims new jobs, and runs each.
+    pub fn scan_once(&self) -> anyhow::Result<Vec<Outcome>> {
+        let mut out = Vec::new();
+        for claim in self.claimable()? {
+            if util::stopping() {
+                break;
+            }
+            let o = self.run_claim(&claim)?;
+            tracing::info!(outcome = ?o, "job");
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    /// Claims ours to run: our own leftovers, stale ones of others (stolen), new jobs.
+    fn claimable(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut claims = Vec::new();
+        let now = self.server_now()?;
+        for (name, path) in list(&self.cfg.dir.join("running"))? {
+            let Some((job, owner)) = name.rsplit_once('@') else { continue };
+            if !job.ends_with(".job") || name.starts_with('.') {
+                continue;
+            }
+            if owner == self.cfg.id {
+                claims.push(path);
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let age = now - meta.ctime();
+            if age > self.cfg.claim_timeout.as_secs() as i64 {
+                let mine = self.path("running", &format!("{job}@{}", self.cfg.id));
+                if std::fs::rename(&path, &mine).is_ok() {
+                    tracing::warn!(job, owner, age, "took over a claim whose watcher stopped touching it");
+                    touch(&mine);
+                    claims.push(mine);
+                }
+            }
+        }
+        for (name, path) in list(&self.cfg.dir.join("in"))? {
+            if !name.ends_with(".job") || name.starts_with('.') {
+                continue;
+            }
+            let mine = self.path("running", &format!("{name}@{}", self.cfg.id));
+            match std::fs::rename(&path, &mine) {
+                Ok(()) => claims.push(mine),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // another watcher won
+                Err(e) => return Err(anyhow::anyhow!("cannot claim {}: {e}", path.display())),
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The server's clock, read from the ctime of a file we just wrote.
+    fn server_now(&self) -> anyhow::Result<i64> {
+        let p = self.path("running", &format!(".alive@{}", self.cfg.id));
+        std::fs::write(&p, b"")?;
+        Ok(std::fs::metadata(&p)?.ctime())
+    }
+
+    fn run_claim(&self, claim: &Path) -> anyhow::Result<Outcome> {
+        let file = claim.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let job_file = file.rsplit_once('@').map(|(j, _)| j).unwrap_or(file);
+        let name = job_file.strip_suffix(".job").unwrap_or(job_file).to_string();
+        let text = match std::fs::read(claim) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Interrupted { name }),
+            Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", claim.display())),
+        };
+        let job = match Job::parse(&text) {
+            Ok(j) => j,
+            Err(e) => return self.fail(claim, &name, &e.to_string()),
+        };
+        if job.count() > (u32::MAX as u128) * self.cfg.batch as u128 {
+            return self.fail(claim, &name, "the job has more numbers than one run can number in batches");
+        }
+        // Keep the claim fresh while the job runs; a vanished claim means another
+        // watcher took it over and we stop.
+        let lost = Arc::new(AtomicBool::new(false));
+        let finished = Arc::new(AtomicBool::new(false));
+        let toucher = {
+            let (claim, lost, finished) = (claim.to_path_buf(), lost.clone(), finished.clone());
+            let every = self.cfg.claim_timeout / 4;
+            std::thread::spawn(move || {
+                let mut last = Instant::now();
+                while !finished.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() >= every {
+                        last = Instant::now();
+                        if !touch(&claim) {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let result = self.execute(&name, &job, &lost);
+        finished.store(true, Ordering::SeqCst);
+        let _ = toucher.join();
+        match result? {
+            Some(summary) => {
+                // Primes are in place (renamed) first, then the summary, then the claim
+                // is retired: a crash in between just runs the job again.
+                let s = self.path("out", &format!(".{name}.summary.tmp@{}", self.cfg.id));
+                write_synced(&s, summary.text.as_bytes())?;
+                std::fs::rename(&s, self.path("out", &format!("{name}.summary")))?;
+                std::fs::rename(claim, self.path("done", job_file))?;
+                Ok(Outcome::Done { name, primes: summary.primes })
+            }
+            None => Ok(Outcome::Interrupted { name }),
+        }
+    }
+
+    fn fail(&self, claim: &Path, name: &str, reason: &str) -> anyhow::Result<Outcome> {
+        tracing::warn!(job = name, "malformed job: {reason}");
+        let r = self.path("failed", &format!(".{name}.reason.tmp@{}", self.cfg.id));
+        std::fs::write(&r, format!("{reason}\n"))?;
+        std::fs::rename(&r, self.path("failed", &format!("{name}.reason")))?;
+        std::fs::rename(claim, self.path("failed", &format!("{name}.job")))?;
+        Ok(Outcome::Failed { name: name.to_string(), reason: reason.to_string() })
+    }
+
+    /// Runs the job through the broker; writes and renames `out/NAME.primes`. Returns
+    /// None if stopped or the claim was lost.
+    fn execute(&self, name: &str, job: &Job, lost: &AtomicBool) -> anyhow::Result<Option<Summary>> {
+        let started = Instant::now();
+        let job_id = util::random_u64();
+        let sub = sink::subscribe(
+            self.ctx,
+            &self.cfg.addr,
+            &[&job_prefix(tag::PRIMES, job_id), &job_prefix(tag::DONE, job_id), &job_prefix(tag::HELLO, job_id)],
+        )?;
+        let mut src = Source::connect(self.ctx, &self.cfg.addr)?;
+        src.retries = None;
+        let interrupted = || util::stopping() || lost.load(Ordering::SeqCst);
+        // Until our subscription reaches the broker, publications would be lost: ping
+        // until our own hello comes back.
+        loop {
+            match src.ping(job_id) {
+                Ok(()) => {}
+                Err(SourceError::Stopped) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            if sub.poll(zmq::POLLIN, 200).unwrap_or(0) > 0 {
+                let b = sub.recv_bytes(0)?;
+                if Msg::decode(&b) == Ok(Msg::Hello { nonce: job_id }) {
+                    break;
+                }
+            }
+            if interrupted() {
+                return Ok(None);
+            }
+        }
+        let tmp = self.path("out", &format!(".{name}.primes.tmp@{}", self.cfg.id));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let bar = progress_bar(self.cfg.progress, job.count(), name);
+        let mut batches = job.batches(self.cfg.batch).enumerate().peekable();
+        let mut pending: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+        let mut primes_of: HashMap<u32, Vec<i64>> = HashMap::new();
+        let mut finished: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+        let mut written_upto = 0u32;
+        let (mut primes, mut resubmitted) = (0u64, 0u64);
+        let mut workers = HashSet::new();
+        let mut last_progress = Instant::now();
+        while batches.peek().is_some() || !pending.is_empty() {
+            if interrupted() {
+                drop(out);
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(None);
+            }
+            while pending.len() < self.cfg.window {
+                let Some((i, values)) = batches.next() else { break };
+                let i = i as u32;
+                match src.submit(job_id, i, values.clone()) {
+                    Ok(()) => {}
+                    Err(SourceError::Stopped) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+                pending.insert(i, values);
+            }
+            if sub.poll(zmq::POLLIN, 100).unwrap_or(0) > 0 {
+                while let Ok(b) = sub.recv_bytes(zmq::DONTWAIT) {
+                    match Msg::decode(&b) {
+                        Ok(Msg::Primes { batch, primes: p, .. }) if pending.contains_key(&batch) => {
+                            primes_of.insert(batch, p);
+                        }
+                        Ok(Msg::Done { batch, count, worker, .. }) => {
+                            if pending.remove(&batch).is_some() {
+                                finished.insert(batch, primes_of.remove(&batch).unwrap_or_default());
+                                workers.insert(worker);
+                                bar.inc(count as u64);
+                                last_progress = Instant::now();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            while let Some(p) = finished.remove(&written_upto) {
+                for n in &p {
+                    writeln!(out, "{n}")?;
+                }
+                primes += p.len() as u64;
+                written_upto += 1;
+            }
+            if !pending.is_empty() && last_progress.elapsed() > self.cfg.stall {
+                tracing::warn!(
+                    job = name,
+                    batches = pending.len(),
+                    "no progress for {:?}; submitting again",
+                    self.cfg.stall
+                );
+                for (&i, values) in &pending {
+                    match src.submit(job_id, i, values.clone()) {
+                        Ok(()) => resubmitted += 1,
+                        Err(SourceError::Stopped) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                last_progress = Instant::now();
+            }
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, self.path("out", &format!("{name}.primes")))?;
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        let text = format!(
+            "job: {name}\nnumbers: {}\nprimes: {primes}\nbatches: {written_upto} of up to {}\nseconds: {secs:.3}\nworkers: {}\nresubmitted batches: {resubmitted}\nwatcher: {}\n",
+            job.count(),
+            self.cfg.batch,
+            workers.len(),
+            self.cfg.id,
+        );
+        Ok(Some(Summary { text, primes }))
+    }
+}
+
+struct Summary {
+    text: String,
+    primes: u64,
+}
+
+fn progress_bar(enabled: bool, count: u128, name: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !enabled || !std::io::stderr().is_terminal() || count < 100_000 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(count.min(u64::MAX as u128) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} numbers ({per_sec}, {eta} left)")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(name.to_string());
+    bar
+}
+
+/// Entries of a folder as (name, path), sorted by name; a missing folder is empty.
+fn list(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow::anyhow!("cannot list {}: {e}", dir.display())),
+    };
+    let mut v: Vec<(String, PathBuf)> =
+        rd.filter_map(|e| e.ok()).filter_map(|e| Some((e.file_name().into_string().ok()?, e.path()))).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Sets the file's times to now (which also sets its ctime); false if it is gone.
+fn touch(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: c is NUL-terminated; a null times pointer means "now" for both.
+    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) == 0 }
+}
+
+fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(p)?;
+    f.write_all(data)?;
+    f.sync_all()
+}

@@ -1,0 +1,154 @@
+//! `cluster up`: a file server, a mount, the broker, one worker per core, a sink and the
+//! spool watcher, all on this machine, as child processes; Ctrl-C tears them down in the
+//! reverse order (the mount is unmounted before its server stops).
+
+use crate::util;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct UpConfig {
+    pub dir: PathBuf,
+    pub broker: String,
+    pub workers: usize,
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+/// The children, stopped in reverse order on drop (every path, errors included).
+struct Procs {
+    list: Vec<Proc>,
+    mount: Option<(PathBuf, PathBuf)>,
+}
+
+impl Procs {
+    fn start(&mut self, name: &str, cmd: &mut Command) -> anyhow::Result<String> {
+        // SAFETY: prctl is async-signal-safe; children die with us if we are killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
+        let line = first_line(&mut child, Duration::from_secs(30));
+        self.list.push(Proc { name: name.to_string(), child });
+        line.ok_or_else(|| anyhow::anyhow!("{name} did not start (see its message above)"))
+    }
+
+    /// The first child that exited, if any.
+    fn exited(&mut self) -> Option<String> {
+        self.list.iter_mut().find_map(|p| matches!(p.child.try_wait(), Ok(Some(_))).then(|| p.name.clone()))
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        while let Some(mut p) = self.list.pop() {
+            if p.name == "mount" {
+                if let Some((client, mnt)) = &self.mount {
+                    let ok = Command::new(client).arg("unmount").arg(mnt).stderr(Stdio::null()).status();
+                    if !ok.map(|s| s.success()).unwrap_or(false) {
+                        let _ = Command::new(client).args(["unmount", "--lazy"]).arg(mnt).status();
+                    }
+                }
+            }
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && !matches!(p.child.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+fn first_line(child: &mut Child, timeout: Duration) -> Option<String> {
+    let out = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the child never blocks on a full pipe.
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    rx.recv_timeout(timeout).ok().filter(|l| !l.is_empty()).map(|l| l.trim_end().to_string())
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name(name);
+    anyhow::ensure!(p.exists(), "{} is missing (build the workspace: cargo build --release)", p.display());
+    Ok(p)
+}
+
+pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
+    let (server_bin, client_bin, me) = (sibling("fs-server")?, sibling("fs-client")?, std::env::current_exe()?);
+    let root = std::path::absolute(&cfg.dir)?;
+    let (export, state, mnt) = (root.join("export"), root.join("state"), root.join("mnt"));
+    for d in [&export, &state, &mnt] {
+        std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))?;
+    }
+    let sock = root.join("fs.sock");
+    let mut procs = Procs { list: Vec::new(), mount: None };
+    let say = |l: String| println!("  {l}");
+    println!("starting the cluster in {}", root.display());
+    say(procs.start(
+        "fs-server",
+        Command::new(&server_bin)
+            .arg("--export")
+            .arg(&export)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--listen")
+            .arg(&sock)
+            .arg("--no-root-squash"),
+    )?);
+    procs.mount = Some((client_bin.clone(), mnt.clone()));
+    say(procs.start("mount", Command::new(&client_bin).arg("mount").arg(&sock).arg(&mnt))?);
+    say(procs.start("broker", Command::new(&me).args(["broker", "--listen", &cfg.broker]))?);
+    let broker = cfg.broker.replace("*", "127.0.0.1");
+    for i in 0..cfg.workers {
+        say(procs.start(&format!("worker {i}"), Command::new(&me).args(["worker", "--broker", &broker]))?);
+    }
+    let log = root.join("primes.log");
+    say(procs.start("sink", Command::new(&me).args(["sink", "--broker", &broker, "--tag", "p", "--out"]).arg(&log))?);
+    let spool = mnt.join("spool");
+    say(procs
+        .start("spool", Command::new(&me).args(["spool", "--broker", &broker, "--progress", "--dir"]).arg(&spool))?);
+    let rel = |p: &Path| p.strip_prefix(std::env::current_dir().unwrap_or_default()).unwrap_or(p).display().to_string();
+    println!(
+        "\nThe cluster is up. Start a job by dropping a file into the spool:\n\
+         \n  echo 1..1000000 > {in_}/first.job\n  cat {out}/first.summary ; head {out}/first.primes\n\
+         \nFiles you put in {mnt} land in {export}; every prime found is also appended to {log}.\n\
+         Ctrl-C stops everything and unmounts.",
+        in_ = rel(&spool.join("in")),
+        out = rel(&spool.join("out")),
+        mnt = rel(&mnt),
+        export = rel(&export),
+        log = rel(&log),
+    );
+    while !util::stopping() {
+        if let Some(name) = procs.exited() {
+            drop(procs);
+            anyhow::bail!("{name} exited; stopped the rest");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("stopping");
+    drop(procs);
+    println!("stopped; your files are in {}", export.display());
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The bytes of every prime-pipeline message. All integers are big-endian; byte 0 is the
+//! tag, so a SUB socket's prefix filter selects by tag (and, with the job id that follows
+//! in `n`, `p` and `d`, by job). See PROTOCOL.md, "Prime pipeline".
+//!
+//! | tag | direction | layout after the tag |
+//! | --- | --- | --- |
+//! | `S` | source -> broker | source u64, seq u64, job u64, batch u32, value i64 * k |
+//! | `Q` | source -> broker | source u64, seq u64, nonce u64 (ping: broker publishes `h`) |
+//! | `A` | broker -> source | seq u64 (acknowledged) |
+//! | `E` | broker -> any | UTF-8 reason (the request was malformed and dropped) |
+//! | `R` | worker -> broker | worker u64, credit u32 (hello: forget what I held) |
+//! | `H` | both | worker u64 (heartbeat; from the broker the id is 0) |
+//! | `W` | broker -> worker | work u64, job u64, batch u32, value i64 * k |
+//! | `X` | worker -> broker | worker u64, work u64, prime i64 * k (result) |
+//! | `K` | broker -> worker | work u64 (result taken) |
+//! | `n` | published | job u64, batch u32, value i64 * k (numbers received) |
+//! | `p` | published | job u64, batch u32, prime i64 * k (primes of one work item) |
+//! | `d` | published | job u64, batch u32, count u32, worker u64 (work item done) |
+//! | `h` | published | nonce u64 (answer to `Q`: the subscriber is connected) |
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Submit { source: u64, seq: u64, job: u64, batch: u32, values: Vec<i64> },
+    Ping { source: u64, seq: u64, nonce: u64 },
+    Ack { seq: u64 },
+    Error { reason: String },
+    Ready { worker: u64, credit: u32 },
+    Heartbeat { worker: u64 },
+    Work { work: u64, job: u64, batch: u32, values: Vec<i64> },
+    Result { worker: u64, work: u64, primes: Vec<i64> },
+    Taken { work: u64 },
+    Numbers { job: u64, batch: u32, values: Vec<i64> },
+    Primes { job: u64, batch: u32, primes: Vec<i64> },
+    Done { job: u64, batch: u32, count: u32, worker: u64 },
+    Hello { nonce: u64 },
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("empty message")]
+    Empty,
+    #[error("unknown tag {0:#04x}")]
+    UnknownTag(u8),
+    #[error("message with tag '{tag}' is {len} bytes; its layout needs {want}")]
+    BadLength { tag: char, len: usize, want: String },
+    #[error("error text is not UTF-8")]
+    NotUtf8,
+}
+
+/// Largest number of values in one message (8 MiB of values).
+pub const MAX_VALUES: usize = 1 << 20;
+
+pub mod tag {
+    pub const NUMBERS: u8 = b'n';
+    pub const PRIMES: u8 = b'p';
+    pub const DONE: u8 = b'd';
+    pub const HELLO: u8 = b'h';
+}
+
+impl Msg {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(32 + 8 * self.values_len());
+        match self {
+            Msg::Submit { source, seq, job, batch, values } => {
+                b.push(b'S');
+                put(&mut b, &[*source, *seq, *job]);
+                b.extend_from_slice(&batch.to_be_bytes());
+                put_values(&mut b, values);
+            }
+            Msg::Ping { source, seq, nonce } => {
+                b.push(b'Q');
+                put(&mut b, &[*source, *seq, *nonce]);
+            }
+            Msg::Ack { seq } => {
+                b.push(b'A');
+                put(&mut b, &[*seq]);
+            }
+            Msg::Error { reason } => {
+                b.push(b'E');
+                b.extend_from_slice(reason.as_bytes());
+            }
+            Msg::Ready { worker, credit } => {
+                b.push(b'R');
+                put(&mut b, &[*worker]);
+                b.extend_from_slice(&credit.to_be_bytes());
+            }
+            Msg::Heartbeat { worker } => {
+                b.push(b'H');
+                put(&mut b, &[*worker]);
+            }
+            Msg::Work { work, job, batch, values } => {
+                b.push(b'W');
+                put(&mut b, &[*work, *job]);
+                b.extend_from_slice(&batch.to_be_bytes());
+                put_values(&mut b, values);
+            }
+            Msg::Result { worker, work, primes } => {
+                b.push(b'X');
+                put(&mut b, &[*worker, *work]);
+                put_values(&mut b, primes);
+            }
+            Msg::Taken { work } => {
+                b.push(b'K');
+                put(&mut b, &[*work]);
+            }
+            Msg::Numbers { job, batch, values } => {
+                b.push(tag::NUMBERS);
+                put(&mut b, &[*job]);
+                b.extend_from_slice(&batch.to_be_bytes());
+                put_values(&mut b, values);
+            }
+            Msg::Primes { job, batch, primes } => {
+                b.push(tag::PRIMES);
+                put(&mut b, &[*job]);
+                b.extend_from_slice(&batch.to_be_bytes());
+                put_values(&mut b, primes);
+            }
+            Msg::Done { job, batch, count, worker } => {
+                b.push(tag::DONE);
+                put(&mut b, &[*job]);
+                b.extend_from_slice(&batch.to_be_bytes());
+                b.extend_from_slice(&count.to_be_bytes());
+                put(&mut b, &[*worker]);
+            }
+            Msg::Hello { nonce } => {
+                b.push(tag::HELLO);
+                put(&mut b, &[*nonce]);
+            }
+        }
+        b
+    }
+
+    fn values_len(&self) -> usize {
+        match self {
+            Msg::Submit { values, .. } | Msg::Work { values, .. } | Msg::Numbers { values, .. } => values.len(),
+            Msg::Result { primes, .. } | Msg::Primes { primes, .. } => primes.len(),
+            _ => 0,
+        }
+    }
+
+    /// Decodes untrusted bytes; never panics, never allocates more than the input implies.
+    pub fn decode(b: &[u8]) -> Result<Msg, WireError> {
+        let (&t, rest) = b.split_first().ok_or(WireError::Empty)?;
+        let mut r = Reader { b: rest, tag: t as char, len: b.len() };
+        let m = match t {
+            b'S' => {
+                let (source, seq, job, batch) = (r.u64()?, r.u64()?, r.u64()?, r.u32()?);
+                Msg::Submit { source, seq, job, batch, values: r.values()? }
+            }
+            b'Q' => Msg::Ping { source: r.u64()?, seq: r.u64()?, nonce: r.end_u64()? },
+            b'A' => Msg::Ack { seq: r.end_u64()? },
+            b'E' => Msg::Error { reason: String::from_utf8(rest.to_vec()).map_err(|_| WireError::NotUtf8)? },
+            b'R' => Msg::Ready { worker: r.u64()?, credit: r.end_u32()? },
+            b'H' => Msg::Heartbeat { worker: r.end_u64()? },
+            b'W' => {
+                let (work, job, batch) = (r.u64()?, r.u64()?, r.u32()?);
+                Msg::Work { work, job, batch, values: r.values()? }
+            }
+            b'X' => {
+                let (worker, work) = (r.u64()?, r.u64()?);
+                Msg::Result { worker, work, primes: r.values()? }
+            }
+            b'K' => Msg::Taken { work: r.end_u64()? },
+            tag::NUMBERS => {
+                let (job, batch) = (r.u64()?, r.u32()?);
+                Msg::Numbers { job, batch, values: r.values()? }
+            }
+            tag::PRIMES => {
+                let (job, batch) = (r.u64()?, r.u32()?);
+                Msg::Primes { job, batch, primes: r.values()? }
+            }
+            tag::DONE => {
+                let (job, batch, count) = (r.u64()?, r.u32()?, r.u32()?);
+                Msg::Done { job, batch, count, worker: r.end_u64()? }
+            }
+            tag::HELLO => Msg::Hello { nonce: r.end_u64()? },
+            other => return Err(WireError::UnknownTag(other)),
+        };
+        Ok(m)
+    }
+}
+
+/// The SUB prefix that selects one tag of one job: the tag byte, then the job id.
+pub fn job_prefix(tag: u8, job: u64) -> [u8; 9] {
+    let mut p = [0u8; 9];
+    p[0] = tag;
+    p[1..].copy_from_slice(&job.to_be_bytes());
+    p
+}
+
+fn put(b: &mut Vec<u8>, xs: &[u64]) {
+    for x in xs {
+        b.extend_from_slice(&x.to_be_bytes());
+    }
+}
+
+fn put_values(b: &mut Vec<u8>, xs: &[i64]) {
+    for x in xs {
+        b.extend_from_slice(&x.to_be_bytes());
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    tag: char,
+    len: usize,
+}
+
+impl Reader<'_> {
+    fn bad(&self) -> WireError {
+        let want = match self.tag {
+            'S' => "29 + 8k",
+            'Q' => "25",
+            'A' | 'H' | 'K' | 'h' => "9",
+            'R' => "13",
+            'W' => "21 + 8k",
+            'X' => "17 + 8k",
+            'n' | 'p' => "13 + 8k",
+            'd' => "25",
+            _ => "?",
+        };
+        WireError::BadLength { tag: self.tag, len: self.len, want: want.into() }
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        if self.b.len() < N {
+            return Err(self.bad());
+        }
+        let (head, rest) = self.b.split_at(N);
+        self.b = rest;
+        Ok(head.try_into().expect("length checked"))
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.take::<8>().map(u64::from_be_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.take::<4>().map(u32::from_be_bytes)
+    }
+
+    /// The rest of the message as values; its length must be a multiple of 8.
+    fn values(&mut self) -> Result<Vec<i64>, WireError> {
+        if self.b.len() % 8 != 0 || self.b.len() / 8 > MAX_VALUES {
+            return Err(self.bad());
+        }
+        let v = self.b.chunks_exact(8).map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
+        self.b = &[];
+        Ok(v)
+    }
+
+    /// The last field: nothing may follow it.
+    fn end_u64(&mut self) -> Result<u64, WireError> {
+        let v = self.u64()?;
+        self.end(v)
+    }
+
+    fn end_u32(&mut self) -> Result<u32, WireError> {
+        let v = self.u32()?;
+        self.end(v)
+    }
+
+    fn end<T>(&self, v: T) -> Result<T, WireError> {
+        if self.b.is_empty() {
+            Ok(v)
+        } else {
+            Err(self.bad())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn golden_bytes() {
+        // tag 'p', job 1, batch 2, primes [3, -1]
+        let m = Msg::Primes { job: 1, batch: 2, primes: vec![3, -1] };
+        let want: Vec<u8> = [
+            &b"p"[..],
+            &[0, 0, 0, 0, 0, 0, 0, 1],                         // job
+            &[0, 0, 0, 2],                                     // batch
+            &[0, 0, 0, 0, 0, 0, 0, 3],                         // 3
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // -1
+        ]
+        .concat();
+        assert_eq!(m.encode(), want);
+        assert_eq!(Msg::decode(&want), Ok(m));
+        assert!(Msg::Primes { job: 1, batch: 0, primes: vec![] }.encode().starts_with(&job_prefix(b'p', 1)));
+        assert_eq!(Msg::Ack { seq: 258 }.encode(), [b'A', 0, 0, 0, 0, 0, 0, 1, 2]);
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_with_a_reason() {
+        assert_eq!(Msg::decode(&[]), Err(WireError::Empty));
+        assert_eq!(Msg::decode(b"z"), Err(WireError::UnknownTag(b'z')));
+        let e = Msg::decode(b"S123").unwrap_err();
+        assert_eq!(e.to_string(), "message with tag 'S' is 4 bytes; its layout needs 29 + 8k");
+        let mut ack = Msg::Ack { seq: 1 }.encode();
+        ack.push(0);
+        assert!(Msg::decode(&ack).is_err());
+        let mut sub = Msg::Submit { source: 1, seq: 2, job: 3, batch: 4, values: vec![5] }.encode();
+        sub.pop();
+        assert!(Msg::decode(&sub).is_err());
+    }
+
+    fn any_msg() -> impl Strategy<Value = Msg> {
+        let vals = prop::collection::vec(any::<i64>(), 0..20);
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), vals.clone())
+                .prop_map(|(source, seq, job, batch, values)| Msg::Submit { source, seq, job, batch, values }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(source, seq, nonce)| Msg::Ping {
+                source,
+                seq,
+                nonce
+            }),
+            any::<u64>().prop_map(|seq| Msg::Ack { seq }),
+            ".*".prop_map(|reason| Msg::Error { reason }),
+            (any::<u64>(), any::<u32>()).prop_map(|(worker, credit)| Msg::Ready { worker, credit }),
+            any::<u64>().prop_map(|worker| Msg::Heartbeat { worker }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), vals.clone()).prop_map(|(work, job, batch, values)| Msg::Work {
+                work,
+                job,
+                batch,
+                values
+            }),
+            (any::<u64>(), any::<u64>(), vals.clone()).prop_map(|(worker, work, primes)| Msg::Result {
+                worker,
+                work,
+                primes
+            }),
+            any::<u64>().prop_map(|work| Msg::Taken { work }),
+            (any::<u64>(), any::<u32>(), vals.clone()).prop_map(|(job, batch, values)| Msg::Numbers {
+                job,
+                batch,
+                values
+            }),
+            (any::<u64>(), any::<u32>(), vals).prop_map(|(job, batch, primes)| Msg::Primes { job, batch, primes }),
+            (any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>())
+                .prop_map(|(job, batch, count, worker)| Msg::Done { job, batch, count, worker }),
+            any::<u64>().prop_map(|nonce| Msg::Hello { nonce }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips(m in any_msg()) {
+            prop_assert_eq!(Msg::decode(&m.encode()), Ok(m));
+        }
+
+        #[test]
+        fn random_and_truncated_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..64), m in any_msg(), cut in 0usize..40) {
+            let _ = Msg::decode(&b);
+            let e = m.encode();
+            let _ = Msg::decode(&e[..cut.min(e.len())]);
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! A worker: takes work items from the broker (credit DEALER, or PULL for plain PUSH),
+//! tests each number, and returns the primes over REQ, waiting for the broker's answer
+//! (resending on a timeout; the broker counts a result once).
+
+use crate::broker::Dispatch;
+use crate::endpoint::{BrokerAddr, Role};
+use crate::prime::is_prime;
+use crate::util::{self, sock_err};
+use crate::wire::Msg;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub addr: BrokerAddr,
+    pub dispatch: Dispatch,
+    pub id: u64,
+    /// How many items the worker holds at once (one being tested, the rest waiting), so
+    /// it never sits idle waiting for the next one.
+    pub credit: u32,
+    pub heartbeat: Duration,
+    /// The broker silent this long: reconnect and say Ready again.
+    pub liveness: Duration,
+    /// How long to wait for the broker to take a result before resending it.
+    pub result_timeout: Duration,
+    /// Run every test this many times (1 = normal; 3 = a worker three times slower, for
+    /// the dispatch benchmark).
+    pub slow: u32,
+}
+
+impl WorkerConfig {
+    pub fn new(addr: BrokerAddr) -> WorkerConfig {
+        WorkerConfig {
+            addr,
+            dispatch: Dispatch::Credit,
+            id: util::random_u64(),
+            credit: 2,
+            heartbeat: Duration::from_millis(500),
+            liveness: Duration::from_millis(2500),
+            result_timeout: Duration::from_secs(2),
+            slow: 1,
+        }
+    }
+}
+
+pub struct Worker<'a> {
+    ctx: &'a zmq::Context,
+    cfg: WorkerConfig,
+    work: zmq::Socket,
+    res: zmq::Socket,
+    queue: VecDeque<(u64, Vec<i64>)>,
+    last_heard: Instant,
+    last_sent: Instant,
+    pub tested: u64,
+}
+
+impl<'a> Worker<'a> {
+    pub fn connect(ctx: &'a zmq::Context, cfg: WorkerConfig) -> anyhow::Result<Worker<'a>> {
+        let work = work_socket(ctx, &cfg)?;
+        let res = result_socket(ctx, &cfg)?;
+        let now = Instant::now();
+        let mut w = Worker { ctx, cfg, work, res, queue: VecDeque::new(), last_heard: now, last_sent: now, tested: 0 };
+        w.hello()?;
+        Ok(w)
+    }
+
+    fn hello(&mut self) -> anyhow::Result<()> {
+        if self.cfg.dispatch == Dispatch::Credit {
+            self.queue.clear();
+            self.work.send(Msg::Ready { worker: self.cfg.id, credit: self.cfg.credit }.encode(), 0)?;
+            self.last_sent = Instant::now();
+            self.last_heard = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Works until the stop flag is set.
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        while !util::stopping() {
+            let wait = if self.queue.is_empty() { self.cfg.heartbeat.as_millis() as i64 } else { 0 };
+            match self.work.poll(zmq::POLLIN, wait) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.drain()?;
+            if let Some((work, values)) = self.queue.pop_front() {
+                let primes = self.test(&values);
+                self.send_result(work, primes)?;
+            }
+            self.keep_alive()?;
+        }
+        Ok(())
+    }
+
+    fn test(&mut self, values: &[i64]) -> Vec<i64> {
+        let mut primes = Vec::new();
+        for &n in values {
+            let mut p = false;
+            for _ in 0..self.cfg.slow.max(1) {
+                p = std::hint::black_box(is_prime(std::hint::black_box(n)));
+            }
+            if p {
+                primes.push(n);
+            }
+        }
+        self.tested += values.len() as u64;
+        primes
+    }
+
+    fn drain(&mut self) -> anyhow::Result<()> {
+        loop {
+            let body = match self.work.recv_bytes(zmq::DONTWAIT) {
+                Ok(b) => b,
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            self.last_heard = Instant::now();
+            match Msg::decode(&body) {
+                Ok(Msg::Work { work, values, .. }) => self.queue.push_back((work, values)),
+                Ok(Msg::Heartbeat { .. }) => {}
+                Ok(Msg::Ready { .. }) => {
+                    tracing::warn!("the broker does not know this worker (it restarted?); saying hello again");
+                    self.hello()?;
+                }
+                Ok(_) => tracing::warn!("unexpected message on the work socket; dropped"),
+                Err(e) => tracing::warn!("malformed work message dropped: {e}"),
+            }
+        }
+    }
+
+    /// Lazy Pirate on the result socket: wait for the broker's answer; on a timeout,
+    /// drop the socket (a REQ socket cannot send twice) and resend on a new one.
+    fn send_result(&mut self, work: u64, primes: Vec<i64>) -> anyhow::Result<()> {
+        let msg = Msg::Result { worker: self.cfg.id, work, primes }.encode();
+        loop {
+            self.res.send(&msg, 0)?;
+            let deadline = Instant::now() + self.cfg.result_timeout;
+            while Instant::now() < deadline {
+                if util::stopping() {
+                    return Ok(());
+                }
+                if self.res.poll(zmq::POLLIN, 100).unwrap_or(0) > 0 {
+                    let reply = self.res.recv_bytes(0)?;
+                    if let Ok(Msg::Error { reason }) = Msg::decode(&reply) {
+                        tracing::warn!("broker refused a result: {reason}");
+                    }
+                    return Ok(());
+                }
+                // Keep the broker informed while we wait: a worker waiting on a result
+                // is alive.
+                self.keep_alive()?;
+            }
+            tracing::warn!("broker did not take a result in {:?}; resending", self.cfg.result_timeout);
+            self.res = result_socket(self.ctx, &self.cfg)?;
+        }
+    }
+
+    fn keep_alive(&mut self) -> anyhow::Result<()> {
+        if self.cfg.dispatch != Dispatch::Credit {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_heard) > self.cfg.liveness {
+            tracing::warn!("broker silent for {:?}; reconnecting", self.cfg.liveness);
+            self.work = work_socket(self.ctx, &self.cfg)?;
+            self.hello()?;
+        } else if now.duration_since(self.last_sent) >= self.cfg.heartbeat {
+            self.work.send(Msg::Heartbeat { worker: self.cfg.id }.encode(), zmq::DONTWAIT).ok();
+            self.last_sent = now;
+        }
+        Ok(())
+    }
+}
+
+fn work_socket(ctx: &zmq::Context, cfg: &WorkerConfig) -> anyhow::Result<zmq::Socket> {
+    let ep = cfg.addr.endpoint(Role::Work);
+    let s = util::socket(
+        ctx,
+        match cfg.dispatch {
+            Dispatch::Credit => zmq::DEALER,
+            Dispatch::Push => zmq::PULL,
+        },
+    )?;
+    if cfg.dispatch == Dispatch::Push {
+        // Hold little in the pipe, as in the original example; PUSH still deals items out
+        // round-robin without looking at who is busy.
+        s.set_rcvhwm(1)?;
+    }
+    s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
+    Ok(s)
+}
+
+fn result_socket(ctx: &zmq::Context, cfg: &WorkerConfig) -> anyhow::Result<zmq::Socket> {
+    let ep = cfg.addr.endpoint(Role::Results);
+    let s = util::socket(ctx, zmq::REQ)?;
+    s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
+    Ok(s)
+}
