@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`ServerProc`]: an `fs-server` process on temporary folders, stopped on drop.
 //! - [`rpc::Conn`]: a small blocking RPC client (pipelining by hand: `send`, `recv`).
+//! - [`ClusterProc`]: a `cluster` process (broker, worker, spool), killed on drop.
 //! - [`Watchdog`]: a hard time limit for a test.
 //!
 //! The binaries come from the same `target/` folder as the test executable; the README's
@@ -107,6 +108,79 @@ impl ServerProc {
 }
 
 impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `cluster` process (broker, worker, spool...). Dropping it kills the process.
+pub struct ClusterProc {
+    child: Option<Child>,
+    /// The process's first line (its readiness line).
+    pub ready: String,
+    /// What it printed after that, line by line, as it goes.
+    lines: Option<mpsc::Receiver<String>>,
+}
+
+impl ClusterProc {
+    /// Starts `cluster ARGS` and waits for its first line to start with `ready_prefix`.
+    pub fn start(args: &[&str], ready_prefix: &str) -> ClusterProc {
+        let mut child = command(&bin_path("cluster")).args(args).stdout(Stdio::piped()).spawn().expect("spawn cluster");
+        let out = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let mut p = ClusterProc { child: Some(child), ready: first.clone(), lines: Some(rx) };
+        if !first.starts_with(ready_prefix) {
+            p.kill();
+            panic!("cluster {args:?} did not start: first line {first:?}");
+        }
+        p
+    }
+
+    /// The next line it prints, waiting up to `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.as_ref()?.recv_timeout(timeout).ok()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait up to 10 s; returns whether it exited by itself.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return false };
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+}
+
+impl Drop for ClusterProc {
     fn drop(&mut self) {
         self.kill();
     }

@@ -48,7 +48,7 @@ impl BrokerAddr {
         let (host, port) = match s.rsplit_once(':') {
             // An IPv6 literal without a port ("::1") has colons but no brackets.
             Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
-                let port = p.parse::<u16>().ok().filter(|&p| p >= 1 && p <= u16::MAX - 3);
+                let port = p.parse::<u16>().ok().filter(|p| (1..=u16::MAX - 3).contains(p));
                 (h.to_string(), port.ok_or_else(|| AddrError::BadPort(s.to_string()))?)
             }
             _ => (s.to_string(), DEFAULT_PORT),

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use cluster::broker::{Broker, BrokerConfig, Dispatch};
 use cluster::endpoint::BrokerAddr;
 use cluster::job::Job;
-use cluster::spool::{Spool, SpoolConfig};
+use cluster::spool::{Outcome, Spool, SpoolConfig};
 use cluster::worker::{Worker, WorkerConfig};
 use cluster::{sink, source, up, util, wire};
 use std::io::{BufRead, Write};
@@ -104,6 +104,9 @@ enum Cmd {
         /// Show a progress bar for long jobs (on a terminal).
         #[arg(long)]
         progress: bool,
+        /// Leave job files changed less than this many milliseconds ago for the next pass.
+        #[arg(long, default_value_t = 1000)]
+        settle_ms: u64,
         /// Run what is there once and exit.
         #[arg(long)]
         once: bool,
@@ -199,7 +202,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             sink::run(&sub, which, &mut w, count)?;
         }
-        Cmd::Spool { dir, broker, id, batch, window, claim_timeout_s, stall_s, progress, once } => {
+        Cmd::Spool { dir, broker, id, batch, window, claim_timeout_s, stall_s, settle_ms, progress, once } => {
             anyhow::ensure!(dir.is_dir(), "spool folder {} does not exist", dir.display());
             let mut cfg = SpoolConfig::new(dir.clone(), broker_addr(&broker)?);
             if let Some(id) = id {
@@ -210,13 +213,19 @@ fn run(args: Args) -> anyhow::Result<()> {
             cfg.claim_timeout = Duration::from_secs(claim_timeout_s.max(1));
             cfg.stall = Duration::from_secs(stall_s.max(1));
             cfg.progress = progress;
+            cfg.settle = Duration::from_millis(settle_ms);
             let id = cfg.id.clone();
             let spool = Spool::new(&ctx, cfg)?;
             println!("spool {id} watching {} (broker {broker})", dir.join("in").display());
+            let report = |o: &Outcome| match o {
+                Outcome::Done { name, primes } => println!("done {name}: {primes} primes"),
+                Outcome::Failed { name, reason } => println!("failed {name}: {reason}"),
+                Outcome::Interrupted { name } => println!("interrupted {name}"),
+            };
             if once {
-                spool.scan_once()?;
+                spool.scan_once()?.iter().for_each(report);
             } else {
-                spool.run()?;
+                spool.run(report)?;
             }
         }
         Cmd::Up { dir, broker, workers } => {

@@ -43,6 +43,10 @@ pub struct SpoolConfig {
     /// No batch of a running job finished for this long: submit the missing ones again
     /// (the broker restarted, or its publications were lost).
     pub stall: Duration,
+    /// A job file changed more recently than this (by the server's clock) may still be
+    /// being written: it is left for the next pass. Write `.NAME.job` and rename it to
+    /// skip the wait.
+    pub settle: Duration,
     pub progress: bool,
 }
 
@@ -60,6 +64,7 @@ impl SpoolConfig {
             poll: Duration::from_millis(500),
             claim_timeout: Duration::from_secs(30),
             stall: Duration::from_secs(15),
+            settle: Duration::from_millis(1000),
             progress: false,
         }
     }
@@ -103,10 +108,11 @@ impl<'a> Spool<'a> {
         self.cfg.dir.join(sub).join(name)
     }
 
-    /// Watches until stopped.
-    pub fn run(&self) -> anyhow::Result<()> {
+    /// Watches until stopped, telling `report` of each job it finished with.
+    pub fn run(&self, mut report: impl FnMut(&Outcome)) -> anyhow::Result<()> {
         while !util::stopping() {
             let outcomes = self.scan_once()?;
+            outcomes.iter().for_each(&mut report);
             if outcomes.is_empty() {
                 std::thread::sleep(self.cfg.poll);
             }
@@ -142,8 +148,8 @@ impl<'a> Spool<'a> {
                 continue;
             }
             let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-            let age = now - meta.ctime();
-            if age > self.cfg.claim_timeout.as_secs() as i64 {
+            let age = now.saturating_sub(ctime_ns(&meta)) / 1_000_000_000;
+            if age > self.cfg.claim_timeout.as_secs() as i128 {
                 let mine = self.path("running", &format!("{job}@{}", self.cfg.id));
                 if std::fs::rename(&path, &mine).is_ok() {
                     tracing::warn!(job, owner, age, "took over a claim whose watcher stopped touching it");
@@ -156,6 +162,10 @@ impl<'a> Spool<'a> {
             if !name.ends_with(".job") || name.starts_with('.') {
                 continue;
             }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if !meta.is_file() || now.saturating_sub(ctime_ns(&meta)) < self.cfg.settle.as_nanos() as i128 {
+                continue;
+            }
             let mine = self.path("running", &format!("{name}@{}", self.cfg.id));
             match std::fs::rename(&path, &mine) {
                 Ok(()) => claims.push(mine),
@@ -166,11 +176,11 @@ impl<'a> Spool<'a> {
         Ok(claims)
     }
 
-    /// The server's clock, read from the ctime of a file we just wrote.
-    fn server_now(&self) -> anyhow::Result<i64> {
+    /// The server's clock (nanoseconds), read from the ctime of a file we just wrote.
+    fn server_now(&self) -> anyhow::Result<i128> {
         let p = self.path("running", &format!(".alive@{}", self.cfg.id));
         std::fs::write(&p, b"")?;
-        Ok(std::fs::metadata(&p)?.ctime())
+        Ok(ctime_ns(&std::fs::metadata(&p)?))
     }
 
     fn run_claim(&self, claim: &Path) -> anyhow::Result<Outcome> {
@@ -300,13 +310,11 @@ impl<'a> Spool<'a> {
                         Ok(Msg::Primes { batch, primes: p, .. }) if pending.contains_key(&batch) => {
                             primes_of.insert(batch, p);
                         }
-                        Ok(Msg::Done { batch, count, worker, .. }) => {
-                            if pending.remove(&batch).is_some() {
-                                finished.insert(batch, primes_of.remove(&batch).unwrap_or_default());
-                                workers.insert(worker);
-                                bar.inc(count as u64);
-                                last_progress = Instant::now();
-                            }
+                        Ok(Msg::Done { batch, count, worker, .. }) if pending.remove(&batch).is_some() => {
+                            finished.insert(batch, primes_of.remove(&batch).unwrap_or_default());
+                            workers.insert(worker);
+                            bar.inc(count as u64);
+                            last_progress = Instant::now();
                         }
                         _ => {}
                     }
@@ -371,6 +379,10 @@ fn progress_bar(enabled: bool, count: u128, name: &str) -> indicatif::ProgressBa
     );
     bar.set_message(name.to_string());
     bar
+}
+
+fn ctime_ns(m: &std::fs::Metadata) -> i128 {
+    m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128
 }
 
 /// Entries of a folder as (name, path), sorted by name; a missing folder is empty.

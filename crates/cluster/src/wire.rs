@@ -243,7 +243,7 @@ impl Reader<'_> {
 
     /// The rest of the message as values; its length must be a multiple of 8.
     fn values(&mut self) -> Result<Vec<i64>, WireError> {
-        if self.b.len() % 8 != 0 || self.b.len() / 8 > MAX_VALUES {
+        if !self.b.len().is_multiple_of(8) || self.b.len() / 8 > MAX_VALUES {
             return Err(self.bad());
         }
         let v = self.b.chunks_exact(8).map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();

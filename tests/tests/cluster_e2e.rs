@@ -1,0 +1,362 @@
+//! The prime pipeline with real ZeroMQ sockets (`ipc://` in temporary folders), the
+//! broker and workers as processes, and the spool watcher on real mounts.
+
+use cluster::endpoint::BrokerAddr;
+use cluster::prime::sieve;
+use cluster::source::Source;
+use cluster::wire::{tag, Msg};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tests::{ClusterProc, Rig, Watchdog};
+
+/// A broker and workers on an ipc:// address in a temporary folder.
+struct Pipeline {
+    // Field order is drop order: workers before the broker, the folder last.
+    workers: Vec<ClusterProc>,
+    broker: ClusterProc,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Pipeline {
+    fn new(workers: usize, broker_args: &[&str], worker_args: &[&str]) -> Pipeline {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = dir.path().join("broker").display().to_string();
+        let mut args = vec!["broker", "--listen", &addr];
+        args.extend_from_slice(broker_args);
+        let broker = ClusterProc::start(&args, "broker listening on");
+        let workers = (0..workers).map(|_| Self::worker(&addr, worker_args)).collect();
+        Pipeline { workers, broker, addr, _dir: dir }
+    }
+
+    fn worker(addr: &str, extra: &[&str]) -> ClusterProc {
+        let mut args = vec!["worker", "--broker", addr];
+        args.extend_from_slice(extra);
+        ClusterProc::start(&args, "worker ")
+    }
+}
+
+#[derive(Default)]
+struct Collected {
+    primes: Vec<i64>,
+    done_numbers: u64,
+    done_messages: u64,
+    workers: HashSet<u64>,
+}
+
+/// Submits `values` in batches as one job and collects what is published for it until
+/// every number is reported done, then one more second (to catch duplicates).
+/// `progress` sees the count of numbers done so far.
+fn run_job(addr: &str, values: &[i64], batch: usize, mut progress: impl FnMut(u64)) -> Collected {
+    let ctx = zmq::Context::new();
+    let addr = BrokerAddr::parse(addr).unwrap();
+    let job = cluster::util::random_u64();
+    let prefixes = [
+        cluster::wire::job_prefix(tag::PRIMES, job),
+        cluster::wire::job_prefix(tag::DONE, job),
+        cluster::wire::job_prefix(tag::HELLO, job),
+    ];
+    let refs: Vec<&[u8]> = prefixes.iter().map(|p| &p[..]).collect();
+    let sub = cluster::sink::subscribe(&ctx, &addr, &refs).unwrap();
+    let mut src = Source::connect(&ctx, &addr).unwrap();
+    // Wait until our subscription is in place.
+    loop {
+        src.ping(job).unwrap();
+        if sub.poll(zmq::POLLIN, 200).unwrap() > 0
+            && Msg::decode(&sub.recv_bytes(0).unwrap()) == Ok(Msg::Hello { nonce: job })
+        {
+            break;
+        }
+    }
+    for (i, chunk) in values.chunks(batch).enumerate() {
+        src.submit(job, i as u32, chunk.to_vec()).unwrap();
+    }
+    let mut c = Collected::default();
+    let mut extra_until: Option<Instant> = None;
+    while extra_until.is_none_or(|t| Instant::now() < t) {
+        if sub.poll(zmq::POLLIN, 100).unwrap() == 0 {
+            continue;
+        }
+        match Msg::decode(&sub.recv_bytes(0).unwrap()).unwrap() {
+            Msg::Primes { primes, .. } => c.primes.extend(primes),
+            Msg::Done { count, worker, .. } => {
+                c.done_numbers += count as u64;
+                c.done_messages += 1;
+                c.workers.insert(worker);
+                progress(c.done_numbers);
+            }
+            _ => {}
+        }
+        if c.done_numbers >= values.len() as u64 && extra_until.is_none() {
+            extra_until = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    c.primes.sort_unstable();
+    c
+}
+
+#[test]
+fn primes_up_to_a_million_equal_a_sieve() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let p = Pipeline::new(2, &[], &[]);
+    let values: Vec<i64> = (-10..=1_000_000).collect();
+    let c = run_job(&p.addr, &values, 1000, |_| {});
+    assert_eq!(c.done_numbers, values.len() as u64, "every number reported done exactly once");
+    assert_eq!(c.done_messages, values.len().div_ceil(1000) as u64);
+    assert_eq!(c.primes, sieve(-10, 1_000_000));
+    assert_eq!(c.workers.len(), 2, "both workers took part");
+}
+
+#[test]
+fn chosen_large_primes_and_composites_one_message_per_number() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let p = Pipeline::new(2, &[], &[]);
+    let primes = [2147483647i64, 2305843009213693951, 9223372036854775783, 1000000000000000003, 999999999999999989];
+    // Carmichael numbers, strong pseudoprimes to many small bases, a semiprime of two
+    // large primes, a prime square, and the extremes of i64.
+    let composites = [
+        561i64,
+        41041,
+        9746347772161,
+        3215031751,
+        3825123056546413051,
+        3474749660383,
+        341550071728321,
+        4294967291 * 2147483647,
+        3037000493 * 3037000493,
+        i64::MAX,
+        i64::MIN,
+        -7,
+        0,
+        1,
+    ];
+    let mut values: Vec<i64> = primes.iter().chain(composites.iter()).copied().collect();
+    values.sort_unstable();
+    let want: Vec<i64> = values.iter().copied().filter(|&n| cluster::prime::is_prime(n)).collect();
+    let mut expected = primes.to_vec();
+    expected.sort_unstable();
+    assert_eq!(want, expected, "the chosen composites are composite");
+    let c = run_job(&p.addr, &values, 1, |_| {});
+    assert_eq!(c.primes, expected);
+    assert_eq!(c.done_messages, values.len() as u64);
+}
+
+#[test]
+fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let mut p = Pipeline::new(2, &["--heartbeat-ms", "200", "--liveness-ms", "1000"], &[]);
+    let values: Vec<i64> = (1..=2_000_000).collect();
+    let mut killed = false;
+    let c = run_job(&p.addr, &values, 2000, |done| {
+        if !killed && done >= 200_000 {
+            p.workers[0].kill();
+            killed = true;
+        }
+    });
+    assert!(killed);
+    assert_eq!(c.done_numbers, values.len() as u64, "every number done exactly once");
+    assert_eq!(c.primes, sieve(1, 2_000_000));
+    let log = p.broker.terminate();
+    assert!(log, "the broker stops on SIGTERM");
+}
+
+#[test]
+fn malformed_frames_get_a_reason_and_the_broker_keeps_serving() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let p = Pipeline::new(1, &[], &[]);
+    let ctx = zmq::Context::new();
+    let addr = BrokerAddr::parse(&p.addr).unwrap();
+    for (role, body) in [
+        (cluster::endpoint::Role::Sources, &b"S\x00\x01"[..]),
+        (cluster::endpoint::Role::Sources, &b""[..]),
+        (cluster::endpoint::Role::Sources, &b"X12345678"[..]),
+        (cluster::endpoint::Role::Results, &b"Xshort"[..]),
+    ] {
+        let s = ctx.socket(zmq::REQ).unwrap();
+        s.connect(&addr.endpoint(role)).unwrap();
+        s.send(body, 0).unwrap();
+        assert!(s.poll(zmq::POLLIN, 5000).unwrap() > 0, "the broker answers a malformed request");
+        match Msg::decode(&s.recv_bytes(0).unwrap()) {
+            Ok(Msg::Error { reason }) => assert!(!reason.is_empty() && !reason.contains('\n'), "{reason}"),
+            other => panic!("expected an error reply, got {other:?}"),
+        }
+    }
+    // Garbage on the workers' socket is dropped, too.
+    let d = ctx.socket(zmq::DEALER).unwrap();
+    d.connect(&addr.endpoint(cluster::endpoint::Role::Work)).unwrap();
+    d.send(&b"\xff\xff"[..], 0).unwrap();
+    let c = run_job(&p.addr, &(1..=100).collect::<Vec<_>>(), 10, |_| {});
+    assert_eq!(c.primes, sieve(1, 100));
+}
+
+#[test]
+fn bad_addresses_and_a_port_in_use_get_one_line() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let run = |args: &[&str]| {
+        let (status, out, err) =
+            tests::run_with_timeout(tests::command(&tests::bin_path("cluster")).args(args), Duration::from_secs(20));
+        assert!(!status.success(), "{args:?} should fail: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line, got {err:?}");
+        err
+    };
+    assert!(run(&["worker", "--broker", "no-such-host.invalid:5"]).contains("cannot resolve"));
+    assert!(run(&["source", "--broker", "127.0.0.1:99999", "5"]).contains("port"));
+    assert!(run(&["source", "--broker", "127.0.0.1:5555", "12x"]).contains("line 1"));
+    assert!(run(&["source", "--broker", "127.0.0.1:5555", "9..1"]).contains("reversed"));
+    let p = Pipeline::new(0, &[], &[]);
+    assert!(run(&["broker", "--listen", &p.addr]).contains("another process is listening"));
+    // A TCP port in use.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    assert!(run(&["broker", "--listen", &format!("127.0.0.1:{}", port.saturating_sub(3).max(1))]).contains("in use"));
+    drop(p);
+}
+
+/// A job through the spool on one mount, read through another; a malformed job goes to
+/// failed/ with the line named; two watchers on two mounts run each job exactly once.
+#[test]
+fn spool_on_a_real_mount_read_through_a_second_mount() {
+    let _w = Watchdog::new(Duration::from_secs(180));
+    let p = Pipeline::new(2, &[], &[]);
+    let rig = Rig::new("");
+    let other = rig.second_mount("mnt2", "");
+    std::fs::create_dir(rig.mnt("spool")).unwrap();
+    let spool_a = rig.mnt("spool").display().to_string();
+    let spool_b = other.path("spool").display().to_string();
+    let args = |dir: &str, id: &str| -> Vec<String> {
+        ["spool", "--dir", dir, "--broker", &p.addr, "--id", id, "--batch", "5000", "--settle-ms", "300"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let start = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+        ClusterProc::start(&refs, "spool ")
+    };
+    let wa = start(args(&spool_a, "a"));
+    let wb = start(args(&spool_b, "b"));
+    // Jobs dropped through the second mount: an editor-style write of one, plain writes
+    // of the others.
+    std::fs::write(other.path("spool/in/.big.job.tmp"), "# a million\n1..1000000\n").unwrap();
+    std::fs::rename(other.path("spool/in/.big.job.tmp"), other.path("spool/in/big.job")).unwrap();
+    std::fs::write(other.path("spool/in/bad.job"), "1..10\n20\n3x\n").unwrap();
+    for i in 0..6 {
+        std::fs::write(other.path(&format!("spool/in/small{i}.job")), format!("{}..{}\n7\n", i * 1000, i * 1000 + 999))
+            .unwrap();
+    }
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lines.len() < 8 && Instant::now() < deadline {
+        for w in [&wa, &wb] {
+            if let Some(l) = w.next_line(Duration::from_millis(100)) {
+                lines.push(l);
+            }
+        }
+    }
+    lines.sort();
+    assert_eq!(lines.len(), 8, "eight jobs reported: {lines:?}");
+    let names: HashSet<String> = lines.iter().map(|l| l.split(':').next().unwrap().to_string()).collect();
+    assert_eq!(names.len(), 8, "each job ran exactly once: {lines:?}");
+    assert!(lines.contains(&"failed bad: line 3: `3x` is not an integer or a range A..B".to_string()), "{lines:?}");
+    // Read the results through the second mount.
+    let read = |rel: &str| std::fs::read_to_string(other.path(rel)).unwrap();
+    let want: String = sieve(1, 1_000_000).iter().map(|n| format!("{n}\n")).collect();
+    assert!(read("spool/out/big.primes") == want, "big.primes differs from the sieve");
+    let summary = read("spool/out/big.summary");
+    assert!(summary.contains("numbers: 1000000\nprimes: 78498\n"), "{summary}");
+    for i in 0..6 {
+        let want: String = sieve(i * 1000, i * 1000 + 999)
+            .iter()
+            .chain(if i == 0 { &[][..] } else { &[7][..] })
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut got: Vec<i64> =
+            read(&format!("spool/out/small{i}.primes")).lines().map(|l| l.parse().unwrap()).collect();
+        let sorted = {
+            let mut s = got.clone();
+            s.sort();
+            s
+        };
+        assert_eq!(got, sorted, "ascending");
+        got.sort();
+        let mut w: Vec<i64> = want.lines().map(|l| l.parse().unwrap()).collect();
+        w.sort();
+        assert_eq!(got, w, "small{i}");
+    }
+    assert_eq!(read("spool/failed/bad.reason"), "line 3: `3x` is not an integer or a range A..B\n");
+    assert_eq!(read("spool/failed/bad.job"), "1..10\n20\n3x\n", "the malformed job is kept as it was");
+    assert!(std::fs::read_dir(other.path("spool/in")).unwrap().next().is_none(), "in/ is empty");
+    let leftovers: Vec<_> = std::fs::read_dir(other.path("spool/out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+    drop((wa, wb));
+}
+
+/// The watcher, then the broker, killed in the middle of a job: after restarts the job
+/// finishes, whole, and nothing half-written is ever in out/.
+#[test]
+fn spool_job_survives_watcher_and_broker_crashes() {
+    let _w = Watchdog::new(Duration::from_secs(240));
+    // Slow workers (each test run 300 times) make the job last several seconds.
+    let broker_args = ["--heartbeat-ms", "200", "--liveness-ms", "1000"];
+    let mut p = Pipeline::new(2, &broker_args, &["--slow", "300"]);
+    let rig = Rig::new("");
+    std::fs::create_dir(rig.mnt("spool")).unwrap();
+    let dir = rig.mnt("spool").display().to_string();
+    let args = [
+        "spool",
+        "--dir",
+        &dir,
+        "--broker",
+        &p.addr,
+        "--id",
+        "w",
+        "--batch",
+        "1000",
+        "--stall-s",
+        "2",
+        "--settle-ms",
+        "0",
+    ];
+    let mut w = ClusterProc::start(&args, "spool ");
+    let (lo, hi) = (1_000_000_000_000i64, 1_000_000_399_999i64);
+    std::fs::write(rig.mnt("spool/in/j.job"), format!("{lo}..{hi}\n")).unwrap();
+    let tmp = rig.mnt("spool/out/.j.primes.tmp@w");
+    let out = rig.mnt("spool/out/j.primes");
+    // Waits until the watcher has written some primes of the job (it is mid-job).
+    let wait_for_progress = || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "no progress on the job");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_progress();
+    w.kill();
+    assert!(!out.exists(), "nothing in out/ while the job is unfinished");
+    assert!(rig.mnt("spool/running/j.job@w").exists(), "the claim stays");
+    let w = ClusterProc::start(&args, "spool ");
+    // The broker crashes in the middle of the resumed run and comes back on the same
+    // address; the watcher's stalled batches are submitted again.
+    std::thread::sleep(Duration::from_millis(300));
+    wait_for_progress();
+    p.broker.kill();
+    assert!(!out.exists(), "nothing in out/ while the job is unfinished");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut args_b = vec!["broker", "--listen", &p.addr];
+    args_b.extend_from_slice(&broker_args);
+    p.broker = ClusterProc::start(&args_b, "broker listening on");
+    let want = sieve(lo, hi);
+    let line = w.next_line(Duration::from_secs(150));
+    assert_eq!(line, Some(format!("done j: {} primes", want.len())));
+    let want: String = want.iter().map(|n| format!("{n}\n")).collect();
+    assert!(std::fs::read_to_string(&out).unwrap() == want, "primes differ from the sieve");
+    assert!(rig.mnt("spool/done/j.job").exists());
+    assert!(!rig.mnt("spool/running/j.job@w").exists());
+    let summary = std::fs::read_to_string(rig.mnt("spool/out/j.summary")).unwrap();
+    assert!(!summary.contains("resubmitted batches: 0\n"), "the broker's crash made the watcher resubmit: {summary}");
+}
