@@ -186,6 +186,72 @@ impl Drop for ClusterProc {
     }
 }
 
+/// What was published for one job.
+#[derive(Default)]
+pub struct Collected {
+    /// Sorted.
+    pub primes: Vec<i64>,
+    pub done_numbers: u64,
+    pub done_messages: u64,
+    pub workers: std::collections::HashSet<u64>,
+    /// From the first submission until every number was reported done (the one-time
+    /// subscription handshake before it is not counted).
+    pub elapsed: Duration,
+}
+
+/// Submits `values` to the broker at `addr` in batches as one job, and collects what is
+/// published for it until every number is reported done, then `linger` more (to catch
+/// duplicates). `progress` sees the count of numbers done so far.
+pub fn run_job(addr: &str, values: &[i64], batch: usize, linger: Duration, mut progress: impl FnMut(u64)) -> Collected {
+    use cluster::wire::{job_prefix, tag, Msg};
+    let ctx = zmq::Context::new();
+    let addr = cluster::endpoint::BrokerAddr::parse(addr).expect("broker address");
+    let job = cluster::util::random_u64();
+    let prefixes = [job_prefix(tag::PRIMES, job), job_prefix(tag::DONE, job), job_prefix(tag::HELLO, job)];
+    let refs: Vec<&[u8]> = prefixes.iter().map(|p| &p[..]).collect();
+    let sub = cluster::sink::subscribe(&ctx, &addr, &refs).expect("subscribe");
+    let mut src = cluster::source::Source::connect(&ctx, &addr).expect("source");
+    // Wait until the subscription is in place, so nothing published is missed.
+    loop {
+        src.ping(job).expect("ping");
+        if sub.poll(zmq::POLLIN, 20).expect("poll") > 0
+            && Msg::decode(&sub.recv_bytes(0).expect("recv")) == Ok(Msg::Hello { nonce: job })
+        {
+            break;
+        }
+    }
+    let mut c = Collected::default();
+    let mut absorb = |c: &mut Collected, body: &[u8]| match Msg::decode(body).expect("well-formed publication") {
+        Msg::Primes { primes, .. } => c.primes.extend(primes.iter()),
+        Msg::Done { count, worker, .. } => {
+            c.done_numbers += count as u64;
+            c.done_messages += 1;
+            c.workers.insert(worker);
+            progress(c.done_numbers);
+        }
+        _ => {}
+    };
+    let started = std::time::Instant::now();
+    for (i, chunk) in values.chunks(batch).enumerate() {
+        src.submit(job, i as u32, chunk).expect("submit");
+        while let Ok(b) = sub.recv_bytes(zmq::DONTWAIT) {
+            absorb(&mut c, &b);
+        }
+    }
+    let mut until: Option<std::time::Instant> = None;
+    while until.is_none_or(|t| std::time::Instant::now() < t) {
+        if sub.poll(zmq::POLLIN, 50).expect("poll") > 0 {
+            absorb(&mut c, &sub.recv_bytes(0).expect("recv"));
+        }
+        if c.done_numbers >= values.len() as u64 && until.is_none() {
+            c.elapsed = started.elapsed();
+            until = Some(std::time::Instant::now() + linger);
+        }
+    }
+    c.primes.sort_unstable();
+    c
+}
+
 /// Mount points of this test process, for the watchdog's last-resort cleanup.
 static MOUNTED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 

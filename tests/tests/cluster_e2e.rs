@@ -3,11 +3,10 @@
 
 use cluster::endpoint::BrokerAddr;
 use cluster::prime::sieve;
-use cluster::source::Source;
-use cluster::wire::{tag, Msg};
+use cluster::wire::Msg;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use tests::{ClusterProc, Rig, Watchdog};
+use tests::{run_job, ClusterProc, Rig, Watchdog};
 
 /// A broker and workers on an ipc:// address in a temporary folder.
 struct Pipeline {
@@ -36,71 +35,12 @@ impl Pipeline {
     }
 }
 
-#[derive(Default)]
-struct Collected {
-    primes: Vec<i64>,
-    done_numbers: u64,
-    done_messages: u64,
-    workers: HashSet<u64>,
-}
-
-/// Submits `values` in batches as one job and collects what is published for it until
-/// every number is reported done, then one more second (to catch duplicates).
-/// `progress` sees the count of numbers done so far.
-fn run_job(addr: &str, values: &[i64], batch: usize, mut progress: impl FnMut(u64)) -> Collected {
-    let ctx = zmq::Context::new();
-    let addr = BrokerAddr::parse(addr).unwrap();
-    let job = cluster::util::random_u64();
-    let prefixes = [
-        cluster::wire::job_prefix(tag::PRIMES, job),
-        cluster::wire::job_prefix(tag::DONE, job),
-        cluster::wire::job_prefix(tag::HELLO, job),
-    ];
-    let refs: Vec<&[u8]> = prefixes.iter().map(|p| &p[..]).collect();
-    let sub = cluster::sink::subscribe(&ctx, &addr, &refs).unwrap();
-    let mut src = Source::connect(&ctx, &addr).unwrap();
-    // Wait until our subscription is in place.
-    loop {
-        src.ping(job).unwrap();
-        if sub.poll(zmq::POLLIN, 200).unwrap() > 0
-            && Msg::decode(&sub.recv_bytes(0).unwrap()) == Ok(Msg::Hello { nonce: job })
-        {
-            break;
-        }
-    }
-    for (i, chunk) in values.chunks(batch).enumerate() {
-        src.submit(job, i as u32, chunk.to_vec()).unwrap();
-    }
-    let mut c = Collected::default();
-    let mut extra_until: Option<Instant> = None;
-    while extra_until.is_none_or(|t| Instant::now() < t) {
-        if sub.poll(zmq::POLLIN, 100).unwrap() == 0 {
-            continue;
-        }
-        match Msg::decode(&sub.recv_bytes(0).unwrap()).unwrap() {
-            Msg::Primes { primes, .. } => c.primes.extend(primes),
-            Msg::Done { count, worker, .. } => {
-                c.done_numbers += count as u64;
-                c.done_messages += 1;
-                c.workers.insert(worker);
-                progress(c.done_numbers);
-            }
-            _ => {}
-        }
-        if c.done_numbers >= values.len() as u64 && extra_until.is_none() {
-            extra_until = Some(Instant::now() + Duration::from_secs(1));
-        }
-    }
-    c.primes.sort_unstable();
-    c
-}
-
 #[test]
 fn primes_up_to_a_million_equal_a_sieve() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let p = Pipeline::new(2, &[], &[]);
     let values: Vec<i64> = (-10..=1_000_000).collect();
-    let c = run_job(&p.addr, &values, 1000, |_| {});
+    let c = run_job(&p.addr, &values, 1000, Duration::from_secs(1), |_| {});
     assert_eq!(c.done_numbers, values.len() as u64, "every number reported done exactly once");
     assert_eq!(c.done_messages, values.len().div_ceil(1000) as u64);
     assert_eq!(c.primes, sieve(-10, 1_000_000));
@@ -136,7 +76,7 @@ fn chosen_large_primes_and_composites_one_message_per_number() {
     let mut expected = primes.to_vec();
     expected.sort_unstable();
     assert_eq!(want, expected, "the chosen composites are composite");
-    let c = run_job(&p.addr, &values, 1, |_| {});
+    let c = run_job(&p.addr, &values, 1, Duration::from_secs(1), |_| {});
     assert_eq!(c.primes, expected);
     assert_eq!(c.done_messages, values.len() as u64);
 }
@@ -147,7 +87,7 @@ fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
     let mut p = Pipeline::new(2, &["--heartbeat-ms", "200", "--liveness-ms", "1000"], &[]);
     let values: Vec<i64> = (1..=2_000_000).collect();
     let mut killed = false;
-    let c = run_job(&p.addr, &values, 2000, |done| {
+    let c = run_job(&p.addr, &values, 2000, Duration::from_secs(1), |done| {
         if !killed && done >= 200_000 {
             p.workers[0].kill();
             killed = true;
@@ -185,7 +125,7 @@ fn malformed_frames_get_a_reason_and_the_broker_keeps_serving() {
     let d = ctx.socket(zmq::DEALER).unwrap();
     d.connect(&addr.endpoint(cluster::endpoint::Role::Work)).unwrap();
     d.send(&b"\xff\xff"[..], 0).unwrap();
-    let c = run_job(&p.addr, &(1..=100).collect::<Vec<_>>(), 10, |_| {});
+    let c = run_job(&p.addr, &(1..=100).collect::<Vec<_>>(), 10, Duration::from_secs(1), |_| {});
     assert_eq!(c.primes, sieve(1, 100));
 }
 

@@ -226,13 +226,13 @@ impl Broker {
             match Msg::decode(body) {
                 Ok(Msg::Ready { worker, credit }) => {
                     tracing::info!(worker = format!("{worker:016x}"), credit, "worker ready");
-                    self.d.ready(worker, route.clone(), credit, now);
+                    self.d.ready(worker, route.to_vec(), credit, now);
                 }
                 Ok(Msg::Heartbeat { worker }) => {
                     if !self.d.seen(worker, now) {
                         // We declared it dead (or restarted): it must start over.
                         let again = Msg::Ready { worker, credit: 0 }.encode();
-                        let _ = self.work.send_multipart([route.as_slice(), &again], zmq::DONTWAIT);
+                        let _ = self.work.send_multipart([&route[..], &again], zmq::DONTWAIT);
                     }
                 }
                 Ok(other) => tracing::warn!("a worker cannot send {} here; dropped", kind(&other)),
@@ -268,18 +268,25 @@ fn kind(m: &Msg) -> String {
     format!("a '{}' message", b[0] as char)
 }
 
-fn recv(s: &zmq::Socket) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
-    match s.recv_multipart(zmq::DONTWAIT) {
-        Ok(p) => Ok(Some(p)),
-        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(None),
-        Err(e) => Err(e.into()),
+/// One multipart message, if one is waiting; the parts stay zmq's buffers (no copy).
+fn recv(s: &zmq::Socket) -> anyhow::Result<Option<Vec<zmq::Message>>> {
+    let mut parts = Vec::with_capacity(3);
+    loop {
+        match s.recv_msg(zmq::DONTWAIT) {
+            Ok(m) => parts.push(m),
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if parts.is_empty() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        if !s.get_rcvmore()? {
+            return Ok(Some(parts));
+        }
     }
 }
 
 /// Splits a REQ envelope as a ROUTER sees it: [identity, "", body].
-fn envelope(parts: &[Vec<u8>]) -> Option<(&[u8], &[u8])> {
+fn envelope(parts: &[zmq::Message]) -> Option<(&[u8], &[u8])> {
     match parts {
-        [route, empty, body] if empty.is_empty() => Some((route, body)),
+        [route, empty, body] if empty.is_empty() => Some((&route[..], &body[..])),
         _ => None,
     }
 }

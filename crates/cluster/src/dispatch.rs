@@ -27,7 +27,7 @@ pub type WorkId = u64;
 pub struct Item {
     pub job: u64,
     pub batch: u32,
-    pub values: Vec<i64>,
+    pub values: crate::wire::Values,
 }
 
 /// What a result becomes when it is the first for its item.
@@ -255,7 +255,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn item(batch: u32) -> Item {
-        Item { job: 7, batch, values: vec![batch as i64] }
+        Item { job: 7, batch, values: vec![batch as i64].into() }
     }
 
     fn d() -> Dispatcher {

@@ -179,7 +179,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             src.retries = Some(retries);
             let job = util::random_u64();
             for (i, chunk) in values.chunks(batch).enumerate() {
-                src.submit(job, i as u32, chunk.to_vec())?;
+                src.submit(job, i as u32, chunk)?;
             }
             println!("sent {} numbers in {} messages (job {job:016x})", values.len(), values.len().div_ceil(batch));
         }

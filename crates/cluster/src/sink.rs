@@ -37,7 +37,7 @@ pub fn run(sub: &zmq::Socket, which: u8, out: &mut dyn Write, limit: Option<u64>
             }
         };
         let mut text = String::with_capacity(values.len() * 12);
-        for v in &values {
+        for v in values.iter() {
             text.push_str(&v.to_string());
             text.push('\n');
         }

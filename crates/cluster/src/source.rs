@@ -5,7 +5,7 @@
 
 use crate::endpoint::{BrokerAddr, Role};
 use crate::util::{self, sock_err};
-use crate::wire::Msg;
+use crate::wire::{Msg, Values};
 use std::time::{Duration, Instant};
 
 pub struct Source<'a> {
@@ -52,9 +52,9 @@ impl<'a> Source<'a> {
         Ok(s)
     }
 
-    pub fn submit(&mut self, job: u64, batch: u32, values: Vec<i64>) -> Result<(), SourceError> {
+    pub fn submit(&mut self, job: u64, batch: u32, values: &[i64]) -> Result<(), SourceError> {
         self.seq += 1;
-        let msg = Msg::Submit { source: self.id, seq: self.seq, job, batch, values };
+        let msg = Msg::Submit { source: self.id, seq: self.seq, job, batch, values: Values::from_slice(values) };
         self.request(&msg.encode())
     }
 

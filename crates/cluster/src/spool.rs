@@ -297,7 +297,7 @@ impl<'a> Spool<'a> {
             while pending.len() < self.cfg.window {
                 let Some((i, values)) = batches.next() else { break };
                 let i = i as u32;
-                match src.submit(job_id, i, values.clone()) {
+                match src.submit(job_id, i, &values) {
                     Ok(()) => {}
                     Err(SourceError::Stopped) => return Ok(None),
                     Err(e) => return Err(e.into()),
@@ -308,7 +308,7 @@ impl<'a> Spool<'a> {
                 while let Ok(b) = sub.recv_bytes(zmq::DONTWAIT) {
                     match Msg::decode(&b) {
                         Ok(Msg::Primes { batch, primes: p, .. }) if pending.contains_key(&batch) => {
-                            primes_of.insert(batch, p);
+                            primes_of.insert(batch, p.to_vec());
                         }
                         Ok(Msg::Done { batch, count, worker, .. }) if pending.remove(&batch).is_some() => {
                             finished.insert(batch, primes_of.remove(&batch).unwrap_or_default());
@@ -335,7 +335,7 @@ impl<'a> Spool<'a> {
                     self.cfg.stall
                 );
                 for (&i, values) in &pending {
-                    match src.submit(job_id, i, values.clone()) {
+                    match src.submit(job_id, i, values) {
                         Ok(()) => resubmitted += 1,
                         Err(SourceError::Stopped) => return Ok(None),
                         Err(e) => return Err(e.into()),

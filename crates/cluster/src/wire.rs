@@ -18,21 +18,63 @@
 //! | `d` | published | job u64, batch u32, count u32, worker u64 (work item done) |
 //! | `h` | published | nonce u64 (answer to `Q`: the subscriber is connected) |
 
+use std::fmt;
+use std::sync::Arc;
 use thiserror::Error;
+
+/// `i64` values as they travel: their big-endian bytes, shared. The broker passes them
+/// from a source's message to a worker's and to subscribers without decoding them, and
+/// cloning is a reference count: a number is copied once per hop, never converted.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Values(Arc<[u8]>);
+
+impl Values {
+    pub fn from_slice(v: &[i64]) -> Values {
+        Values(v.iter().flat_map(|x| x.to_be_bytes()).collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len() / 8
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = i64> + '_ {
+        self.0.chunks_exact(8).map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes")))
+    }
+
+    pub fn to_vec(&self) -> Vec<i64> {
+        self.iter().collect()
+    }
+}
+
+impl From<Vec<i64>> for Values {
+    fn from(v: Vec<i64>) -> Values {
+        Values::from_slice(&v)
+    }
+}
+
+impl fmt::Debug for Values {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    Submit { source: u64, seq: u64, job: u64, batch: u32, values: Vec<i64> },
+    Submit { source: u64, seq: u64, job: u64, batch: u32, values: Values },
     Ping { source: u64, seq: u64, nonce: u64 },
     Ack { seq: u64 },
     Error { reason: String },
     Ready { worker: u64, credit: u32 },
     Heartbeat { worker: u64 },
-    Work { work: u64, job: u64, batch: u32, values: Vec<i64> },
-    Result { worker: u64, work: u64, primes: Vec<i64> },
+    Work { work: u64, job: u64, batch: u32, values: Values },
+    Result { worker: u64, work: u64, primes: Values },
     Taken { work: u64 },
-    Numbers { job: u64, batch: u32, values: Vec<i64> },
-    Primes { job: u64, batch: u32, primes: Vec<i64> },
+    Numbers { job: u64, batch: u32, values: Values },
+    Primes { job: u64, batch: u32, primes: Values },
     Done { job: u64, batch: u32, count: u32, worker: u64 },
     Hello { nonce: u64 },
 }
@@ -196,10 +238,8 @@ fn put(b: &mut Vec<u8>, xs: &[u64]) {
     }
 }
 
-fn put_values(b: &mut Vec<u8>, xs: &[i64]) {
-    for x in xs {
-        b.extend_from_slice(&x.to_be_bytes());
-    }
+fn put_values(b: &mut Vec<u8>, xs: &Values) {
+    b.extend_from_slice(&xs.0);
 }
 
 struct Reader<'a> {
@@ -242,11 +282,11 @@ impl Reader<'_> {
     }
 
     /// The rest of the message as values; its length must be a multiple of 8.
-    fn values(&mut self) -> Result<Vec<i64>, WireError> {
+    fn values(&mut self) -> Result<Values, WireError> {
         if !self.b.len().is_multiple_of(8) || self.b.len() / 8 > MAX_VALUES {
             return Err(self.bad());
         }
-        let v = self.b.chunks_exact(8).map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
+        let v = Values(self.b.into());
         self.b = &[];
         Ok(v)
     }
@@ -279,7 +319,7 @@ mod tests {
     #[test]
     fn golden_bytes() {
         // tag 'p', job 1, batch 2, primes [3, -1]
-        let m = Msg::Primes { job: 1, batch: 2, primes: vec![3, -1] };
+        let m = Msg::Primes { job: 1, batch: 2, primes: vec![3, -1].into() };
         let want: Vec<u8> = [
             &b"p"[..],
             &[0, 0, 0, 0, 0, 0, 0, 1],                         // job
@@ -290,7 +330,7 @@ mod tests {
         .concat();
         assert_eq!(m.encode(), want);
         assert_eq!(Msg::decode(&want), Ok(m));
-        assert!(Msg::Primes { job: 1, batch: 0, primes: vec![] }.encode().starts_with(&job_prefix(b'p', 1)));
+        assert!(Msg::Primes { job: 1, batch: 0, primes: Values::default() }.encode().starts_with(&job_prefix(b'p', 1)));
         assert_eq!(Msg::Ack { seq: 258 }.encode(), [b'A', 0, 0, 0, 0, 0, 0, 1, 2]);
     }
 
@@ -303,13 +343,13 @@ mod tests {
         let mut ack = Msg::Ack { seq: 1 }.encode();
         ack.push(0);
         assert!(Msg::decode(&ack).is_err());
-        let mut sub = Msg::Submit { source: 1, seq: 2, job: 3, batch: 4, values: vec![5] }.encode();
+        let mut sub = Msg::Submit { source: 1, seq: 2, job: 3, batch: 4, values: vec![5].into() }.encode();
         sub.pop();
         assert!(Msg::decode(&sub).is_err());
     }
 
     fn any_msg() -> impl Strategy<Value = Msg> {
-        let vals = prop::collection::vec(any::<i64>(), 0..20);
+        let vals = prop::collection::vec(any::<i64>(), 0..20).prop_map(Values::from);
         prop_oneof![
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), vals.clone())
                 .prop_map(|(source, seq, job, batch, values)| Msg::Submit { source, seq, job, batch, values }),

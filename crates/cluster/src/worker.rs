@@ -6,7 +6,7 @@ use crate::broker::Dispatch;
 use crate::endpoint::{BrokerAddr, Role};
 use crate::prime::is_prime;
 use crate::util::{self, sock_err};
-use crate::wire::Msg;
+use crate::wire::{Msg, Values};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,9 @@ pub struct Worker<'a> {
     cfg: WorkerConfig,
     work: zmq::Socket,
     res: zmq::Socket,
-    queue: VecDeque<(u64, Vec<i64>)>,
+    queue: VecDeque<(u64, Values)>,
+    /// The last result sent and not yet answered, with when to resend it.
+    unanswered: Option<(Vec<u8>, Instant)>,
     last_heard: Instant,
     last_sent: Instant,
     pub tested: u64,
@@ -59,7 +61,17 @@ impl<'a> Worker<'a> {
         let work = work_socket(ctx, &cfg)?;
         let res = result_socket(ctx, &cfg)?;
         let now = Instant::now();
-        let mut w = Worker { ctx, cfg, work, res, queue: VecDeque::new(), last_heard: now, last_sent: now, tested: 0 };
+        let mut w = Worker {
+            ctx,
+            cfg,
+            work,
+            res,
+            queue: VecDeque::new(),
+            unanswered: None,
+            last_heard: now,
+            last_sent: now,
+            tested: 0,
+        };
         w.hello()?;
         Ok(w)
     }
@@ -77,6 +89,10 @@ impl<'a> Worker<'a> {
     /// Works until the stop flag is set.
     pub fn run(&mut self) -> anyhow::Result<()> {
         while !util::stopping() {
+            if self.queue.is_empty() {
+                // Idle: nothing to overlap the answer with.
+                self.await_answer()?;
+            }
             let wait = if self.queue.is_empty() { self.cfg.heartbeat.as_millis() as i64 } else { 0 };
             match self.work.poll(zmq::POLLIN, wait) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
@@ -92,9 +108,9 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    fn test(&mut self, values: &[i64]) -> Vec<i64> {
+    fn test(&mut self, values: &Values) -> Values {
         let mut primes = Vec::new();
-        for &n in values {
+        for n in values.iter() {
             let mut p = false;
             for _ in 0..self.cfg.slow.max(1) {
                 p = std::hint::black_box(is_prime(std::hint::black_box(n)));
@@ -104,12 +120,12 @@ impl<'a> Worker<'a> {
             }
         }
         self.tested += values.len() as u64;
-        primes
+        Values::from_slice(&primes)
     }
 
     fn drain(&mut self) -> anyhow::Result<()> {
         loop {
-            let body = match self.work.recv_bytes(zmq::DONTWAIT) {
+            let body = match self.work.recv_msg(zmq::DONTWAIT) {
                 Ok(b) => b,
                 Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(()),
                 Err(e) => return Err(e.into()),
@@ -128,31 +144,43 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Lazy Pirate on the result socket: wait for the broker's answer; on a timeout,
-    /// drop the socket (a REQ socket cannot send twice) and resend on a new one.
-    fn send_result(&mut self, work: u64, primes: Vec<i64>) -> anyhow::Result<()> {
+    /// Sends a result; the broker's answer is awaited only before the next result (a REQ
+    /// socket allows one request at a time), so testing the next item overlaps the round
+    /// trip.
+    fn send_result(&mut self, work: u64, primes: Values) -> anyhow::Result<()> {
+        self.await_answer()?;
         let msg = Msg::Result { worker: self.cfg.id, work, primes }.encode();
-        loop {
-            self.res.send(&msg, 0)?;
-            let deadline = Instant::now() + self.cfg.result_timeout;
-            while Instant::now() < deadline {
-                if util::stopping() {
-                    return Ok(());
+        self.res.send(&msg, 0)?;
+        self.unanswered = Some((msg, Instant::now() + self.cfg.result_timeout));
+        Ok(())
+    }
+
+    /// Lazy Pirate on the result socket: wait for the broker's answer to the last result;
+    /// on a timeout, drop the socket (a REQ socket cannot send twice) and resend on a new
+    /// one. The broker counts a result once, however often it arrives.
+    fn await_answer(&mut self) -> anyhow::Result<()> {
+        while let Some((msg, deadline)) = &self.unanswered {
+            if util::stopping() {
+                return Ok(());
+            }
+            if self.res.poll(zmq::POLLIN, 50).unwrap_or(0) > 0 {
+                let reply = self.res.recv_bytes(0)?;
+                if let Ok(Msg::Error { reason }) = Msg::decode(&reply) {
+                    tracing::warn!("broker refused a result: {reason}");
                 }
-                if self.res.poll(zmq::POLLIN, 100).unwrap_or(0) > 0 {
-                    let reply = self.res.recv_bytes(0)?;
-                    if let Ok(Msg::Error { reason }) = Msg::decode(&reply) {
-                        tracing::warn!("broker refused a result: {reason}");
-                    }
-                    return Ok(());
-                }
-                // Keep the broker informed while we wait: a worker waiting on a result
-                // is alive.
+                self.unanswered = None;
+            } else if Instant::now() > *deadline {
+                tracing::warn!("broker did not take a result in {:?}; resending", self.cfg.result_timeout);
+                let msg = msg.clone();
+                self.res = result_socket(self.ctx, &self.cfg)?;
+                self.res.send(&msg, 0)?;
+                self.unanswered = Some((msg, Instant::now() + self.cfg.result_timeout));
+            } else {
+                // A worker waiting on the broker is alive; keep saying so.
                 self.keep_alive()?;
             }
-            tracing::warn!("broker did not take a result in {:?}; resending", self.cfg.result_timeout);
-            self.res = result_socket(self.ctx, &self.cfg)?;
         }
+        Ok(())
     }
 
     fn keep_alive(&mut self) -> anyhow::Result<()> {

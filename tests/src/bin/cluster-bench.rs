@@ -1,0 +1,130 @@
+//! Numbers per second through source -> broker -> workers -> sink, one message per
+//! number and batched, next to the same primality test in one process on the same cores
+//! (the limit); and credit (pull) dispatch against plain round-robin PUSH with one worker
+//! made 3x slower. Run by `scripts/bench-cluster` (release build).
+
+use clap::Parser;
+use std::time::{Duration, Instant};
+use tests::{run_job, ClusterProc};
+
+#[derive(Parser)]
+struct Args {
+    /// Random numbers for the batched runs and the in-process limit.
+    #[arg(long, default_value_t = 4_000_000)]
+    count: usize,
+    /// Numbers for the one-message-per-number run.
+    #[arg(long, default_value_t = 40_000)]
+    single: usize,
+    #[arg(long, default_value_t = 16384)]
+    batch: usize,
+    /// Each rate is the best of this many runs (the machine is shared; the best run is
+    /// the one least disturbed).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Largest random number (the original example drew from a range; 2^62 here, so
+    /// most numbers need the full Miller-Rabin test).
+    #[arg(long, default_value_t = 1 << 62)]
+    max: i64,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Dispatch comparison: the fast worker runs every test this many times, the slow one
+    /// three times as many (so the test, not the pipeline, dominates).
+    #[arg(long, default_value_t = 10)]
+    slow_base: u32,
+}
+
+/// xorshift64*: the same numbers every run.
+fn numbers(n: usize, max: i64) -> Vec<i64> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            2 + (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % (max as u64 - 1)) as i64
+        })
+        .collect()
+}
+
+fn in_process(values: &[i64], threads: usize) -> (f64, usize) {
+    std::hint::black_box(values);
+    let t = Instant::now();
+    let primes: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = values
+            .chunks(values.len().div_ceil(threads))
+            .map(|c| s.spawn(move || c.iter().filter(|&&n| cluster::prime::is_prime(n)).count()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    (values.len() as f64 / t.elapsed().as_secs_f64(), primes)
+}
+
+struct Run {
+    _workers: Vec<ClusterProc>,
+    _broker: ClusterProc,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+fn start(dispatch: &str, slow: &[u32]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = dir.path().join("b").display().to_string();
+    let broker = ClusterProc::start(&["broker", "--listen", &addr, "--dispatch", dispatch], "broker listening");
+    let workers = slow
+        .iter()
+        .map(|s| {
+            ClusterProc::start(
+                &["worker", "--broker", &addr, "--dispatch", dispatch, "--slow", &s.to_string()],
+                "worker ",
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    Run { _workers: workers, _broker: broker, addr, _dir: dir }
+}
+
+fn through_pipeline(values: &[i64], batch: usize, workers: usize, repeat: usize) -> (f64, usize) {
+    let r = start("credit", &vec![1; workers]);
+    best_of(repeat, || {
+        let c = run_job(&r.addr, values, batch, Duration::ZERO, |_| {});
+        assert_eq!(c.done_numbers, values.len() as u64);
+        (values.len() as f64 / c.elapsed.as_secs_f64(), c.primes.len())
+    })
+}
+
+fn best_of(n: usize, mut f: impl FnMut() -> (f64, usize)) -> (f64, usize) {
+    (0..n.max(1)).map(|_| f()).max_by(|a, b| a.0.total_cmp(&b.0)).expect("at least one run")
+}
+
+fn main() {
+    let a = Args::parse();
+    let values = numbers(a.count, a.max);
+    let (limit, p0) = best_of(a.repeat, || in_process(&values, a.workers));
+    let (batched, p1) = through_pipeline(&values, a.batch, a.workers, a.repeat);
+    assert_eq!(p0, p1, "the pipeline found the same primes");
+    let single_values = &values[..a.single.min(values.len())];
+    let (single, _) = through_pipeline(single_values, 1, a.workers, 1);
+    println!("workers: {}, numbers: random in 2..={}, best of {} runs", a.workers, a.max, a.repeat);
+    println!("| run | numbers | numbers/s | vs in-process |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| in one process, {} threads (the limit) | {} | {:.0} | 1.00x |", a.workers, a.count, limit);
+    println!("| pipeline, batches of {} | {} | {:.0} | {:.2}x |", a.batch, a.count, batched, batched / limit);
+    println!("| pipeline, one message per number | {} | {:.0} | {:.3}x |", single_values.len(), single, single / limit);
+
+    // Dispatch with one worker 3x slower: the same job, credit against round-robin PUSH.
+    let job = &values[..(a.count / 2).max(1)];
+    println!();
+    println!(
+        "| dispatch, 2 workers, one 3x slower (tests run {}x and {}x) | numbers | seconds | numbers/s |",
+        a.slow_base,
+        3 * a.slow_base
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    for mode in ["push", "credit"] {
+        let r = start(mode, &[a.slow_base, 3 * a.slow_base]);
+        let c = run_job(&r.addr, job, 1024, Duration::ZERO, |_| {});
+        let secs = c.elapsed.as_secs_f64();
+        assert_eq!(c.done_numbers, job.len() as u64);
+        println!("| {mode} | {} | {secs:.2} | {:.0} |", job.len(), job.len() as f64 / secs);
+    }
+}
