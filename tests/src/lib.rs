@@ -323,6 +323,26 @@ impl Drop for MountProc {
     }
 }
 
+/// For mounts made by a child process (such as `cluster up`): detaches the mount on drop
+/// if it is still there, and lets the watchdog do the same before aborting.
+pub struct MountGuard(PathBuf);
+
+impl MountGuard {
+    pub fn new(p: &Path) -> MountGuard {
+        MOUNTED.lock().unwrap().push(p.to_path_buf());
+        MountGuard(p.to_path_buf())
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        MOUNTED.lock().unwrap().retain(|m| m != &self.0);
+        if is_mounted(&self.0) {
+            lazy_unmount(&self.0);
+        }
+    }
+}
+
 /// Whether `p` is a mount point now (from /proc/self/mountinfo).
 pub fn is_mounted(p: &Path) -> bool {
     let want = p.display().to_string();

@@ -300,3 +300,41 @@ fn spool_job_survives_watcher_and_broker_crashes() {
     let summary = std::fs::read_to_string(rig.mnt("spool/out/j.summary")).unwrap();
     assert!(!summary.contains("resubmitted batches: 0\n"), "the broker's crash made the watcher resubmit: {summary}");
 }
+
+/// `cluster up` brings everything up on temporary folders, runs a dropped job, and on
+/// SIGTERM stops everything and unmounts.
+#[test]
+fn cluster_up_runs_a_job_and_tears_down() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let _guard = tests::MountGuard::new(&mnt);
+    // Four ports in a row that are free now.
+    let port = loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65000 && (1..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            break p;
+        }
+    };
+    let broker = format!("127.0.0.1:{port}");
+    let dir_s = dir.path().display().to_string();
+    let mut up = ClusterProc::start(&["up", "--dir", &dir_s, "--broker", &broker, "--workers", "1"], "starting the cluster");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("Ctrl-C")) {
+        seen.push(up.next_line(Duration::from_secs(30)).expect("cluster up prints what to do next"));
+    }
+    assert!(tests::is_mounted(&mnt), "{seen:?}");
+    std::fs::write(mnt.join("spool/in/first.job"), "1..1000\n").unwrap();
+    let out = mnt.join("spool/out/first.primes");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.exists() {
+        assert!(Instant::now() < deadline, "no result");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let want: String = sieve(1, 1000).iter().map(|n| format!("{n}\n")).collect();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
+    assert!(up.terminate(), "cluster up exits by itself on SIGTERM");
+    assert!(!tests::is_mounted(&mnt), "unmounted");
+    assert_eq!(std::fs::read_to_string(dir.path().join("export/spool/out/first.primes")).unwrap(), want);
+}

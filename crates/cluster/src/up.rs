@@ -28,10 +28,13 @@ struct Procs {
 
 impl Procs {
     fn start(&mut self, name: &str, cmd: &mut Command) -> anyhow::Result<String> {
-        // SAFETY: prctl is async-signal-safe; children die with us if we are killed.
+        // SAFETY: prctl and setpgid are async-signal-safe. Children die with us if we are
+        // killed; in their own process group, a Ctrl-C on the terminal reaches only us, so
+        // we stop them in order (the mount before its server).
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                libc::setpgid(0, 0);
                 Ok(())
             });
         }
@@ -126,6 +129,7 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
     let log = root.join("primes.log");
     say(procs.start("sink", Command::new(&me).args(["sink", "--broker", &broker, "--tag", "p", "--out"]).arg(&log))?);
     let spool = mnt.join("spool");
+    std::fs::create_dir_all(&spool).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", spool.display()))?;
     say(procs
         .start("spool", Command::new(&me).args(["spool", "--broker", &broker, "--progress", "--dir"]).arg(&spool))?);
     let rel = |p: &Path| p.strip_prefix(std::env::current_dir().unwrap_or_default()).unwrap_or(p).display().to_string();
