@@ -319,7 +319,8 @@ fn cluster_up_runs_a_job_and_tears_down() {
     };
     let broker = format!("127.0.0.1:{port}");
     let dir_s = dir.path().display().to_string();
-    let mut up = ClusterProc::start(&["up", "--dir", &dir_s, "--broker", &broker, "--workers", "1"], "starting the cluster");
+    let mut up =
+        ClusterProc::start(&["up", "--dir", &dir_s, "--broker", &broker, "--workers", "1"], "starting the cluster");
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &String| l.contains("Ctrl-C")) {
         seen.push(up.next_line(Duration::from_secs(30)).expect("cluster up prints what to do next"));
