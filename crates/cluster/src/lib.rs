@@ -14,11 +14,19 @@
 //! - [`wire`]: the bytes of every message (tag first, for SUB prefix filters).
 //! - [`endpoint`]: one broker address names its four sockets.
 //! - [`up`]: the whole system on one machine (`cluster up`).
+//!
+//! Coordination: [`clock`] (Lamport and vector clocks), [`mutex::raymond`] (Raymond's
+//! token algorithm as a pure state machine), [`node`] (its ZeroMQ transport, one lease
+//! per key) and [`lease`] (the client side that mounts use).
 
 pub mod broker;
+pub mod clock;
 pub mod dispatch;
 pub mod endpoint;
 pub mod job;
+pub mod lease;
+pub mod mutex;
+pub mod node;
 pub mod prime;
 pub mod sink;
 pub mod source;

@@ -6,7 +6,7 @@ use cluster::endpoint::BrokerAddr;
 use cluster::job::Job;
 use cluster::spool::{Outcome, Spool, SpoolConfig};
 use cluster::worker::{Worker, WorkerConfig};
-use cluster::{sink, source, up, util, wire};
+use cluster::{node, sink, source, up, util, wire};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -111,6 +111,27 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
+    /// One node of the lease tree (Raymond's algorithm); the root has no parent.
+    Node {
+        #[arg(long)]
+        id: u32,
+        /// HOST:PORT or a path (ipc://).
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        /// The parent's address, as ID@ADDR (for example 1@127.0.0.1:7001).
+        #[arg(long, value_name = "ID@ADDR")]
+        parent: Option<String>,
+        #[arg(long, default_value_t = 250)]
+        heartbeat_ms: u64,
+        /// A neighbour or client silent this long (milliseconds) is dead.
+        #[arg(long, default_value_t = 1500)]
+        liveness_ms: u64,
+    },
+    /// Leases: `cluster lease status --node ADDR`.
+    Lease {
+        #[command(subcommand)]
+        cmd: LeaseCmd,
+    },
     /// The whole system on this machine: server, mount, broker, workers, sink, spool.
     Up {
         /// Where the export, the mount and the state live.
@@ -121,6 +142,15 @@ enum Cmd {
         /// Workers to start (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaseCmd {
+    /// Which leases the node holds and waits for, and the tree it sees.
+    Status {
+        #[arg(long, value_name = "ADDR")]
+        node: String,
     },
 }
 
@@ -227,6 +257,39 @@ fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 spool.run(report)?;
             }
+        }
+        Cmd::Node { id, listen, parent, heartbeat_ms, liveness_ms } => {
+            anyhow::ensure!(
+                heartbeat_ms > 0 && liveness_ms > heartbeat_ms,
+                "--liveness-ms must exceed --heartbeat-ms > 0"
+            );
+            let parent = match parent {
+                Some(p) => {
+                    let (pid, addr) =
+                        p.split_once('@').ok_or_else(|| anyhow::anyhow!("--parent {p:?}: want ID@ADDR"))?;
+                    let pid: u32 =
+                        pid.parse().map_err(|_| anyhow::anyhow!("--parent {p:?}: the id is not a number"))?;
+                    anyhow::ensure!(pid != id, "--parent: a node cannot be its own parent");
+                    Some((pid, addr.to_string()))
+                }
+                None => None,
+            };
+            let cfg = node::NodeConfig {
+                id,
+                listen: listen.clone(),
+                parent,
+                heartbeat: Duration::from_millis(heartbeat_ms),
+                liveness: Duration::from_millis(liveness_ms),
+            };
+            let mut n = node::Node::bind(&ctx, cfg)?;
+            println!("node {id} listening on {listen}");
+            n.run()?;
+        }
+        Cmd::Lease { cmd: LeaseCmd::Status { node } } => {
+            let c = cluster::lease::LeaseClient::connect(&node)?;
+            let text =
+                c.status(Duration::from_secs(3)).ok_or_else(|| anyhow::anyhow!("node at {node} did not answer"))?;
+            print!("{text}");
         }
         Cmd::Up { dir, broker, workers } => {
             broker_addr(&broker)?;

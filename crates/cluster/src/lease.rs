@@ -1,0 +1,127 @@
+//! The client side of leases: what a mount (or the spool watcher) uses to take and give
+//! back a lease through its `cluster node`. One background thread owns the ZeroMQ socket
+//! (sockets are not thread-safe); callers on any thread talk to it through a channel.
+//! The thread beats every 500 ms, so the node can tell a live client from a dead one.
+
+use crate::mutex::raymond::Fence;
+use crate::node::{decode, encode, endpoint, Wire};
+use crate::util;
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+enum Cmd {
+    Acquire { key: Vec<u8>, wait: bool, reply: mpsc::Sender<Option<Fence>> },
+    Release { key: Vec<u8> },
+    Status { reply: mpsc::Sender<String> },
+}
+
+#[derive(Clone)]
+pub struct LeaseClient {
+    tx: mpsc::Sender<Cmd>,
+    pub addr: String,
+}
+
+impl LeaseClient {
+    pub fn connect(addr: &str) -> anyhow::Result<LeaseClient> {
+        let ep = endpoint(addr)?;
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ep2 = ep.clone();
+        std::thread::Builder::new().name("lease-client".into()).spawn(move || {
+            let ctx = zmq::Context::new();
+            let setup = (|| -> anyhow::Result<zmq::Socket> {
+                let s = util::socket(&ctx, zmq::DEALER)?;
+                s.set_identity(format!("c{:016x}", util::random_u64()).as_bytes())?;
+                s.connect(&ep2).map_err(|e| util::sock_err("connect to", &ep2, e))?;
+                Ok(s)
+            })();
+            match setup {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(s, rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+        ready_rx.recv()??;
+        Ok(LeaseClient { tx, addr: addr.to_string() })
+    }
+
+    /// Takes the lease on `key`: waits for it (`wait`), or answers at once. Returns the
+    /// grant's fencing number, or None if busy (a try) or the client thread is gone.
+    pub fn acquire(&self, key: &[u8], wait: bool) -> Option<Fence> {
+        let (reply, rx) = mpsc::channel();
+        self.tx.send(Cmd::Acquire { key: key.to_vec(), wait, reply }).ok()?;
+        rx.recv().ok().flatten()
+    }
+
+    pub fn release(&self, key: &[u8]) {
+        let _ = self.tx.send(Cmd::Release { key: key.to_vec() });
+    }
+
+    /// The node's status text, or None if it does not answer within `timeout`.
+    pub fn status(&self, timeout: Duration) -> Option<String> {
+        let (reply, rx) = mpsc::channel();
+        self.tx.send(Cmd::Status { reply }).ok()?;
+        rx.recv_timeout(timeout).ok()
+    }
+}
+
+fn serve(s: zmq::Socket, rx: mpsc::Receiver<Cmd>) {
+    let mut acquiring: HashMap<Vec<u8>, Vec<mpsc::Sender<Option<Fence>>>> = HashMap::new();
+    let mut status: Vec<mpsc::Sender<String>> = Vec::new();
+    let mut last_beat = Instant::now() - Duration::from_secs(1);
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(Cmd::Acquire { key, wait, reply }) => {
+                    acquiring.entry(key.clone()).or_default().push(reply);
+                    let _ = s.send(encode(&Wire::Acquire { key, wait }), 0);
+                }
+                Ok(Cmd::Release { key }) => {
+                    let _ = s.send(encode(&Wire::Release { key }), 0);
+                }
+                Ok(Cmd::Status { reply }) => {
+                    status.push(reply);
+                    let _ = s.send(encode(&Wire::Status), 0);
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                // Every handle dropped: the mount is gone; so are we.
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        if last_beat.elapsed() >= Duration::from_millis(500) {
+            let _ = s.send(encode(&Wire::ClientBeat), zmq::DONTWAIT);
+            last_beat = Instant::now();
+        }
+        if s.poll(zmq::POLLIN, 2).unwrap_or(0) == 0 {
+            continue;
+        }
+        while let Ok(b) = s.recv_bytes(zmq::DONTWAIT) {
+            match decode(&b) {
+                Ok(Wire::Granted { key, fence }) => {
+                    if let Some(w) = acquiring.get_mut(&key).filter(|w| !w.is_empty()) {
+                        let _ = w.remove(0).send(Some(fence));
+                    } else {
+                        // Nobody waits for it any more: give it back.
+                        let _ = s.send(encode(&Wire::Release { key }), 0);
+                    }
+                }
+                Ok(Wire::Busy { key }) => {
+                    if let Some(w) = acquiring.get_mut(&key).filter(|w| !w.is_empty()) {
+                        let _ = w.remove(0).send(None);
+                    }
+                }
+                Ok(Wire::StatusText { text }) => {
+                    for r in status.drain(..) {
+                        let _ = r.send(text.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}

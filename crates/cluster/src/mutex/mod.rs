@@ -1,0 +1,3 @@
+//! Mutual exclusion over a tree of nodes.
+
+pub mod raymond;

@@ -1,0 +1,533 @@
+//! `cluster node`: runs Raymond's algorithm ([`crate::mutex::raymond`]) between the nodes
+//! of a configured tree over ZeroMQ, one token per lease key, and hands leases to local
+//! clients (mounts, spool watchers) that connect to it.
+//!
+//! Sockets: each node binds a ROUTER at its address; a child connects a DEALER (identity
+//! `n<ID>`) to its parent's ROUTER; clients connect DEALERs (identity `c<random>`) to
+//! their node's ROUTER. Every node-to-node message carries the sender's Lamport time and
+//! vector clock.
+//!
+//! Failures: neighbours beat every `heartbeat`; one silent for `liveness` is dead. A dead
+//! child toward which a token lay is replaced: the token is regenerated here with a new
+//! fencing epoch (see `Raymond::neighbour_died`), and the event is logged and counted. A
+//! dead parent cannot be replaced safely: requests wait for it to return. A client silent
+//! for `liveness` (a mount that died) loses its leases, which pass on.
+
+use crate::clock::{Lamport, NodeId, VectorClock, VectorStamp};
+use crate::mutex::raymond::{Action, Fence, Message, Raymond};
+use crate::util::{self, sock_err};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Everything that crosses a node's sockets (bincode, through [`encode`]/[`decode`]).
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum Wire {
+    Peer {
+        from: NodeId,
+        lamport: u64,
+        vector: Vec<(NodeId, u64)>,
+        body: PeerBody,
+    },
+    /// Client -> node.
+    Acquire {
+        key: Vec<u8>,
+        wait: bool,
+    },
+    Release {
+        key: Vec<u8>,
+    },
+    ClientBeat,
+    Status,
+    /// Node -> client.
+    Granted {
+        key: Vec<u8>,
+        fence: Fence,
+    },
+    Busy {
+        key: Vec<u8>,
+    },
+    StatusText {
+        text: String,
+    },
+    NodeBeat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum PeerBody {
+    Beat,
+    Token { key: Vec<u8>, msg: Message },
+}
+
+const LIMIT: usize = 1 << 20;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+pub fn encode(w: &Wire) -> Vec<u8> {
+    bincode::encode_to_vec(w, config()).expect("encoding to a Vec cannot fail")
+}
+
+pub fn decode(b: &[u8]) -> Result<Wire, String> {
+    match bincode::decode_from_slice(b, config()) {
+        Ok((w, n)) if n == b.len() => Ok(w),
+        Ok(_) => Err("trailing bytes".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A node address: `HOST:PORT` (TCP) or a path (`ipc://`).
+pub fn endpoint(addr: &str) -> anyhow::Result<String> {
+    let a = addr.trim();
+    if a.starts_with("tcp://") || a.starts_with("ipc://") {
+        return Ok(a.to_string());
+    }
+    if a.contains('/') {
+        return Ok(format!("ipc://{a}"));
+    }
+    let (host, port) =
+        a.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("node address {a:?}: want HOST:PORT or a path"))?;
+    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("node address {a:?}: the port is not a number"))?;
+    use std::net::ToSocketAddrs;
+    let ip = (host.trim_matches(['[', ']']), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut i| i.next())
+        .ok_or_else(|| anyhow::anyhow!("node address {a:?}: cannot resolve the host"))?;
+    Ok(format!("tcp://{ip}"))
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub listen: String,
+    pub parent: Option<(NodeId, String)>,
+    pub heartbeat: Duration,
+    pub liveness: Duration,
+}
+
+struct Neighbour {
+    route: Vec<u8>,
+    last_seen: Instant,
+    alive: bool,
+}
+
+#[derive(Default)]
+struct Lease {
+    holder: Option<(Vec<u8>, Fence)>,
+    /// Local clients waiting, in arrival order.
+    waiters: VecDeque<Vec<u8>>,
+}
+
+/// Counters shown by `cluster lease status` and used by the benchmark.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub token_messages: u64,
+    pub grants: u64,
+    pub regenerated: u64,
+    pub dead_neighbours: u64,
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    router: zmq::Socket,
+    up: Option<zmq::Socket>,
+    parent_seen: Instant,
+    parent_alive: bool,
+    children: BTreeMap<NodeId, Neighbour>,
+    clients: HashMap<Vec<u8>, Instant>,
+    tokens: HashMap<Vec<u8>, Raymond>,
+    leases: HashMap<Vec<u8>, Lease>,
+    lamport: Lamport,
+    vector: VectorClock,
+    pub counters: Counters,
+}
+
+impl Node {
+    pub fn bind(ctx: &zmq::Context, cfg: NodeConfig) -> anyhow::Result<Node> {
+        let router = util::socket(ctx, zmq::ROUTER)?;
+        let ep = endpoint(&cfg.listen)?;
+        if let Some(path) = ep.strip_prefix("ipc://") {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("cannot listen on {ep}: another process is listening there");
+            }
+        }
+        router.bind(&ep).map_err(|e| sock_err("listen on", &ep, e))?;
+        let up = match &cfg.parent {
+            Some((_, addr)) => {
+                let ep = endpoint(addr)?;
+                let s = util::socket(ctx, zmq::DEALER)?;
+                s.set_identity(format!("n{}", cfg.id).as_bytes())?;
+                s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(Node {
+            vector: VectorClock::new(cfg.id),
+            cfg,
+            router,
+            up,
+            parent_seen: Instant::now(),
+            parent_alive: true,
+            children: BTreeMap::new(),
+            clients: HashMap::new(),
+            tokens: HashMap::new(),
+            leases: HashMap::new(),
+            lamport: Lamport::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    fn parent_id(&self) -> Option<NodeId> {
+        self.cfg.parent.as_ref().map(|p| p.0)
+    }
+
+    /// Serves until the stop flag is set.
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        let mut next_beat = Instant::now();
+        while !util::stopping() {
+            let now = Instant::now();
+            if now >= next_beat {
+                next_beat = now + self.cfg.heartbeat;
+                self.beat(now)?;
+            }
+            let wait = next_beat.saturating_duration_since(Instant::now()).as_millis().max(1) as i64;
+            let (r, u) = {
+                let mut items = vec![self.router.as_poll_item(zmq::POLLIN)];
+                if let Some(up) = &self.up {
+                    items.push(up.as_poll_item(zmq::POLLIN));
+                }
+                match zmq::poll(&mut items, wait) {
+                    Ok(_) | Err(zmq::Error::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                (items[0].is_readable(), items.get(1).is_some_and(|i| i.is_readable()))
+            };
+            if r {
+                while let Ok(parts) = self.router.recv_multipart(zmq::DONTWAIT) {
+                    if let [route, body] = parts.as_slice() {
+                        self.on_router(route, body)?;
+                    }
+                }
+            }
+            if u {
+                while let Some(Ok(body)) = self.up.as_ref().map(|s| s.recv_bytes(zmq::DONTWAIT)) {
+                    self.parent_seen = Instant::now();
+                    if !self.parent_alive {
+                        tracing::info!("parent is back");
+                        self.parent_alive = true;
+                    }
+                    match decode(&body) {
+                        Ok(Wire::Peer { from, lamport, vector, body }) => {
+                            self.on_peer(from, lamport, vector, body, None)?
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("malformed message from the parent dropped: {e}"),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_router(&mut self, route: &[u8], body: &[u8]) -> anyhow::Result<()> {
+        let msg = match decode(body) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("malformed message dropped: {e}");
+                return Ok(());
+            }
+        };
+        let now = Instant::now();
+        match msg {
+            Wire::Peer { from, lamport, vector, body } => self.on_peer(from, lamport, vector, body, Some(route))?,
+            Wire::Acquire { key, wait } => {
+                self.clients.insert(route.to_vec(), now);
+                self.acquire(route, key, wait)?;
+            }
+            Wire::Release { key } => {
+                self.clients.insert(route.to_vec(), now);
+                self.release(route, &key)?;
+            }
+            Wire::ClientBeat => {
+                self.clients.insert(route.to_vec(), now);
+                self.to_route(route, &Wire::NodeBeat);
+            }
+            Wire::Status => {
+                let text = self.status();
+                self.to_route(route, &Wire::StatusText { text });
+            }
+            other => tracing::warn!("unexpected message {other:?} dropped"),
+        }
+        Ok(())
+    }
+
+    fn on_peer(
+        &mut self,
+        from: NodeId,
+        lamport: u64,
+        vector: Vec<(NodeId, u64)>,
+        body: PeerBody,
+        route: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
+        self.lamport.receive(lamport);
+        self.vector.receive(&VectorStamp(vector.into_iter().collect()));
+        if let Some(route) = route {
+            if Some(from) == self.parent_id() {
+                tracing::warn!(from, "our parent wrote to our listening socket; dropped");
+                return Ok(());
+            }
+            let n = self.children.entry(from).or_insert_with(|| {
+                tracing::info!(child = from, "child connected");
+                Neighbour { route: route.to_vec(), last_seen: Instant::now(), alive: true }
+            });
+            n.route = route.to_vec();
+            n.last_seen = Instant::now();
+            if !n.alive {
+                tracing::info!(child = from, "child is back");
+                n.alive = true;
+            }
+        }
+        if let PeerBody::Token { key, msg } = body {
+            let actions = self.token(&key).receive(from, msg);
+            self.apply(&key, actions)?;
+        }
+        Ok(())
+    }
+
+    fn token(&mut self, key: &[u8]) -> &mut Raymond {
+        let (id, parent) = (self.cfg.id, self.parent_id());
+        self.tokens.entry(key.to_vec()).or_insert_with(|| Raymond::new(id, parent))
+    }
+
+    fn acquire(&mut self, route: &[u8], key: Vec<u8>, wait: bool) -> anyhow::Result<()> {
+        let lease = self.leases.entry(key.clone()).or_default();
+        if lease.holder.as_ref().is_some_and(|h| h.0 == route) {
+            let fence = lease.holder.as_ref().map(|h| h.1).unwrap_or(0);
+            self.to_route(route, &Wire::Granted { key, fence });
+            return Ok(());
+        }
+        lease.waiters.push_back(route.to_vec());
+        let first_wait = lease.holder.is_none() && lease.waiters.len() == 1;
+        if first_wait {
+            let ts = self.lamport.tick();
+            self.vector.tick();
+            let actions = self.token(&key).request(ts);
+            self.apply(&key, actions)?;
+        }
+        if !wait {
+            // A try: granted at once, or busy (a request already made is kept; if the
+            // token comes with nobody waiting, it is passed on at once).
+            let lease = self.leases.get_mut(&key).expect("made above");
+            if lease.holder.as_ref().is_none_or(|h| h.0 != route) {
+                lease.waiters.retain(|w| w != route);
+                self.to_route(route, &Wire::Busy { key });
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, route: &[u8], key: &[u8]) -> anyhow::Result<()> {
+        let Some(lease) = self.leases.get_mut(key) else { return Ok(()) };
+        lease.waiters.retain(|w| w != route);
+        if lease.holder.as_ref().is_some_and(|h| h.0 == route) {
+            lease.holder = None;
+            let more = !lease.waiters.is_empty();
+            let actions = self.token(key).release();
+            self.apply(key, actions)?;
+            if more {
+                // Others here want it too: ask again, so that earlier requests elsewhere
+                // in the tree go first (timestamp order).
+                let ts = self.lamport.tick();
+                let actions = self.token(key).request(ts);
+                self.apply(key, actions)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, key: &[u8], actions: Vec<Action>) -> anyhow::Result<()> {
+        for a in actions {
+            match a {
+                Action::Send { to, msg } => {
+                    self.counters.token_messages += 1;
+                    let w = self.stamp(PeerBody::Token { key: key.to_vec(), msg });
+                    self.to_node(to, &w);
+                }
+                Action::Enter { fence } => {
+                    let lease = self.leases.entry(key.to_vec()).or_default();
+                    match lease.waiters.pop_front() {
+                        Some(route) => {
+                            self.counters.grants += 1;
+                            lease.holder = Some((route.clone(), fence));
+                            self.to_route(&route, &Wire::Granted { key: key.to_vec(), fence });
+                        }
+                        None => {
+                            // Nobody waits any more (a try that gave up): pass it on.
+                            let actions = self.token(key).release();
+                            // Recursion depth is bounded: release never yields Enter
+                            // unless a local request is queued, and none is.
+                            self.apply(key, actions)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stamp(&mut self, body: PeerBody) -> Wire {
+        let lamport = self.lamport.tick();
+        let vector = self.vector.send().0.into_iter().collect();
+        Wire::Peer { from: self.cfg.id, lamport, vector, body }
+    }
+
+    fn to_node(&self, to: NodeId, w: &Wire) {
+        let bytes = encode(w);
+        if Some(to) == self.parent_id() {
+            if let Some(up) = &self.up {
+                let _ = up.send(bytes, zmq::DONTWAIT);
+            }
+        } else if let Some(n) = self.children.get(&to) {
+            let _ = self.router.send_multipart([n.route.as_slice(), &bytes], zmq::DONTWAIT);
+        } else {
+            tracing::warn!(to, "no route to node; message dropped");
+        }
+    }
+
+    fn to_route(&self, route: &[u8], w: &Wire) {
+        let _ = self.router.send_multipart([route, &encode(w)], zmq::DONTWAIT);
+    }
+
+    fn beat(&mut self, now: Instant) -> anyhow::Result<()> {
+        let beat = self.stamp(PeerBody::Beat);
+        if self.up.is_some() {
+            let parent = self.parent_id().expect("a parent socket means a parent");
+            self.to_node(parent, &beat);
+            if self.parent_alive && now.duration_since(self.parent_seen) > self.cfg.liveness {
+                self.parent_alive = false;
+                self.counters.dead_neighbours += 1;
+                tracing::warn!(parent, "parent stopped answering; requests wait for it");
+                self.neighbour_died(parent, false)?;
+            }
+        }
+        let mut died = Vec::new();
+        for (&id, n) in &mut self.children {
+            if n.alive && now.duration_since(n.last_seen) > self.cfg.liveness {
+                n.alive = false;
+                died.push(id);
+            } else if n.alive {
+                let _ = self.router.send_multipart([n.route.as_slice(), &encode(&beat)], zmq::DONTWAIT);
+            }
+        }
+        for id in died {
+            self.counters.dead_neighbours += 1;
+            tracing::warn!(child = id, "child stopped answering");
+            self.neighbour_died(id, true)?;
+        }
+        let gone: Vec<Vec<u8>> = self
+            .clients
+            .iter()
+            .filter(|(_, &t)| now.duration_since(t) > self.cfg.liveness)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for route in gone {
+            self.clients.remove(&route);
+            let keys: Vec<Vec<u8>> = self.leases.keys().cloned().collect();
+            for key in keys {
+                tracing::warn!(client = %String::from_utf8_lossy(&route), "client stopped answering; its leases pass on");
+                self.release(&route, &key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn neighbour_died(&mut self, n: NodeId, is_child: bool) -> anyhow::Result<()> {
+        let keys: Vec<Vec<u8>> = self.tokens.keys().cloned().collect();
+        for key in keys {
+            let (actions, regenerated) = self.token(&key).neighbour_died(n, is_child);
+            if regenerated {
+                self.counters.regenerated += 1;
+                tracing::warn!(node = n, key = %hex(&key), "token lay toward a dead node: regenerated here with a new fencing epoch");
+            }
+            self.apply(&key, actions)?;
+        }
+        Ok(())
+    }
+
+    /// What `cluster lease status` prints.
+    pub fn status(&self) -> String {
+        let mut s =
+            format!("node {} (Lamport {}, vector {:?})\n", self.cfg.id, self.lamport.now(), self.vector.now().0);
+        match &self.cfg.parent {
+            Some((p, addr)) => {
+                s += &format!("parent {p} at {addr}: {}\n", if self.parent_alive { "alive" } else { "NOT ANSWERING" })
+            }
+            None => s += "root of the tree\n",
+        }
+        for (id, n) in &self.children {
+            s += &format!("child {id}: {}\n", if n.alive { "alive" } else { "NOT ANSWERING" });
+        }
+        s += &format!("clients: {}\n", self.clients.len());
+        let mut keys: Vec<&Vec<u8>> = self.tokens.keys().collect();
+        keys.sort();
+        for key in keys {
+            let r = &self.tokens[key];
+            let lease = self.leases.get(key);
+            let state = if r.using() {
+                "HELD here".to_string()
+            } else if r.holds_token() {
+                "token here, idle".to_string()
+            } else {
+                format!("token toward node {}{}", r.holder(), if r.asked() { " (asked)" } else { "" })
+            };
+            let waiting = lease.map(|l| l.waiters.len()).unwrap_or(0);
+            s += &format!(
+                "lease {}: {state}; fence {:#x}; local waiters {waiting}; queue {:?}\n",
+                hex(key),
+                r.fence(),
+                r.waiting()
+            );
+        }
+        let c = &self.counters;
+        s += &format!(
+            "token messages sent {}, grants {}, regenerated {}, dead neighbours {}\n",
+            c.token_messages, c.grants, c.regenerated, c.dead_neighbours
+        );
+        s
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_round_trips_and_refuses_garbage() {
+        let w = Wire::Peer {
+            from: 3,
+            lamport: 9,
+            vector: vec![(1, 2)],
+            body: PeerBody::Token { key: b"k".to_vec(), msg: Message::Privilege { fence: 5 } },
+        };
+        assert_eq!(decode(&encode(&w)), Ok(w));
+        assert!(decode(&[0xff; 3]).is_err());
+        assert!(decode(&[]).is_err());
+        let mut b = encode(&Wire::ClientBeat);
+        b.push(0);
+        assert!(decode(&b).is_err());
+    }
+
+    #[test]
+    fn node_addresses() {
+        assert_eq!(endpoint("127.0.0.1:7000").unwrap(), "tcp://127.0.0.1:7000");
+        assert_eq!(endpoint("/tmp/n1").unwrap(), "ipc:///tmp/n1");
+        assert!(endpoint("nonsense").is_err());
+        assert!(endpoint("127.0.0.1:x").is_err());
+    }
+}
