@@ -208,6 +208,18 @@ impl Client {
         self.inodes.lock().unwrap().get(ino).map(|n| n.fh.clone()).ok_or(Errno::ESTALE)
     }
 
+    /// The key of a file's lease: its file handle, the same on every mount of the export.
+    pub fn lease_key(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        self.fh(ino).map(|fh| fh.0)
+    }
+
+    /// A lock was granted on `ino`: whatever we cached may predate the last holder's
+    /// writes, so it goes (the caller also drops the kernel's pages).
+    pub fn lock_granted(&self, ino: u64) {
+        // (File attributes are always fetched afresh; only directories' are cached.)
+        self.invalidate(ino, 0, u64::MAX);
+    }
+
     fn timeouts(&self) -> AttrTimeouts {
         self.opts.attr
     }

@@ -3,6 +3,7 @@
 //! runtime, and turns the result into a reply. No callback blocks the FUSE thread.
 
 use crate::client::{Caller, Client, Entry};
+use crate::locks::Locks;
 use fs_proto::{Attr, Errno, FileKind, SetAttrs, SetTime, Timespec};
 use fuser::{
     AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -13,17 +14,37 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct Fs {
     client: Arc<Client>,
     rt: tokio::runtime::Handle,
+    /// With `-o leases=`: flock/fcntl locks through the cluster node.
+    locks: Option<Arc<Locks>>,
+    /// Set once the session exists: drops the kernel's pages when a lock is granted.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl Fs {
-    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle) -> Fs {
-        Fs { client, rt }
+    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle, locks: Option<Arc<Locks>>) -> Fs {
+        Fs { client, rt, locks, notifier: Arc::new(OnceLock::new()) }
+    }
+
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// After the data of `ino` was flushed: gives back the lock `owner` holds on it.
+    fn unlock_after_flush(&self, ino: u64, owner: u64) -> impl Future<Output = Result<(), Errno>> + Send + 'static {
+        let (cl, locks) = (self.client.clone(), self.locks.clone());
+        async move {
+            let Some(locks) = locks.filter(|l| l.holds(ino, owner)) else { return cl.flush(ino).await };
+            let flushed = cl.flush(ino).await;
+            let key = cl.lease_key(ino)?;
+            locks.unlock(ino, &key, owner);
+            flushed
+        }
     }
 
     /// Runs `work` to completion on this FUSE thread and answers with `ok` or the error.
@@ -190,6 +211,10 @@ impl Filesystem for Fs {
             // A kernel without one of these simply goes without.
             let _ = config.add_capabilities(flag);
         }
+        if self.locks.is_some() {
+            // Without these the kernel keeps locks to itself (per machine).
+            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        }
         Ok(())
     }
 
@@ -349,9 +374,11 @@ impl Filesystem for Fs {
         self.spawn(reply, async move { cl.write(ino.0, offset, &data).await }, |r, n| r.written(n));
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        let cl = self.client.clone();
-        self.spawn(reply, async move { cl.flush(ino.0).await }, |r, ()| r.ok());
+    /// Every close: the data goes to the server, then (POSIX semantics) the closing
+    /// process's locks on the file are released.
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        let work = self.unlock_after_flush(ino.0, lock_owner.0);
+        self.spawn(reply, work, |r, ()| r.ok());
     }
 
     fn release(
@@ -360,12 +387,80 @@ impl Filesystem for Fs {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The last close of an open file: its flock, if any, goes (lock_owner is set).
+        let unlock = lock_owner.map(|o| self.unlock_after_flush(ino.0, o.0));
         let cl = self.client.clone();
-        self.spawn(reply, async move { cl.release(ino.0, fh.0).await }, |r, ()| r.ok());
+        let work = async move {
+            if let Some(u) = unlock {
+                u.await?;
+            }
+            cl.release(ino.0, fh.0).await
+        };
+        self.spawn(reply, work, |r, ()| r.ok());
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        match &self.locks {
+            Some(l) if l.other_holder(ino.0, lock_owner.0) => reply.locked(0, u64::MAX, libc::F_WRLCK, 0),
+            Some(_) => reply.locked(start, end, libc::F_UNLCK, pid),
+            None => {
+                let _ = typ;
+                reply.error(fuser::Errno::ENOSYS)
+            }
+        }
+    }
+
+    /// A lock or unlock (fcntl, or flock). Taking a lock may wait for the lease from
+    /// another mount, so it runs on the blocking pool, never on a FUSE thread.
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(locks) = self.locks.clone() else { return reply.error(fuser::Errno::ENOSYS) };
+        let (ino, owner) = (ino.0, lock_owner.0);
+        if typ == libc::F_UNLCK {
+            let work = self.unlock_after_flush(ino, owner);
+            return self.spawn(reply, work, |r, ()| r.ok());
+        }
+        let (cl, notifier) = (self.client.clone(), self.notifier.clone());
+        let work = async move {
+            let key = cl.lease_key(ino)?;
+            tokio::task::spawn_blocking(move || locks.lock(ino, &key, owner, sleep))
+                .await
+                .map_err(|_| Errno::EIO)??;
+            // The last holder's writes are on the server; drop what we and the kernel
+            // cached before them.
+            cl.lock_granted(ino);
+            if let Some(n) = notifier.get() {
+                let _ = n.inval_inode(INodeNo(ino), 0, 0);
+            }
+            Ok(())
+        };
+        self.spawn(reply, work, |r, ()| r.ok());
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

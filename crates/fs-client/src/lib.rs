@@ -18,6 +18,7 @@ pub mod attrcache;
 pub mod client;
 pub mod fuse;
 pub mod inodes;
+pub mod locks;
 pub mod mount;
 pub mod options;
 pub mod pagecache;

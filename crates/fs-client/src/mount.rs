@@ -90,9 +90,22 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     config.acl = if opts.allow_other && root { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     config.n_threads = Some(8);
     config.clone_fd = true;
-    let fs = Fs::new(client.clone(), rt.handle().clone());
+    let locks = match &opts.leases {
+        Some(node) => {
+            let lease = cluster::lease::LeaseClient::connect(node).map_err(|e| anyhow!("leases: {e}"))?;
+            anyhow::ensure!(
+                lease.status(Duration::from_secs(10)).is_some(),
+                "leases: the cluster node at {node} does not answer"
+            );
+            Some(Arc::new(crate::locks::Locks::new(lease)))
+        }
+        None => None,
+    };
+    let fs = Fs::new(client.clone(), rt.handle().clone(), locks);
+    let notifier = fs.notifier_slot();
     let mut session =
         fuser::Session::new(fs, &mp, &config).map_err(|e| anyhow!("cannot mount at {}: {e}", mp.display()))?;
+    let _ = notifier.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     println!("mounted {addr} at {}", mp.display());
     let _ = std::io::Write::flush(&mut std::io::stdout());

@@ -23,6 +23,9 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Let users other than the one who mounted use the mount (needs root to mount).
     pub allow_other: bool,
+    /// `leases=NODE_ADDR`: flock and fcntl locks take the file's lease through this
+    /// `cluster node` (whole-file, exclusive), across every mount of the cluster.
+    pub leases: Option<String>,
 }
 
 impl Default for MountOptions {
@@ -39,6 +42,7 @@ impl Default for MountOptions {
             retrans: 2,
             read_only: false,
             allow_other: true,
+            leases: None,
         }
     }
 }
@@ -127,6 +131,7 @@ impl MountOptions {
                 "rw" => flag(&mut o.read_only, false)?,
                 "allow_other" => flag(&mut o.allow_other, true)?,
                 "noallow_other" => flag(&mut o.allow_other, false)?,
+                "leases" => o.leases = Some(need()?.to_string()),
                 _ => return Err(OptionError::Unknown(item.into())),
             }
         }
