@@ -164,7 +164,7 @@ mod tests {
         #[test]
         fn vector_order_is_causal_history(steps in prop::collection::vec((0u32..4, 0u32..4, any::<bool>()), 1..40)) {
             let mut vc: Vec<VectorClock> = (0..4).map(VectorClock::new).collect();
-            let mut lc = vec![Lamport::new(); 4];
+            let mut lc = [Lamport::new(); 4];
             // Every event: (process, stamp, lamport, set of events in its causal past).
             let mut events: Vec<(VectorStamp, u64, std::collections::BTreeSet<usize>)> = Vec::new();
             let mut last: Vec<Option<usize>> = vec![None; 4];

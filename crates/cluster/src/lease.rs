@@ -19,7 +19,41 @@ enum Cmd {
 #[derive(Clone)]
 pub struct LeaseClient {
     tx: mpsc::Sender<Cmd>,
+    /// Wakes the socket thread (an eventfd it polls beside the socket).
+    wake: std::sync::Arc<Wake>,
     pub addr: String,
+}
+
+struct Wake(libc::c_int);
+
+impl Wake {
+    fn new() -> std::io::Result<Wake> {
+        // SAFETY: eventfd has no memory preconditions.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Wake(fd))
+    }
+
+    fn ring(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        unsafe { libc::write(self.0, (&one as *const u64).cast(), 8) };
+    }
+
+    fn clear(&self) {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a valid u64 from our eventfd.
+        unsafe { libc::read(self.0, (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor.
+        unsafe { libc::close(self.0) };
+    }
 }
 
 impl LeaseClient {
@@ -28,6 +62,8 @@ impl LeaseClient {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let ep2 = ep.clone();
+        let wake = std::sync::Arc::new(Wake::new()?);
+        let wake2 = wake.clone();
         std::thread::Builder::new().name("lease-client".into()).spawn(move || {
             let ctx = zmq::Context::new();
             let setup = (|| -> anyhow::Result<zmq::Socket> {
@@ -39,7 +75,7 @@ impl LeaseClient {
             match setup {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
-                    serve(s, rx);
+                    serve(s, rx, &wake2);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -47,7 +83,7 @@ impl LeaseClient {
             }
         })?;
         ready_rx.recv()??;
-        Ok(LeaseClient { tx, addr: addr.to_string() })
+        Ok(LeaseClient { tx, wake, addr: addr.to_string() })
     }
 
     /// Takes the lease on `key`: waits for it (`wait`), or answers at once. Returns the
@@ -55,22 +91,25 @@ impl LeaseClient {
     pub fn acquire(&self, key: &[u8], wait: bool) -> Option<Fence> {
         let (reply, rx) = mpsc::channel();
         self.tx.send(Cmd::Acquire { key: key.to_vec(), wait, reply }).ok()?;
+        self.wake.ring();
         rx.recv().ok().flatten()
     }
 
     pub fn release(&self, key: &[u8]) {
         let _ = self.tx.send(Cmd::Release { key: key.to_vec() });
+        self.wake.ring();
     }
 
     /// The node's status text, or None if it does not answer within `timeout`.
     pub fn status(&self, timeout: Duration) -> Option<String> {
         let (reply, rx) = mpsc::channel();
         self.tx.send(Cmd::Status { reply }).ok()?;
+        self.wake.ring();
         rx.recv_timeout(timeout).ok()
     }
 }
 
-fn serve(s: zmq::Socket, rx: mpsc::Receiver<Cmd>) {
+fn serve(s: zmq::Socket, rx: mpsc::Receiver<Cmd>, wake: &Wake) {
     let mut acquiring: HashMap<Vec<u8>, Vec<mpsc::Sender<Option<Fence>>>> = HashMap::new();
     let mut status: Vec<mpsc::Sender<String>> = Vec::new();
     let mut last_beat = Instant::now() - Duration::from_secs(1);
@@ -97,8 +136,12 @@ fn serve(s: zmq::Socket, rx: mpsc::Receiver<Cmd>) {
             let _ = s.send(encode(&Wire::ClientBeat), zmq::DONTWAIT);
             last_beat = Instant::now();
         }
-        if s.poll(zmq::POLLIN, 2).unwrap_or(0) == 0 {
+        let mut items = [s.as_poll_item(zmq::POLLIN), zmq::PollItem::from_fd(wake.0, zmq::POLLIN)];
+        if zmq::poll(&mut items, 100).unwrap_or(0) == 0 {
             continue;
+        }
+        if items[1].is_readable() {
+            wake.clear();
         }
         while let Ok(b) = s.recv_bytes(zmq::DONTWAIT) {
             match decode(&b) {

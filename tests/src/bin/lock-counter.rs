@@ -41,7 +41,7 @@ fn main() {
         f.read_to_string(&mut s).expect("read");
         let v: u64 = s.trim().parse().unwrap_or_else(|_| panic!("counter {s:?}"));
         f.seek(SeekFrom::Start(0)).unwrap();
-        write!(f, "{:020}\n", v + 1).expect("write");
+        writeln!(f, "{:020}", v + 1).expect("write");
         lock(&f, mode, false);
         drop(f);
     }
