@@ -104,10 +104,14 @@ fn killing_the_token_holder_lets_the_others_proceed() {
     std::fs::write(rig.mounts[0].path("counter"), format!("{:020}\n", 0)).unwrap();
     let mut holder = command(&bin_path("lock-counter"))
         .args([&rig.counter(1), "1", "flock", "--hold"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    assert_eq!(tests::first_line(&mut holder, Duration::from_secs(30)).as_deref(), Some("locked"));
+    let mut holder_out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut holder_out, &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
     // Another mount waits for the lock...
     let mut waiter = command(&bin_path("lock-counter")).args([&rig.counter(2), "1", "flock"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -135,6 +139,13 @@ fn killing_the_token_holder_lets_the_others_proceed() {
     );
     assert!(ok.success());
     assert!(text.contains("child 2: NOT ANSWERING") && text.contains("regenerated 1"), "{text}");
+    // The old holder still believes it holds the lock; its write carries the old fencing
+    // number, and the server refuses it: the new holder's data stands.
+    std::io::Write::write_all(holder.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut holder_out, &mut line).unwrap();
+    assert!(line.starts_with("write refused"), "{line}");
+    assert_eq!(rig.read_export(), 1, "the stale holder's write did not land");
     let _ = holder.kill();
     let _ = holder.wait();
 }

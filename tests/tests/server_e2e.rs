@@ -114,7 +114,7 @@ fn handles_survive_a_server_restart() {
         };
     }
     let Ok(Response::Write { verifier: v1, .. }) =
-        c.call(Request::Write { fh: fh.clone(), offset: 0, stable: Stable::Unstable, data: b"S".to_vec() })
+        c.call(Request::Write { fh: fh.clone(), offset: 0, stable: Stable::Unstable, fence: 0, data: b"S".to_vec() })
     else {
         panic!()
     };

@@ -122,6 +122,9 @@ impl Wb {
 /// Write-back state of one file, while it is open.
 struct FileState {
     fh: FileHandle,
+    /// The fencing number of the lease held on the file while locked (0: none); WRITEs
+    /// carry it, so a holder that lost its lease cannot overwrite a newer holder's data.
+    fence: std::sync::atomic::AtomicU64,
     cred: Mutex<Cred>,
     opens: Mutex<u32>,
     wb: Mutex<Wb>,
@@ -215,9 +218,21 @@ impl Client {
 
     /// A lock was granted on `ino`: whatever we cached may predate the last holder's
     /// writes, so it goes (the caller also drops the kernel's pages).
-    pub fn lock_granted(&self, ino: u64) {
+    pub fn lock_granted(&self, ino: u64, fence: u64) {
         // (File attributes are always fetched afresh; only directories' are cached.)
         self.invalidate(ino, 0, u64::MAX);
+        self.set_fence(ino, fence);
+    }
+
+    /// The lock on `ino` was given back (its writes were flushed first).
+    pub fn lock_released(&self, ino: u64) {
+        self.set_fence(ino, 0);
+    }
+
+    fn set_fence(&self, ino: u64, fence: u64) {
+        if let Some(f) = self.files.lock().unwrap().get(&ino) {
+            f.fence.store(fence, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     fn timeouts(&self) -> AttrTimeouts {
@@ -587,6 +602,7 @@ impl Client {
         let f = files.entry(ino).or_insert_with(|| {
             Arc::new(FileState {
                 fh: fh.clone(),
+                fence: Default::default(),
                 cred: Mutex::new(cred.clone()),
                 opens: Mutex::new(0),
                 wb: Mutex::new(Wb::default()),
@@ -999,7 +1015,8 @@ impl Client {
         tokio::spawn(async move {
             let _permit = permit;
             let cred = f.cred.lock().unwrap().clone();
-            let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, data: data.clone() };
+            let fence = f.fence.load(std::sync::atomic::Ordering::SeqCst);
+            let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data: data.clone() };
             let res = this.rpc.call(&cred, req).await;
             let mut wb = f.wb.lock().unwrap();
             wb.sending.retain(|&(q, _, _)| q != seq);

@@ -42,6 +42,7 @@ impl Fs {
             let Some(locks) = locks.filter(|l| l.holds(ino, owner)) else { return cl.flush(ino).await };
             let flushed = cl.flush(ino).await;
             let key = cl.lease_key(ino)?;
+            cl.lock_released(ino);
             locks.unlock(ino, &key, owner);
             flushed
         }
@@ -449,12 +450,12 @@ impl Filesystem for Fs {
         let (cl, notifier) = (self.client.clone(), self.notifier.clone());
         let work = async move {
             let key = cl.lease_key(ino)?;
-            tokio::task::spawn_blocking(move || locks.lock(ino, &key, owner, sleep))
+            let fence = tokio::task::spawn_blocking(move || locks.lock(ino, &key, owner, sleep))
                 .await
                 .map_err(|_| Errno::EIO)??;
             // The last holder's writes are on the server; drop what we and the kernel
-            // cached before them.
-            cl.lock_granted(ino);
+            // cached before them. Our writes carry the grant's fencing number from now.
+            cl.lock_granted(ino, fence);
             if let Some(n) = notifier.get() {
                 let _ = n.inval_inode(INodeNo(ino), 0, 0);
             }

@@ -158,7 +158,7 @@ mod tests {
             xid: 1,
             client: 1,
             cred: Cred::default(),
-            req: Request::Write { fh: FileHandle(vec![]), offset: 0, stable: Stable::Unstable, data: vec![] },
+            req: Request::Write { fh: FileHandle(vec![]), offset: 0, stable: Stable::Unstable, fence: 0, data: vec![] },
         });
         p.pop(); // the data length (0)
         p.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
@@ -182,6 +182,7 @@ mod tests {
                 fh: FileHandle(vec![0xff; MAX_HANDLE]),
                 offset: u64::MAX,
                 stable: Stable::FileSync,
+                fence: u64::MAX,
                 data: vec![1; MAX_IO],
             },
         };

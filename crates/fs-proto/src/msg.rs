@@ -122,6 +122,9 @@ pub enum Request {
         fh: FileHandle,
         offset: u64,
         stable: Stable,
+        /// The fencing number of the lease the writer holds on the file (0: none). The
+        /// server refuses the write (ENOLCK) if it has seen a newer one for the file.
+        fence: u64,
         data: Vec<u8>,
     },
     Create {

@@ -104,9 +104,17 @@ fn component(name: &[u8]) -> Result<CString, Errno> {
     CString::new(name).map_err(|_| Errno::EINVAL)
 }
 
+/// Where a file's newest fencing number lives (`trusted.*`: only the server, as root,
+/// reaches it; clients are refused below).
+const FENCE_XATTR: &std::ffi::CStr = c"trusted.fs.fence";
+static FENCED_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn xattr_name(name: &[u8]) -> Result<CString, Errno> {
     if name.is_empty() || name.len() > 255 {
         return Err(Errno::ERANGE);
+    }
+    if name.starts_with(b"trusted.fs.") {
+        return Err(Errno::EPERM);
     }
     CString::new(name).map_err(|_| Errno::EINVAL)
 }
@@ -273,13 +281,46 @@ impl Server {
         Ok(Response::Read { eof, attr: self.attr(&st), data })
     }
 
-    pub(crate) fn op_write(&self, cred: &Cred, fh: &FileHandle, offset: u64, stable: Stable, data: &[u8]) -> OpResult {
+    pub(crate) fn op_write(
+        &self,
+        cred: &Cred,
+        fh: &FileHandle,
+        offset: u64,
+        stable: Stable,
+        fence: u64,
+        data: &[u8],
+    ) -> OpResult {
         let o = self.handles.resolve(fh)?;
         if data.len() > MAX_IO {
             return Err(Errno::EFBIG);
         }
         let g = self.ident.assume(cred)?;
         let f = self.open_data(&g, &o, libc::O_WRONLY)?;
+        // Fencing: the newest number seen is kept with the file (so this process stays
+        // stateless); a write under an older lease (a holder that was declared dead and
+        // replaced) is refused. One lock serialises the check-and-write of fenced writes.
+        let _fenced = if fence != 0 {
+            let l = FENCED_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = match sys::getxattr_fd(o.raw(), FENCE_XATTR) {
+                Ok(v) => v.try_into().map(u64::from_be_bytes).unwrap_or(0),
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            if seen > fence {
+                tracing::warn!(
+                    fence = format!("{fence:#x}"),
+                    seen = format!("{seen:#x}"),
+                    "write under a stale lease refused"
+                );
+                return Err(Errno::ENOLCK);
+            }
+            if fence > seen {
+                sys::setxattr_fd(o.raw(), FENCE_XATTR, &fence.to_be_bytes(), 0)?;
+            }
+            Some(l)
+        } else {
+            None
+        };
         f.write_all_at(data, offset)?;
         match stable {
             Stable::Unstable => {}

@@ -112,7 +112,9 @@ impl Server {
             Request::Access { fh, mask } => self.op_access(cred, &fh, mask),
             Request::ReadLink { fh } => self.op_readlink(&fh),
             Request::Read { fh, offset, count } => self.op_read(cred, &fh, offset, count),
-            Request::Write { fh, offset, stable, data } => self.op_write(cred, &fh, offset, stable, &data),
+            Request::Write { fh, offset, stable, fence, data } => {
+                self.op_write(cred, &fh, offset, stable, fence, &data)
+            }
             Request::Create { dir, name, mode, how } => self.op_create(cred, &dir, &name, mode, how),
             Request::Mkdir { dir, name, mode } => self.op_mkdir(cred, &dir, &name, mode),
             Request::Symlink { dir, name, target } => self.op_symlink(cred, &dir, &name, &target),

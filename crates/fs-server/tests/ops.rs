@@ -92,7 +92,7 @@ impl T {
     }
 
     fn write(&self, fh: &FileHandle, offset: u64, data: &[u8]) -> Result<Response, Errno> {
-        self.call(Request::Write { fh: fh.clone(), offset, stable: Stable::Unstable, data: data.to_vec() })
+        self.call(Request::Write { fh: fh.clone(), offset, stable: Stable::Unstable, fence: 0, data: data.to_vec() })
     }
 
     fn read_as(&self, cred: &Cred, fh: &FileHandle, offset: u64, count: u32) -> Result<(Vec<u8>, bool), Errno> {
@@ -198,8 +198,9 @@ fn write_read_commit() {
     assert_eq!(t.read(&fh, 100, 10).unwrap(), (vec![], true));
     t.write(&fh, 20, b"x").unwrap();
     assert_eq!(t.read(&fh, 10, 100).unwrap().0, b"d\0\0\0\0\0\0\0\0\0x");
-    let Response::Write { committed, .. } =
-        t.call(Request::Write { fh: fh.clone(), offset: 0, stable: Stable::FileSync, data: b"H".to_vec() }).unwrap()
+    let Response::Write { committed, .. } = t
+        .call(Request::Write { fh: fh.clone(), offset: 0, stable: Stable::FileSync, fence: 0, data: b"H".to_vec() })
+        .unwrap()
     else {
         panic!()
     };
@@ -634,7 +635,7 @@ fn permissions_follow_the_caller() {
     assert_eq!(t.call_as(&user(2000), chmod).err(), Some(Errno::EPERM));
     // The owner may write a file it made read-only (knfsd's owner override).
     let ro = t.create_as(&user(1000), &home, "ro", 0o444).unwrap();
-    let w = Request::Write { fh: ro, offset: 0, stable: Stable::Unstable, data: b"ok".to_vec() };
+    let w = Request::Write { fh: ro, offset: 0, stable: Stable::Unstable, fence: 0, data: b"ok".to_vec() };
     assert!(t.call_as(&user(1000), w).is_ok());
 }
 
@@ -657,7 +658,7 @@ fn read_only_refuses_every_change() {
     let root = t.root();
     assert_eq!(t.read(&f, 0, 10).unwrap().0, b"data");
     let changes = [
-        Request::Write { fh: f.clone(), offset: 0, stable: Stable::Unstable, data: b"x".to_vec() },
+        Request::Write { fh: f.clone(), offset: 0, stable: Stable::Unstable, fence: 0, data: b"x".to_vec() },
         Request::Create { dir: root.clone(), name: b"n".to_vec(), mode: 0o644, how: CreateHow::Guarded },
         Request::Mkdir { dir: root.clone(), name: b"n".to_vec(), mode: 0o755 },
         Request::Remove { dir: root.clone(), name: b"f".to_vec() },
@@ -737,4 +738,27 @@ fn other_file_systems_are_not_crossed() {
     let entries = t.readdir(&t.root(), true, 4096);
     let mnt = entries.iter().find(|e| e.name == b"mnt").unwrap();
     assert!(mnt.plus.is_none(), "no handle across the mount");
+}
+
+/// Fencing: the newest fencing number is kept with the file (in an extended attribute,
+/// so a restarted server still knows it); a write under an older number is refused.
+#[test]
+fn writes_under_a_stale_fence_are_refused() {
+    let t = T::new();
+    let f = t.create("fenced");
+    let w = |fence: u64, data: &[u8]| {
+        t.call(Request::Write { fh: f.clone(), offset: 0, stable: Stable::Unstable, fence, data: data.to_vec() })
+    };
+    assert!(w(5, b"a").is_ok());
+    assert!(w(5, b"b").is_ok(), "the same lease may write again");
+    assert_eq!(w(3, b"c").err(), Some(Errno::ENOLCK), "an older lease is refused");
+    assert!(w(0, b"d").is_ok(), "unfenced writes are not checked");
+    assert!(w((1 << 32) + 1, b"e").is_ok(), "a regenerated token's new epoch");
+    assert_eq!(w(6, b"f").err(), Some(Errno::ENOLCK));
+    assert_eq!(std::fs::read(t.path("fenced")).unwrap(), b"e");
+    // Clients can neither read nor forge the server's fence.
+    let get = Request::GetXattr { fh: f.clone(), name: b"trusted.fs.fence".to_vec() };
+    assert_eq!(t.call(get).err(), Some(Errno::EPERM));
+    let set = Request::SetXattr { fh: f.clone(), name: b"trusted.fs.fence".to_vec(), value: vec![0; 8], flags: 0 };
+    assert_eq!(t.call(set).err(), Some(Errno::EPERM));
 }

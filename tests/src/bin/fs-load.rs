@@ -117,8 +117,14 @@ fn main() {
     let data = vec![0x5au8; MIB as usize];
     // Fill the file once so reads come from the server's page cache.
     for i in 0..blocks {
-        c.call(Request::Write { fh: fh.clone(), offset: i * MIB, stable: Stable::Unstable, data: data.clone() })
-            .unwrap();
+        c.call(Request::Write {
+            fh: fh.clone(),
+            offset: i * MIB,
+            stable: Stable::Unstable,
+            fence: 0,
+            data: data.clone(),
+        })
+        .unwrap();
     }
     let s = a.seconds;
     let mut rows: Vec<(String, f64, String, Option<f64>)> = Vec::new();
@@ -149,6 +155,7 @@ fn main() {
             fh: fh.clone(),
             offset: (n % blocks) * MIB,
             stable: Stable::Unstable,
+            fence: 0,
             data: data.clone(),
         });
         rows.push((format!("WRITE 1 MiB, {depth} in flight"), rate, "MiB/s".into(), Some(raw_write)));

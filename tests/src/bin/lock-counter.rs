@@ -1,9 +1,11 @@
 //! `lock-counter FILE N flock|fcntl|none [--hold]`: N times, open FILE, lock it, read the
 //! counter (a zero-padded number), write it back plus one, unlock, close. With `--hold`:
-//! lock once, print "locked", and hold the lock until killed.
+//! lock once, print "locked", wait for a line on stdin, then overwrite the counter and
+//! fsync, print "write ok" or "write refused: ERROR", and hold the lock until killed.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 
 fn lock(f: &std::fs::File, mode: &str, on: bool) {
     let fd = f.as_raw_fd();
@@ -27,10 +29,19 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (path, n, mode) = (&args[1], args[2].parse::<u32>().expect("N"), args[3].as_str());
     if args.get(4).map(|s| s.as_str()) == Some("--hold") {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
         lock(&f, mode, true);
         println!("locked");
         std::io::stdout().flush().unwrap();
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let res = f.write_all_at(format!("{:020}\n", 999).as_bytes(), 0).and_then(|_| f.sync_all());
+        match res {
+            Ok(()) => println!("write ok"),
+            Err(e) => println!("write refused: {e}"),
+        }
+        std::io::stdout().flush().unwrap();
+        let _ = f.seek(SeekFrom::Start(0));
         std::thread::sleep(std::time::Duration::from_secs(3600));
         return;
     }
