@@ -186,6 +186,33 @@ impl Drop for ClusterProc {
     }
 }
 
+/// A broker and workers on an ipc:// address in a temporary folder.
+pub struct Pipeline {
+    // Field order is drop order: workers before the broker, the folder last.
+    pub workers: Vec<ClusterProc>,
+    pub broker: ClusterProc,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Pipeline {
+    pub fn new(workers: usize, broker_args: &[&str], worker_args: &[&str]) -> Pipeline {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = dir.path().join("broker").display().to_string();
+        let mut args = vec!["broker", "--listen", &addr];
+        args.extend_from_slice(broker_args);
+        let broker = ClusterProc::start(&args, "broker listening on");
+        let workers = (0..workers).map(|_| Self::worker(&addr, worker_args)).collect();
+        Pipeline { workers, broker, addr, _dir: dir }
+    }
+
+    pub fn worker(addr: &str, extra: &[&str]) -> ClusterProc {
+        let mut args = vec!["worker", "--broker", addr];
+        args.extend_from_slice(extra);
+        ClusterProc::start(&args, "worker ")
+    }
+}
+
 /// What was published for one job.
 #[derive(Default)]
 pub struct Collected {

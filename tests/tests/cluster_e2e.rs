@@ -6,34 +6,7 @@ use cluster::prime::sieve;
 use cluster::wire::Msg;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use tests::{run_job, ClusterProc, Rig, Watchdog};
-
-/// A broker and workers on an ipc:// address in a temporary folder.
-struct Pipeline {
-    // Field order is drop order: workers before the broker, the folder last.
-    workers: Vec<ClusterProc>,
-    broker: ClusterProc,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Pipeline {
-    fn new(workers: usize, broker_args: &[&str], worker_args: &[&str]) -> Pipeline {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = dir.path().join("broker").display().to_string();
-        let mut args = vec!["broker", "--listen", &addr];
-        args.extend_from_slice(broker_args);
-        let broker = ClusterProc::start(&args, "broker listening on");
-        let workers = (0..workers).map(|_| Self::worker(&addr, worker_args)).collect();
-        Pipeline { workers, broker, addr, _dir: dir }
-    }
-
-    fn worker(addr: &str, extra: &[&str]) -> ClusterProc {
-        let mut args = vec!["worker", "--broker", addr];
-        args.extend_from_slice(extra);
-        ClusterProc::start(&args, "worker ")
-    }
-}
+use tests::{run_job, ClusterProc, Pipeline, Rig, Watchdog};
 
 #[test]
 fn primes_up_to_a_million_equal_a_sieve() {

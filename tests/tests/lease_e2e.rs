@@ -172,3 +172,91 @@ fn a_bad_lease_node_address_fails_the_mount_with_one_line() {
         assert!(!tests::is_mounted(&dir.path().join("m")));
     }
 }
+
+/// Spool watchers on two mounts claim jobs under leases; the watcher running a long job
+/// is killed, its node lets the job's lease go, and the other watcher takes the job over
+/// at once (the claim timeout is set far out of reach) and finishes it, whole.
+#[test]
+fn spool_claims_under_leases_are_taken_over_when_a_watcher_dies() {
+    let _w = Watchdog::new(Duration::from_secs(240));
+    let rig = LeaseRig::new();
+    let p = tests::Pipeline::new(2, &[], &["--slow", "300"]);
+    std::fs::create_dir(rig.mounts[0].path("spool")).unwrap();
+    let node = |i: usize| rig.dir.path().join(format!("n{i}")).display().to_string();
+    let watcher = |m: usize, id: &str| {
+        let dir = rig.mounts[m].path("spool").display().to_string();
+        let n = node(m + 1);
+        ClusterProc::start(
+            &[
+                "spool",
+                "--dir",
+                &dir,
+                "--broker",
+                &p.addr,
+                "--id",
+                id,
+                "--leases",
+                &n,
+                "--claim-timeout-s",
+                "600",
+                "--batch",
+                "1000",
+                "--settle-ms",
+                "0",
+            ],
+            "spool ",
+        )
+    };
+    let mut watchers = vec![watcher(0, "a"), watcher(1, "b")];
+    let inbox = |name: &str| rig.mounts[2].path(&format!("spool/in/{name}"));
+    let (lo, hi) = (1_000_000_000_000i64, 1_000_000_299_999i64);
+    std::fs::write(inbox("big.job"), format!("{lo}..{hi}\n")).unwrap();
+    for i in 0..3 {
+        std::fs::write(inbox(&format!("s{i}.job")), format!("{}..{}\n", i * 100, i * 100 + 99)).unwrap();
+    }
+    // Who runs the big job?
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // (Polled on the server's side: a mount may cache "no such file" for a while.)
+    let running = |id: &str| rig.dir.path().join(format!("export/spool/running/big.job@{id}")).exists();
+    let victim = loop {
+        if running("a") {
+            break 0;
+        }
+        if running("b") {
+            break 1;
+        }
+        assert!(Instant::now() < deadline, "the big job was never claimed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    watchers[victim].kill();
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !lines.iter().any(|l: &String| l.starts_with("done big")) {
+        assert!(Instant::now() < deadline, "the big job was not taken over: {lines:?}");
+        for w in &watchers {
+            while let Some(l) = w.next_line(Duration::from_millis(50)) {
+                lines.push(l);
+            }
+        }
+    }
+    let want = cluster::prime::sieve(lo, hi);
+    assert!(lines.contains(&format!("done big: {} primes", want.len())), "{lines:?}");
+    let text: String = want.iter().map(|n| format!("{n}\n")).collect();
+    assert!(std::fs::read_to_string(rig.mounts[2].path("spool/out/big.primes")).unwrap() == text);
+    // Every small job ran exactly once, on one watcher or the other.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (0..3).any(|i| !rig.dir.path().join(format!("export/spool/done/s{i}.job")).exists()) {
+        assert!(Instant::now() < deadline, "small jobs unfinished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for w in &watchers {
+        while let Some(l) = w.next_line(Duration::from_millis(200)) {
+            lines.push(l);
+        }
+    }
+    for i in 0..3 {
+        let n = lines.iter().filter(|l| l.starts_with(&format!("done s{i}:"))).count();
+        assert_eq!(n, 1, "s{i} ran once: {lines:?}");
+    }
+}

@@ -107,6 +107,10 @@ enum Cmd {
         /// Leave job files changed less than this many milliseconds ago for the next pass.
         #[arg(long, default_value_t = 1000)]
         settle_ms: u64,
+        /// A `cluster node` address: job claims also take the job's lease, and the claims
+        /// of a watcher that died are taken over as soon as its node lets the lease go.
+        #[arg(long, value_name = "NODE_ADDR")]
+        leases: Option<String>,
         /// Run what is there once and exit.
         #[arg(long)]
         once: bool,
@@ -232,7 +236,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             sink::run(&sub, which, &mut w, count)?;
         }
-        Cmd::Spool { dir, broker, id, batch, window, claim_timeout_s, stall_s, settle_ms, progress, once } => {
+        Cmd::Spool { dir, broker, id, batch, window, claim_timeout_s, stall_s, settle_ms, progress, leases, once } => {
             anyhow::ensure!(dir.is_dir(), "spool folder {} does not exist", dir.display());
             let mut cfg = SpoolConfig::new(dir.clone(), broker_addr(&broker)?);
             if let Some(id) = id {
@@ -244,6 +248,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             cfg.stall = Duration::from_secs(stall_s.max(1));
             cfg.progress = progress;
             cfg.settle = Duration::from_millis(settle_ms);
+            cfg.leases = leases;
             let id = cfg.id.clone();
             let spool = Spool::new(&ctx, cfg)?;
             println!("spool {id} watching {} (broker {broker})", dir.join("in").display());

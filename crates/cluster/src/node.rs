@@ -434,9 +434,9 @@ impl Node {
             .collect();
         for route in gone {
             self.clients.remove(&route);
+            tracing::warn!(client = %String::from_utf8_lossy(&route), "client stopped answering; its leases pass on");
             let keys: Vec<Vec<u8>> = self.leases.keys().cloned().collect();
             for key in keys {
-                tracing::warn!(client = %String::from_utf8_lossy(&route), "client stopped answering; its leases pass on");
                 self.release(&route, &key)?;
             }
         }

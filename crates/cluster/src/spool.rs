@@ -14,6 +14,12 @@
 //!   summary second; then the claim moves to `done/NAME.job`. A crash at any point leaves
 //!   either no result or a whole one, and the claim, so the job is run again.
 //! - a malformed job moves to `failed/NAME.job` with `failed/NAME.reason` naming the line.
+//!
+//! With leases (`--leases NODE_ADDR`), a watcher also holds the job's lease (key: the
+//! spool's id from `.spool-id` and the job's name) from before the claiming rename until
+//! the job is retired. A claim in `running/` whose lease can be taken is one whose watcher
+//! died (its node released the lease when the watcher stopped beating): it is taken over
+//! at once, without waiting for `claim_timeout`.
 
 use crate::endpoint::BrokerAddr;
 use crate::job::Job;
@@ -48,6 +54,8 @@ pub struct SpoolConfig {
     /// skip the wait.
     pub settle: Duration,
     pub progress: bool,
+    /// A `cluster node` address: job claims also take the job's lease.
+    pub leases: Option<String>,
 }
 
 impl SpoolConfig {
@@ -66,6 +74,7 @@ impl SpoolConfig {
             stall: Duration::from_secs(15),
             settle: Duration::from_millis(1000),
             progress: false,
+            leases: None,
         }
     }
 }
@@ -89,6 +98,9 @@ pub enum Outcome {
 pub struct Spool<'a> {
     ctx: &'a zmq::Context,
     cfg: SpoolConfig,
+    lease: Option<crate::lease::LeaseClient>,
+    /// Names this spool folder in lease keys (the same through every mount).
+    spool_id: String,
 }
 
 const DIRS: [&str; 5] = ["in", "running", "out", "failed", "done"];
@@ -101,7 +113,41 @@ impl<'a> Spool<'a> {
             let p = cfg.dir.join(d);
             std::fs::create_dir_all(&p).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", p.display()))?;
         }
-        Ok(Spool { ctx, cfg })
+        let id_file = cfg.dir.join(".spool-id");
+        let fresh = format!("{:016x}\n", util::random_u64());
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&id_file) {
+            Ok(mut f) => f.write_all(fresh.as_bytes())?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(anyhow::anyhow!("cannot create {}: {e}", id_file.display())),
+        }
+        let spool_id = std::fs::read_to_string(&id_file)?.trim().to_string();
+        let lease = match &cfg.leases {
+            Some(addr) => {
+                let l = crate::lease::LeaseClient::connect(addr)?;
+                anyhow::ensure!(
+                    l.status(Duration::from_secs(10)).is_some(),
+                    "the cluster node at {addr} does not answer"
+                );
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(Spool { ctx, cfg, lease, spool_id })
+    }
+
+    fn lease_key(&self, job_file: &str) -> Vec<u8> {
+        format!("spool:{}:{job_file}", self.spool_id).into_bytes()
+    }
+
+    /// Takes the job's lease without waiting (always true without leases).
+    fn try_lease(&self, job_file: &str) -> bool {
+        self.lease.as_ref().is_none_or(|l| l.acquire(&self.lease_key(job_file), false).is_some())
+    }
+
+    fn drop_lease(&self, job_file: &str) {
+        if let Some(l) = &self.lease {
+            l.release(&self.lease_key(job_file));
+        }
     }
 
     fn path(&self, sub: &str, name: &str) -> PathBuf {
@@ -121,22 +167,24 @@ impl<'a> Spool<'a> {
     }
 
     /// One pass: resumes our claims, steals stale ones, claims new jobs, and runs each.
+    /// One job is claimed at a time, so watchers on other mounts share the work.
     pub fn scan_once(&self) -> anyhow::Result<Vec<Outcome>> {
         let mut out = Vec::new();
-        for claim in self.claimable()? {
-            if util::stopping() {
-                break;
-            }
-            let o = self.run_claim(&claim)?;
+        while !util::stopping() {
+            let Some(claim) = self.claim_next()? else { break };
+            let o = self.run_claim(&claim);
+            let file = claim.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            self.drop_lease(file.rsplit_once('@').map(|(j, _)| j).unwrap_or(file));
+            let o = o?;
             tracing::info!(outcome = ?o, "job");
             out.push(o);
         }
         Ok(out)
     }
 
-    /// Claims ours to run: our own leftovers, stale ones of others (stolen), new jobs.
-    fn claimable(&self) -> anyhow::Result<Vec<PathBuf>> {
-        let mut claims = Vec::new();
+    /// The next claim to run: our own leftover, a stale one of another watcher (taken
+    /// over), or a new job.
+    fn claim_next(&self) -> anyhow::Result<Option<PathBuf>> {
         let now = self.server_now()?;
         for (name, path) in list(&self.cfg.dir.join("running"))? {
             let Some((job, owner)) = name.rsplit_once('@') else { continue };
@@ -144,17 +192,27 @@ impl<'a> Spool<'a> {
                 continue;
             }
             if owner == self.cfg.id {
-                claims.push(path);
+                if self.try_lease(job) {
+                    return Ok(Some(path));
+                }
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-            let age = now.saturating_sub(ctime_ns(&meta)) / 1_000_000_000;
-            if age > self.cfg.claim_timeout.as_secs() as i128 {
+            let stale = if self.lease.is_some() {
+                // A live watcher holds the lease; one we can take belongs to a dead one.
+                self.try_lease(job)
+            } else {
+                let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+                let age = now.saturating_sub(ctime_ns(&meta)) / 1_000_000_000;
+                age > self.cfg.claim_timeout.as_secs() as i128
+            };
+            if stale {
                 let mine = self.path("running", &format!("{job}@{}", self.cfg.id));
                 if std::fs::rename(&path, &mine).is_ok() {
-                    tracing::warn!(job, owner, age, "took over a claim whose watcher stopped touching it");
+                    tracing::warn!(job, owner, "took over the claim of a watcher that stopped");
                     touch(&mine);
-                    claims.push(mine);
+                    return Ok(Some(mine));
+                } else {
+                    self.drop_lease(job);
                 }
             }
         }
@@ -166,14 +224,21 @@ impl<'a> Spool<'a> {
             if !meta.is_file() || now.saturating_sub(ctime_ns(&meta)) < self.cfg.settle.as_nanos() as i128 {
                 continue;
             }
+            if !self.try_lease(&name) {
+                continue; // another watcher is claiming it
+            }
             let mine = self.path("running", &format!("{name}@{}", self.cfg.id));
             match std::fs::rename(&path, &mine) {
-                Ok(()) => claims.push(mine),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // another watcher won
-                Err(e) => return Err(anyhow::anyhow!("cannot claim {}: {e}", path.display())),
+                Ok(()) => return Ok(Some(mine)),
+                Err(e) => {
+                    self.drop_lease(&name);
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(anyhow::anyhow!("cannot claim {}: {e}", path.display()));
+                    } // else another watcher won
+                }
             }
         }
-        Ok(claims)
+        Ok(None)
     }
 
     /// The server's clock (nanoseconds), read from the ctime of a file we just wrote.
