@@ -1,5 +1,6 @@
-//! `cluster up`: a file server, a mount, the broker, one worker per core, a sink and the
-//! spool watcher, all on this machine, as child processes; Ctrl-C tears them down in the
+//! `cluster up`: a file server, a lease node, a mount (locks through the node), the
+//! broker, one worker per core, a sink and the spool watcher (claims under leases), all
+//! on this machine, as child processes; Ctrl-C tears them down in the
 //! reverse order (the mount is unmounted before its server stops).
 
 use crate::util;
@@ -119,8 +120,16 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
             .arg(&sock)
             .arg("--no-root-squash"),
     )?);
+    // The lease tree: one node here; flock/fcntl on the mount and the spool's job claims
+    // go through it. More machines join with `cluster node --parent 1@...`.
+    let node = root.join("node.sock");
+    let node_s = node.display().to_string();
+    say(procs.start("node", Command::new(&me).args(["node", "--id", "1", "--listen", &node_s]))?);
     procs.mount = Some((client_bin.clone(), mnt.clone()));
-    say(procs.start("mount", Command::new(&client_bin).arg("mount").arg(&sock).arg(&mnt))?);
+    say(procs.start(
+        "mount",
+        Command::new(&client_bin).arg("mount").arg(&sock).arg(&mnt).arg("-o").arg(format!("leases={node_s}")),
+    )?);
     say(procs.start("broker", Command::new(&me).args(["broker", "--listen", &cfg.broker]))?);
     let broker = cfg.broker.replace("*", "127.0.0.1");
     for i in 0..cfg.workers {
@@ -130,8 +139,10 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
     say(procs.start("sink", Command::new(&me).args(["sink", "--broker", &broker, "--tag", "p", "--out"]).arg(&log))?);
     let spool = mnt.join("spool");
     std::fs::create_dir_all(&spool).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", spool.display()))?;
-    say(procs
-        .start("spool", Command::new(&me).args(["spool", "--broker", &broker, "--progress", "--dir"]).arg(&spool))?);
+    say(procs.start(
+        "spool",
+        Command::new(&me).args(["spool", "--broker", &broker, "--progress", "--leases", &node_s, "--dir"]).arg(&spool),
+    )?);
     let rel = |p: &Path| p.strip_prefix(std::env::current_dir().unwrap_or_default()).unwrap_or(p).display().to_string();
     println!(
         "\nThe cluster is up. Start a job by dropping a file into the spool:\n\
