@@ -308,6 +308,15 @@ fn cluster_up_runs_a_job_and_tears_down() {
     }
     let want: String = sieve(1, 1000).iter().map(|n| format!("{n}\n")).collect();
     assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
+    // Locks on the mount go through the lease node `cluster up` started.
+    std::fs::write(mnt.join("counter"), format!("{:020}\n", 0)).unwrap();
+    let counter = mnt.join("counter").display().to_string();
+    let (st, _, err) = tests::run_with_timeout(
+        tests::command(&tests::bin_path("lock-counter")).args([&counter, "20", "flock"]),
+        Duration::from_secs(60),
+    );
+    assert!(st.success(), "{err}");
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim().parse::<u64>().unwrap(), 20);
     assert!(up.terminate(), "cluster up exits by itself on SIGTERM");
     assert!(!tests::is_mounted(&mnt), "unmounted");
     assert_eq!(std::fs::read_to_string(dir.path().join("export/spool/out/first.primes")).unwrap(), want);
