@@ -41,6 +41,17 @@ impl LeaseRig {
         LeaseRig { mounts, nodes, _server: server, dir }
     }
 
+    /// `cluster lease status` of node `i`.
+    fn status(&self, i: usize) -> String {
+        let node = self.dir.path().join(format!("n{i}")).display().to_string();
+        let (ok, text, err) = tests::run_with_timeout(
+            command(&bin_path("cluster")).args(["lease", "status", "--node", &node]),
+            Duration::from_secs(20),
+        );
+        assert!(ok.success(), "{err}");
+        text
+    }
+
     fn counter(&self, m: usize) -> String {
         self.mounts[m].path("counter").display().to_string()
     }
@@ -82,17 +93,8 @@ fn three_mounts_count_to_600_under_flock_and_fcntl() {
     }
     // Without the lock updates may be lost; nothing is asserted about it.
     rig.count(50, "none");
-    let status = tests::run_with_timeout(
-        command(&bin_path("cluster")).args([
-            "lease",
-            "status",
-            "--node",
-            &rig.dir.path().join("n1").display().to_string(),
-        ]),
-        Duration::from_secs(20),
-    );
-    assert!(status.0.success());
-    assert!(status.1.contains("child 2: alive") && status.1.contains("lease "), "{}", status.1);
+    let status = rig.status(1);
+    assert!(status.contains("child 2: alive") && status.contains("lease "), "{status}");
 }
 
 /// The node whose mount holds a lock dies; the root sees it stop answering, regenerates
@@ -128,16 +130,7 @@ fn killing_the_token_holder_lets_the_others_proceed() {
     };
     assert!(status.success());
     assert_eq!(rig.read_export(), 1);
-    let (ok, text, _) = tests::run_with_timeout(
-        command(&bin_path("cluster")).args([
-            "lease",
-            "status",
-            "--node",
-            &rig.dir.path().join("n1").display().to_string(),
-        ]),
-        Duration::from_secs(20),
-    );
-    assert!(ok.success());
+    let text = rig.status(1);
     assert!(text.contains("child 2: NOT ANSWERING") && text.contains("regenerated 1"), "{text}");
     // The old holder still believes it holds the lock; its write carries the old fencing
     // number, and the server refuses it: the new holder's data stands.
