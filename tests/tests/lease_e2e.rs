@@ -22,16 +22,7 @@ impl LeaseRig {
             std::fs::create_dir(p(d)).unwrap();
         }
         let server = ServerProc::start(&p("export"), &p("state"), "127.0.0.1:0", &["--no-root-squash"]);
-        let n1 = p("n1").display().to_string();
-        let parent = format!("1@{n1}");
-        let mut nodes = vec![ClusterProc::start(&["node", "--id", "1", "--listen", &n1], "node 1 listening")];
-        for i in 2..=3 {
-            let listen = p(&format!("n{i}")).display().to_string();
-            nodes.push(ClusterProc::start(
-                &["node", "--id", &i.to_string(), "--listen", &listen, "--parent", &parent],
-                "node ",
-            ));
-        }
+        let nodes = (1..=3).map(|i| Self::node(dir.path(), i)).collect();
         let mounts = (1..=3)
             .map(|i| {
                 let opts = format!("leases={}", p(&format!("n{i}")).display());
@@ -39,6 +30,18 @@ impl LeaseRig {
             })
             .collect();
         LeaseRig { mounts, nodes, _server: server, dir }
+    }
+
+    /// Node `i` (1 is the root, the parent of 2 and 3), listening on `DIR/n<i>`.
+    fn node(dir: &std::path::Path, i: usize) -> ClusterProc {
+        let listen = dir.join(format!("n{i}")).display().to_string();
+        let parent = dir.join("n1").display().to_string();
+        let id = i.to_string();
+        let mut args = vec!["node", "--id", &id, "--listen", &listen];
+        if i > 1 {
+            args.extend(["--parent", &parent]);
+        }
+        ClusterProc::start(&args, "node ")
     }
 
     /// `cluster lease status` of node `i`.
@@ -141,6 +144,34 @@ fn killing_the_token_holder_lets_the_others_proceed() {
     assert_eq!(rig.read_export(), 1, "the stale holder's write did not land");
     let _ = holder.kill();
     let _ = holder.wait();
+}
+
+/// A node restarted at once (before its parent could notice it die) has lost the token
+/// it held: the parent sees the new incarnation, makes a new token, and the others
+/// proceed; the restarted node serves its mount again.
+#[test]
+fn a_node_restarted_while_holding_the_token_does_not_lose_it() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let mut rig = LeaseRig::new();
+    rig.count(5, "flock"); // the token now lies somewhere below the root
+    let counter = rig.counter(1);
+    let (st, _, err) = tests::run_with_timeout(
+        command(&bin_path("lock-counter")).args([&counter, "1", "flock"]),
+        Duration::from_secs(30),
+    );
+    assert!(st.success(), "{err}");
+    // The token is at node 2 (its mount took the lock last). Restart node 2 at once.
+    rig.nodes[1].kill();
+    rig.nodes[1] = LeaseRig::node(rig.dir.path(), 2);
+    for m in [2, 1, 0] {
+        let (st, _, err) = tests::run_with_timeout(
+            command(&bin_path("lock-counter")).args([&rig.counter(m), "3", "flock"]),
+            Duration::from_secs(60),
+        );
+        assert!(st.success(), "mount {m}: {err}");
+    }
+    assert_eq!(rig.read_export(), 15 + 1 + 9);
+    assert!(rig.status(1).contains("regenerated 1"));
 }
 
 #[test]

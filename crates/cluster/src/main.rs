@@ -122,13 +122,13 @@ enum Cmd {
         /// HOST:PORT or a path (ipc://).
         #[arg(long, value_name = "ADDR")]
         listen: String,
-        /// The parent's address, as ID@ADDR (for example 1@127.0.0.1:7001).
-        #[arg(long, value_name = "ID@ADDR")]
+        /// The parent's address (its id is learnt from it), or ID@ADDR.
+        #[arg(long, value_name = "ADDR")]
         parent: Option<String>,
         #[arg(long, default_value_t = 250)]
         heartbeat_ms: u64,
         /// A neighbour or client silent this long (milliseconds) is dead.
-        #[arg(long, default_value_t = 1500)]
+        #[arg(long, default_value_t = 3000)]
         liveness_ms: u64,
     },
     /// Leases: `cluster lease status --node ADDR`.
@@ -269,14 +269,20 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "--liveness-ms must exceed --heartbeat-ms > 0"
             );
             let parent = match parent {
-                Some(p) => {
-                    let (pid, addr) =
-                        p.split_once('@').ok_or_else(|| anyhow::anyhow!("--parent {p:?}: want ID@ADDR"))?;
-                    let pid: u32 =
-                        pid.parse().map_err(|_| anyhow::anyhow!("--parent {p:?}: the id is not a number"))?;
-                    anyhow::ensure!(pid != id, "--parent: a node cannot be its own parent");
-                    Some((pid, addr.to_string()))
-                }
+                Some(p) => match p.split_once('@') {
+                    Some((pid, addr)) => {
+                        let pid: u32 = pid
+                            .parse()
+                            .map_err(|_| anyhow::anyhow!("--parent {p:?}: the id before @ is not a number"))?;
+                        anyhow::ensure!(pid != id, "--parent: a node cannot be its own parent");
+                        node::endpoint(addr)?;
+                        Some((Some(pid), addr.to_string()))
+                    }
+                    None => {
+                        node::endpoint(&p)?;
+                        Some((None, p))
+                    }
+                },
                 None => None,
             };
             let cfg = node::NodeConfig {

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 /// Everything that crosses a node's sockets (bincode, through [`encode`]/[`decode`]).
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub enum Wire {
+    /// `boot` is random per process start: a child that restarted lost its state.
     Peer {
         from: NodeId,
+        boot: u64,
         lamport: u64,
         vector: Vec<(NodeId, u64)>,
         body: PeerBody,
@@ -101,13 +103,16 @@ pub fn endpoint(addr: &str) -> anyhow::Result<String> {
 pub struct NodeConfig {
     pub id: NodeId,
     pub listen: String,
-    pub parent: Option<(NodeId, String)>,
+    /// The parent's address, and its id if known (else it is learnt from the parent's
+    /// first message).
+    pub parent: Option<(Option<NodeId>, String)>,
     pub heartbeat: Duration,
     pub liveness: Duration,
 }
 
 struct Neighbour {
     route: Vec<u8>,
+    boot: u64,
     last_seen: Instant,
     alive: bool,
 }
@@ -130,6 +135,9 @@ pub struct Counters {
 
 pub struct Node {
     cfg: NodeConfig,
+    boot: u64,
+    /// The parent's id and address, once known.
+    parent: Option<(NodeId, String)>,
     router: zmq::Socket,
     up: Option<zmq::Socket>,
     parent_seen: Instant,
@@ -152,18 +160,28 @@ impl Node {
                 anyhow::bail!("cannot listen on {ep}: another process is listening there");
             }
         }
+        // A child that restarts reconnects under the same identity and takes its route over.
+        router.set_router_handover(true)?;
+        let boot = util::random_u64();
         router.bind(&ep).map_err(|e| sock_err("listen on", &ep, e))?;
-        let up = match &cfg.parent {
-            Some((_, addr)) => {
+        let (up, parent) = match &cfg.parent {
+            Some((pid, addr)) => {
                 let ep = endpoint(addr)?;
                 let s = util::socket(ctx, zmq::DEALER)?;
                 s.set_identity(format!("n{}", cfg.id).as_bytes())?;
                 s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
-                Some(s)
+                let pid = match pid {
+                    Some(p) => *p,
+                    None => learn_parent_id(&s, &cfg, boot)?,
+                };
+                anyhow::ensure!(pid != cfg.id, "the parent at {addr} has our own id {pid}");
+                (Some(s), Some((pid, addr.clone())))
             }
-            None => None,
+            None => (None, None),
         };
         Ok(Node {
+            boot,
+            parent,
             vector: VectorClock::new(cfg.id),
             cfg,
             router,
@@ -180,7 +198,7 @@ impl Node {
     }
 
     fn parent_id(&self) -> Option<NodeId> {
-        self.cfg.parent.as_ref().map(|p| p.0)
+        self.parent.as_ref().map(|p| p.0)
     }
 
     /// Serves until the stop flag is set.
@@ -219,8 +237,8 @@ impl Node {
                         self.parent_alive = true;
                     }
                     match decode(&body) {
-                        Ok(Wire::Peer { from, lamport, vector, body }) => {
-                            self.on_peer(from, lamport, vector, body, None)?
+                        Ok(Wire::Peer { from, boot, lamport, vector, body }) => {
+                            self.on_peer(from, boot, lamport, vector, body, None)?
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!("malformed message from the parent dropped: {e}"),
@@ -241,7 +259,9 @@ impl Node {
         };
         let now = Instant::now();
         match msg {
-            Wire::Peer { from, lamport, vector, body } => self.on_peer(from, lamport, vector, body, Some(route))?,
+            Wire::Peer { from, boot, lamport, vector, body } => {
+                self.on_peer(from, boot, lamport, vector, body, Some(route))?
+            }
             Wire::Acquire { key, wait } => {
                 self.clients.insert(route.to_vec(), now);
                 self.acquire(route, key, wait)?;
@@ -266,6 +286,7 @@ impl Node {
     fn on_peer(
         &mut self,
         from: NodeId,
+        boot: u64,
         lamport: u64,
         vector: Vec<(NodeId, u64)>,
         body: PeerBody,
@@ -278,10 +299,17 @@ impl Node {
                 tracing::warn!(from, "our parent wrote to our listening socket; dropped");
                 return Ok(());
             }
+            if self.children.get(&from).is_some_and(|n| n.boot != boot && n.alive) {
+                // It restarted before we noticed it die: its tokens are gone with its state.
+                tracing::warn!(child = from, "child restarted");
+                self.counters.dead_neighbours += 1;
+                self.neighbour_died(from, true)?;
+            }
             let n = self.children.entry(from).or_insert_with(|| {
                 tracing::info!(child = from, "child connected");
-                Neighbour { route: route.to_vec(), last_seen: Instant::now(), alive: true }
+                Neighbour { route: route.to_vec(), boot, last_seen: Instant::now(), alive: true }
             });
+            n.boot = boot;
             n.route = route.to_vec();
             n.last_seen = Instant::now();
             if !n.alive {
@@ -380,7 +408,7 @@ impl Node {
     fn stamp(&mut self, body: PeerBody) -> Wire {
         let lamport = self.lamport.tick();
         let vector = self.vector.send().0.into_iter().collect();
-        Wire::Peer { from: self.cfg.id, lamport, vector, body }
+        Wire::Peer { from: self.cfg.id, boot: self.boot, lamport, vector, body }
     }
 
     fn to_node(&self, to: NodeId, w: &Wire) {
@@ -460,7 +488,7 @@ impl Node {
     pub fn status(&self) -> String {
         let mut s =
             format!("node {} (Lamport {}, vector {:?})\n", self.cfg.id, self.lamport.now(), self.vector.now().0);
-        match &self.cfg.parent {
+        match &self.parent {
             Some((p, addr)) => {
                 s += &format!("parent {p} at {addr}: {}\n", if self.parent_alive { "alive" } else { "NOT ANSWERING" })
             }
@@ -499,6 +527,27 @@ impl Node {
     }
 }
 
+/// Beats to the parent until it answers; its answer names it. Waits as long as it takes
+/// (the parent may start later), saying so every few seconds, until stopped.
+fn learn_parent_id(up: &zmq::Socket, cfg: &NodeConfig, boot: u64) -> anyhow::Result<NodeId> {
+    let beat = encode(&Wire::Peer { from: cfg.id, boot, lamport: 0, vector: Vec::new(), body: PeerBody::Beat });
+    let started = Instant::now();
+    let mut said = Instant::now();
+    while !util::stopping() {
+        let _ = up.send(&beat, zmq::DONTWAIT);
+        if up.poll(zmq::POLLIN, cfg.heartbeat.as_millis() as i64).unwrap_or(0) > 0 {
+            if let Ok(Wire::Peer { from, .. }) = decode(&up.recv_bytes(0)?) {
+                return Ok(from);
+            }
+        }
+        if said.elapsed() > Duration::from_secs(5) {
+            said = Instant::now();
+            tracing::warn!(waited = ?started.elapsed(), "waiting for the parent to answer");
+        }
+    }
+    anyhow::bail!("stopped while waiting for the parent")
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -511,6 +560,7 @@ mod tests {
     fn wire_round_trips_and_refuses_garbage() {
         let w = Wire::Peer {
             from: 3,
+            boot: 1,
             lamport: 9,
             vector: vec![(1, 2)],
             body: PeerBody::Token { key: b"k".to_vec(), msg: Message::Privilege { fence: 5 } },
