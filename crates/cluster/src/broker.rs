@@ -111,10 +111,10 @@ impl Broker {
             let (src_in, res_in, work_in) = (items[0].is_readable(), items[1].is_readable(), items[2].is_readable());
             let now = Instant::now();
             if res_in {
-                self.drain_results(now)?;
+                self.serve_requests(Req::Results, now, Self::on_result)?;
             }
             if src_in {
-                self.drain_sources()?;
+                self.serve_requests(Req::Sources, now, Self::on_source)?;
             }
             if work_in && self.cfg.dispatch == Dispatch::Credit {
                 self.drain_workers(now)?;
@@ -158,61 +158,65 @@ impl Broker {
         Ok(())
     }
 
-    /// Source requests: [identity, "", body] from a REQ socket.
-    fn drain_sources(&mut self) -> anyhow::Result<()> {
+    /// Requests from REQ sockets (sources, or workers' results): [identity, "", body].
+    /// Every request gets exactly one reply, an error for a malformed one, so the sender's
+    /// REQ socket is never left waiting.
+    fn serve_requests(&mut self, which: Req, now: Instant, handle: Handler) -> anyhow::Result<()> {
         for _ in 0..256 {
-            let Some(parts) = recv(&self.src)? else { break };
+            let Some(parts) = recv(self.req_socket(which))? else { break };
             let Some((route, body)) = envelope(&parts) else {
-                tracing::warn!("dropping a source message without a REQ envelope");
+                tracing::warn!("dropping a {} message without a REQ envelope", which.name());
                 continue;
             };
             let reply = match Msg::decode(body) {
-                Ok(Msg::Submit { source, seq, job, batch, values }) => {
-                    let item = crate::dispatch::Item { job, batch, values };
-                    let numbers = Msg::Numbers { job, batch, values: item.values.clone() };
-                    if let Submitted::Queued(_) = self.d.submit(source, seq, item) {
-                        self.publish(&numbers)?;
-                    }
-                    Msg::Ack { seq }
-                }
-                Ok(Msg::Ping { seq, nonce, .. }) => {
-                    self.publish(&Msg::Hello { nonce })?;
-                    Msg::Ack { seq }
-                }
-                Ok(other) => bad(format!("a source cannot send {}", kind(&other))),
-                Err(e) => bad(format!("malformed source message: {e}")),
+                Ok(m) => handle(self, m, now)?,
+                Err(e) => bad(format!("malformed {} message: {e}", which.name())),
             };
-            send_reply(&self.src, route, &reply);
+            send_reply(self.req_socket(which), route, &reply);
         }
         Ok(())
     }
 
-    /// Worker results: [identity, "", body] from a REQ socket.
-    fn drain_results(&mut self, now: Instant) -> anyhow::Result<()> {
-        for _ in 0..256 {
-            let Some(parts) = recv(&self.res)? else { break };
-            let Some((route, body)) = envelope(&parts) else {
-                tracing::warn!("dropping a result message without a REQ envelope");
-                continue;
-            };
-            let reply = match Msg::decode(body) {
-                Ok(Msg::Result { worker, work, primes }) => {
-                    if let Some(done) = self.d.result(worker, work, now) {
-                        let (job, batch) = (done.item.job, done.item.batch);
-                        if !primes.is_empty() {
-                            self.publish(&Msg::Primes { job, batch, primes })?;
-                        }
-                        let count = done.item.values.len() as u32;
-                        self.publish(&Msg::Done { job, batch, count, worker })?;
-                    }
-                    Msg::Taken { work }
-                }
-                Ok(other) => bad(format!("a worker cannot send {} as a result", kind(&other))),
-                Err(e) => bad(format!("malformed result message: {e}")),
-            };
-            send_reply(&self.res, route, &reply);
+    fn req_socket(&self, which: Req) -> &zmq::Socket {
+        match which {
+            Req::Sources => &self.src,
+            Req::Results => &self.res,
         }
-        Ok(())
+    }
+
+    fn on_source(&mut self, m: Msg, _now: Instant) -> anyhow::Result<Msg> {
+        Ok(match m {
+            Msg::Submit { source, seq, job, batch, values } => {
+                let item = crate::dispatch::Item { job, batch, values };
+                let numbers = Msg::Numbers { job, batch, values: item.values.clone() };
+                if let Submitted::Queued(_) = self.d.submit(source, seq, item) {
+                    self.publish(&numbers)?;
+                }
+                Msg::Ack { seq }
+            }
+            Msg::Ping { seq, nonce, .. } => {
+                self.publish(&Msg::Hello { nonce })?;
+                Msg::Ack { seq }
+            }
+            other => bad(format!("a source cannot send {}", kind(&other))),
+        })
+    }
+
+    fn on_result(&mut self, m: Msg, now: Instant) -> anyhow::Result<Msg> {
+        Ok(match m {
+            Msg::Result { worker, work, primes } => {
+                if let Some(done) = self.d.result(worker, work, now) {
+                    let (job, batch) = (done.item.job, done.item.batch);
+                    if !primes.is_empty() {
+                        self.publish(&Msg::Primes { job, batch, primes })?;
+                    }
+                    let count = done.item.values.len() as u32;
+                    self.publish(&Msg::Done { job, batch, count, worker })?;
+                }
+                Msg::Taken { work }
+            }
+            other => bad(format!("a worker cannot send {} as a result", kind(&other))),
+        })
     }
 
     /// Worker control over the credit ROUTER: [identity, body] from a DEALER.
@@ -257,6 +261,23 @@ impl Broker {
         Ok(())
     }
 }
+
+#[derive(Clone, Copy)]
+enum Req {
+    Sources,
+    Results,
+}
+
+impl Req {
+    fn name(self) -> &'static str {
+        match self {
+            Req::Sources => "source",
+            Req::Results => "result",
+        }
+    }
+}
+
+type Handler = fn(&mut Broker, Msg, Instant) -> anyhow::Result<Msg>;
 
 fn bad(reason: String) -> Msg {
     tracing::warn!("{reason}");
