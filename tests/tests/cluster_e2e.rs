@@ -321,3 +321,55 @@ fn cluster_up_runs_a_job_and_tears_down() {
     assert!(!tests::is_mounted(&mnt), "unmounted");
     assert_eq!(std::fs::read_to_string(dir.path().join("export/spool/out/first.primes")).unwrap(), want);
 }
+
+/// Lazy Pirate from the broker's side: a source whose acknowledgement was lost resends
+/// the same request (same source and seq) on a new socket; the broker acknowledges it
+/// again but queues and publishes it once, so downstream sees each number once.
+#[test]
+fn a_resent_request_is_acknowledged_again_but_done_once() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let p = Pipeline::new(1, &[], &[]);
+    let ctx = zmq::Context::new();
+    let addr = BrokerAddr::parse(&p.addr).unwrap();
+    let job = cluster::util::random_u64();
+    let sub = cluster::sink::subscribe(
+        &ctx,
+        &addr,
+        &[
+            &cluster::wire::job_prefix(b'n', job),
+            &cluster::wire::job_prefix(b'd', job),
+            &cluster::wire::job_prefix(b'h', job),
+        ],
+    )
+    .unwrap();
+    let mut src = cluster::source::Source::connect(&ctx, &addr).unwrap();
+    loop {
+        src.ping(job).unwrap();
+        if sub.poll(zmq::POLLIN, 20).unwrap() > 0
+            && Msg::decode(&sub.recv_bytes(0).unwrap()) == Ok(Msg::Hello { nonce: job })
+        {
+            break;
+        }
+    }
+    let request = Msg::Submit { source: 42, seq: 1, job, batch: 0, values: vec![7, 8, 9].into() }.encode();
+    for _ in 0..3 {
+        // A fresh REQ socket each time, as Lazy Pirate does after a timeout.
+        let s = ctx.socket(zmq::REQ).unwrap();
+        s.connect(&addr.endpoint(cluster::endpoint::Role::Sources)).unwrap();
+        s.send(&request[..], 0).unwrap();
+        assert!(s.poll(zmq::POLLIN, 5000).unwrap() > 0);
+        assert_eq!(Msg::decode(&s.recv_bytes(0).unwrap()), Ok(Msg::Ack { seq: 1 }));
+    }
+    let (mut numbers, mut done) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        if sub.poll(zmq::POLLIN, 50).unwrap() > 0 {
+            match Msg::decode(&sub.recv_bytes(0).unwrap()).unwrap() {
+                Msg::Numbers { .. } => numbers += 1,
+                Msg::Done { count, .. } => done += count,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!((numbers, done), (1, 3), "published once, tested once");
+}
