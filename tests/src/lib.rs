@@ -87,12 +87,14 @@ impl ServerProc {
                 panic!("fs-server did not start: first line {line:?}");
             }
         };
+        SERVERS.lock().unwrap().push(child.id());
         ServerProc { child: Some(child), addr, export: export.into(), state: state.into() }
     }
 
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            SERVERS.lock().unwrap().retain(|&p| p != c.id());
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -101,6 +103,7 @@ impl ServerProc {
     /// SIGTERM and wait: a clean shutdown.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
+        SERVERS.lock().unwrap().retain(|&p| p != c.id());
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         c.wait().expect("wait")
@@ -278,6 +281,11 @@ pub fn run_job(addr: &str, values: &[i64], batch: usize, linger: Duration, mut p
     c.primes.sort_unstable();
     c
 }
+
+/// fs-server processes of this test process, for the watchdog: the server changes its
+/// file-system uid per request, which clears the parent-death signal (prctl(2)), so an
+/// aborted test would otherwise leave it running.
+static SERVERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
 /// Mount points of this test process, for the watchdog's last-resort cleanup.
 static MOUNTED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
@@ -551,6 +559,10 @@ impl Watchdog {
                 // so no stale mount is left to block whoever touches it.
                 for m in MOUNTED.lock().map(|m| m.clone()).unwrap_or_default() {
                     lazy_unmount(&m);
+                }
+                for pid in SERVERS.lock().map(|s| s.clone()).unwrap_or_default() {
+                    // SAFETY: plain kill(2) of a child we started.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 }
                 std::process::abort();
             }

@@ -174,6 +174,39 @@ fn a_node_restarted_while_holding_the_token_does_not_lose_it() {
     assert!(rig.status(1).contains("regenerated 1"));
 }
 
+/// A process killed while it waits for a lock dies at once (its wait is abandoned), and
+/// the holder killed while it holds one gives the lease back at its close: neither leaves
+/// the lock stuck, and a later process on the waiter's mount gets it.
+#[test]
+fn processes_killed_waiting_or_holding_do_not_keep_the_lock() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = LeaseRig::new();
+    std::fs::write(rig.mounts[0].path("counter"), format!("{:020}\n", 0)).unwrap();
+    let mut holder = command(&bin_path("lock-counter"))
+        .args([&rig.counter(0), "1", "flock", "--hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(tests::first_line(&mut holder, Duration::from_secs(30)).as_deref(), Some("locked"));
+    let mut waiter = command(&bin_path("lock-counter")).args([&rig.counter(1), "1", "flock"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(waiter.try_wait().unwrap().is_none(), "waiting");
+    // Killed while it waits: it must die now, not when the lock comes.
+    let _ = waiter.kill();
+    let t = Instant::now();
+    let _ = waiter.wait();
+    assert!(t.elapsed() < Duration::from_secs(10), "a killed waiter died at once");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let (st, _, err) = tests::run_with_timeout(
+        command(&bin_path("lock-counter")).args([&rig.counter(1), "2", "flock"]),
+        Duration::from_secs(60),
+    );
+    assert!(st.success(), "{err}");
+    assert_eq!(rig.read_export(), 2);
+}
+
 #[test]
 fn a_bad_lease_node_address_fails_the_mount_with_one_line() {
     let _w = Watchdog::new(Duration::from_secs(60));

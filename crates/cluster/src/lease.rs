@@ -89,10 +89,23 @@ impl LeaseClient {
     /// Takes the lease on `key`: waits for it (`wait`), or answers at once. Returns the
     /// grant's fencing number, or None if busy (a try) or the client thread is gone.
     pub fn acquire(&self, key: &[u8], wait: bool) -> Option<Fence> {
+        self.acquire_unless(key, wait, || false)
+    }
+
+    /// As [`LeaseClient::acquire`], but gives up (None) as soon as `cancelled()` says so
+    /// (checked every 100 ms); a grant that comes later is given straight back.
+    pub fn acquire_unless(&self, key: &[u8], wait: bool, cancelled: impl Fn() -> bool) -> Option<Fence> {
         let (reply, rx) = mpsc::channel();
         self.tx.send(Cmd::Acquire { key: key.to_vec(), wait, reply }).ok()?;
         self.wake.ring();
-        rx.recv().ok().flatten()
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(f) => return f,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) if cancelled() => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
     }
 
     pub fn release(&self, key: &[u8]) {
@@ -146,10 +159,9 @@ fn serve(s: zmq::Socket, rx: mpsc::Receiver<Cmd>, wake: &Wake) {
         while let Ok(b) = s.recv_bytes(zmq::DONTWAIT) {
             match decode(&b) {
                 Ok(Wire::Granted { key, fence }) => {
-                    if let Some(w) = acquiring.get_mut(&key).filter(|w| !w.is_empty()) {
-                        let _ = w.remove(0).send(Some(fence));
-                    } else {
-                        // Nobody waits for it any more: give it back.
+                    let waiter = acquiring.get_mut(&key).filter(|w| !w.is_empty()).map(|w| w.remove(0));
+                    // Nobody waits for it any more (gone, or gave up): give it back.
+                    if waiter.is_none_or(|w| w.send(Some(fence)).is_err()) {
                         let _ = s.send(encode(&Wire::Release { key }), 0);
                     }
                 }

@@ -39,7 +39,10 @@ impl Fs {
     fn unlock_after_flush(&self, ino: u64, owner: u64) -> impl Future<Output = Result<(), Errno>> + Send + 'static {
         let (cl, locks) = (self.client.clone(), self.locks.clone());
         async move {
-            let Some(locks) = locks.filter(|l| l.holds(ino, owner)) else { return cl.flush(ino).await };
+            // (An owner still waiting for the lock abandons the wait: see Locks::unlock.)
+            let Some(locks) = locks.filter(|l| l.holds(ino, owner) || l.asking(ino, owner)) else {
+                return cl.flush(ino).await;
+            };
             let flushed = cl.flush(ino).await;
             let key = cl.lease_key(ino)?;
             cl.lock_released(ino);
@@ -437,7 +440,7 @@ impl Filesystem for Fs {
         _start: u64,
         _end: u64,
         typ: i32,
-        _pid: u32,
+        pid: u32,
         sleep: bool,
         reply: ReplyEmpty,
     ) {
@@ -450,7 +453,8 @@ impl Filesystem for Fs {
         let (cl, notifier) = (self.client.clone(), self.notifier.clone());
         let work = async move {
             let key = cl.lease_key(ino)?;
-            let fence = tokio::task::spawn_blocking(move || locks.lock(ino, &key, owner, sleep))
+            let interrupted = move || crate::locks::signal_pending(pid);
+            let fence = tokio::task::spawn_blocking(move || locks.lock(ino, &key, owner, sleep, interrupted))
                 .await
                 .map_err(|_| Errno::EIO)??;
             // The last holder's writes are on the server; drop what we and the kernel

@@ -18,17 +18,25 @@ use cluster::lease::LeaseClient;
 use fs_proto::Errno;
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Held {
-    owner: u64,
-    fence: u64,
+enum State {
+    /// `owner` asked the node and waits. `abandoned`: its process closed the file (or
+    /// died) meanwhile, so the lease is given back the moment it comes.
+    Asking {
+        owner: u64,
+        abandoned: bool,
+    },
+    Held {
+        owner: u64,
+        fence: u64,
+    },
 }
 
 pub struct Locks {
     lease: LeaseClient,
-    /// ino -> the owner holding its lock here (None while the lease is being asked for).
-    table: Mutex<HashMap<u64, Option<Held>>>,
+    table: Mutex<HashMap<u64, State>>,
     changed: Condvar,
 }
 
@@ -38,60 +46,99 @@ impl Locks {
     }
 
     /// Takes the lock on `ino` (lease `key`) for `owner`; waits if `wait`, else EAGAIN
-    /// when someone else holds it. Returns the grant's fencing number.
-    pub fn lock(&self, ino: u64, key: &[u8], owner: u64, wait: bool) -> Result<u64, Errno> {
+    /// when someone else holds it. Returns the grant's fencing number. A wait ends with
+    /// EINTR as soon as `interrupted()` says the caller got a signal (checked every 100
+    /// ms: fuser does not pass the kernel's INTERRUPT on, and without an answer the
+    /// caller could not even be killed).
+    pub fn lock(
+        &self,
+        ino: u64,
+        key: &[u8],
+        owner: u64,
+        wait: bool,
+        interrupted: impl Fn() -> bool,
+    ) -> Result<u64, Errno> {
         let mut t = self.table.lock().unwrap();
         loop {
             match t.get(&ino) {
-                Some(Some(h)) if h.owner == owner => return Ok(h.fence), // already ours
+                Some(State::Held { owner: o, fence }) if *o == owner => return Ok(*fence), // already ours
                 Some(_) if !wait => return Err(Errno::EAGAIN),
-                Some(_) => t = self.changed.wait(t).unwrap(),
+                Some(_) if interrupted() => return Err(Errno::EINTR),
+                Some(_) => t = self.changed.wait_timeout(t, Duration::from_millis(100)).unwrap().0,
                 None => break,
             }
         }
         // Reserve the file here while we ask the node (other local owners wait).
-        t.insert(ino, None);
+        t.insert(ino, State::Asking { owner, abandoned: false });
         drop(t);
-        let granted = self.lease.acquire(key, wait);
+        let abandoned = || matches!(self.table.lock().unwrap().get(&ino), Some(State::Asking { abandoned: true, .. }));
+        let granted = self.lease.acquire_unless(key, wait, || interrupted() || abandoned());
+        let gave_up = abandoned();
         let mut t = self.table.lock().unwrap();
-        match granted {
-            Some(fence) => {
-                t.insert(ino, Some(Held { owner, fence }));
-                Ok(fence)
+        let result = match granted {
+            Some(fence) if !gave_up => {
+                t.insert(ino, State::Held { owner, fence });
+                return Ok(fence);
             }
-            None => {
-                t.remove(&ino);
-                self.changed.notify_all();
-                Err(if wait { Errno::EIO } else { Errno::EAGAIN })
+            Some(_) => {
+                self.lease.release(key);
+                Err(Errno::EINTR)
             }
-        }
+            // (A grant that comes after we gave up is handed straight back.)
+            None if wait => Err(Errno::EINTR),
+            None => Err(Errno::EAGAIN),
+        };
+        t.remove(&ino);
+        self.changed.notify_all();
+        result
     }
 
     /// Whether `owner` holds the lock on `ino`.
     pub fn holds(&self, ino: u64, owner: u64) -> bool {
-        matches!(self.table.lock().unwrap().get(&ino), Some(Some(h)) if h.owner == owner)
+        matches!(self.table.lock().unwrap().get(&ino), Some(State::Held { owner: o, .. }) if *o == owner)
     }
 
     /// Another owner holding the lock on `ino`, if any.
     pub fn other_holder(&self, ino: u64, owner: u64) -> bool {
-        matches!(self.table.lock().unwrap().get(&ino), Some(Some(h)) if h.owner != owner)
+        matches!(self.table.lock().unwrap().get(&ino), Some(State::Held { owner: o, .. }) if *o != owner)
     }
 
-    /// The fencing number of the lock held on `ino`, if any.
-    pub fn fence(&self, ino: u64) -> Option<u64> {
-        self.table.lock().unwrap().get(&ino).copied().flatten().map(|h| h.fence)
-    }
-
-    /// Gives the lock back if `owner` holds it; the lease passes on. The caller has
-    /// flushed the file's data first.
+    /// Gives the lock back if `owner` holds it (the lease passes on; the caller has
+    /// flushed the file's data first). If `owner` is still waiting for it, the wait is
+    /// abandoned: its process closed the file, so the lease goes back when it comes.
     pub fn unlock(&self, ino: u64, key: &[u8], owner: u64) -> bool {
         let mut t = self.table.lock().unwrap();
-        if !matches!(t.get(&ino), Some(Some(h)) if h.owner == owner) {
-            return false;
+        match t.get_mut(&ino) {
+            Some(State::Held { owner: o, .. }) if *o == owner => {
+                t.remove(&ino);
+                self.lease.release(key);
+                self.changed.notify_all();
+                true
+            }
+            Some(State::Asking { owner: o, abandoned }) if *o == owner => {
+                *abandoned = true;
+                false
+            }
+            _ => false,
         }
-        t.remove(&ino);
-        self.lease.release(key);
-        self.changed.notify_all();
-        true
     }
+
+    /// Whether `owner` waits for the lock on `ino`.
+    pub fn asking(&self, ino: u64, owner: u64) -> bool {
+        matches!(self.table.lock().unwrap().get(&ino), Some(State::Asking { owner: o, .. }) if *o == owner)
+    }
+}
+
+/// Whether process `pid` has a signal pending that it does not block (read from
+/// `/proc/PID/status`); a process that is gone counts as signalled.
+pub fn signal_pending(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (field("SigPnd:") | field("ShdPnd:")) & !field("SigBlk:") != 0
 }
