@@ -36,17 +36,24 @@ impl Fs {
     }
 
     /// After the data of `ino` was flushed: gives back the lock `owner` holds on it.
-    fn unlock_after_flush(&self, ino: u64, owner: u64) -> impl Future<Output = Result<(), Errno>> + Send + 'static {
+    /// `fh`: the open file a RELEASE concerns (a late RELEASE must not drop the lock the
+    /// next open file of the same owner took); None for an explicit unlock or a FLUSH.
+    fn unlock_after_flush(
+        &self,
+        ino: u64,
+        owner: u64,
+        fh: Option<u64>,
+    ) -> impl Future<Output = Result<(), Errno>> + Send + 'static {
         let (cl, locks) = (self.client.clone(), self.locks.clone());
         async move {
             // (An owner still waiting for the lock abandons the wait: see Locks::unlock.)
-            let Some(locks) = locks.filter(|l| l.holds(ino, owner) || l.asking(ino, owner)) else {
+            let Some(locks) = locks.filter(|l| l.involves(ino, owner, fh)) else {
                 return cl.flush(ino).await;
             };
             let flushed = cl.flush(ino).await;
             let key = cl.lease_key(ino)?;
             cl.lock_released(ino);
-            locks.unlock(ino, &key, owner);
+            locks.unlock(ino, &key, owner, fh);
             flushed
         }
     }
@@ -381,7 +388,7 @@ impl Filesystem for Fs {
     /// Every close: the data goes to the server, then (POSIX semantics) the closing
     /// process's locks on the file are released.
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
-        let work = self.unlock_after_flush(ino.0, lock_owner.0);
+        let work = self.unlock_after_flush(ino.0, lock_owner.0, None);
         self.spawn(reply, work, |r, ()| r.ok());
     }
 
@@ -396,7 +403,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         // The last close of an open file: its flock, if any, goes (lock_owner is set).
-        let unlock = lock_owner.map(|o| self.unlock_after_flush(ino.0, o.0));
+        let unlock = lock_owner.map(|o| self.unlock_after_flush(ino.0, o.0, Some(fh.0)));
         let cl = self.client.clone();
         let work = async move {
             if let Some(u) = unlock {
@@ -435,7 +442,7 @@ impl Filesystem for Fs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         _start: u64,
         _end: u64,
@@ -445,16 +452,16 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let Some(locks) = self.locks.clone() else { return reply.error(fuser::Errno::ENOSYS) };
-        let (ino, owner) = (ino.0, lock_owner.0);
+        let (ino, owner, fh) = (ino.0, lock_owner.0, fh.0);
         if typ == libc::F_UNLCK {
-            let work = self.unlock_after_flush(ino, owner);
+            let work = self.unlock_after_flush(ino, owner, None);
             return self.spawn(reply, work, |r, ()| r.ok());
         }
         let (cl, notifier) = (self.client.clone(), self.notifier.clone());
         let work = async move {
             let key = cl.lease_key(ino)?;
             let interrupted = move || crate::locks::signal_pending(pid);
-            let fence = tokio::task::spawn_blocking(move || locks.lock(ino, &key, owner, sleep, interrupted))
+            let fence = tokio::task::spawn_blocking(move || locks.lock(ino, &key, owner, fh, sleep, interrupted))
                 .await
                 .map_err(|_| Errno::EIO)??;
             // The last holder's writes are on the server; drop what we and the kernel

@@ -20,18 +20,35 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+/// A lock here: its owner (the kernel's lock owner: a process's POSIX locks, or one open
+/// file's flock) and the open file (`fh`) it was taken through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// `owner` asked the node and waits. `abandoned`: its process closed the file (or
-    /// died) meanwhile, so the lease is given back the moment it comes.
+    /// Asked the node and waits. `abandoned`: its process closed the file (or died)
+    /// meanwhile, so the lease is given back the moment it comes.
     Asking {
         owner: u64,
+        fh: u64,
         abandoned: bool,
     },
     Held {
         owner: u64,
+        fh: u64,
         fence: u64,
     },
+}
+
+impl State {
+    /// Whether a release by `owner` (through open file `fh`, when given) concerns this
+    /// lock. The kernel sends a closed file's RELEASE late, and the next open file may
+    /// have the same owner value (a reused address): matching the open file as well
+    /// keeps a late RELEASE from dropping the next file's lock.
+    fn concerns(&self, owner: u64, fh: Option<u64>) -> bool {
+        let (o, f) = match *self {
+            State::Asking { owner, fh, .. } | State::Held { owner, fh, .. } => (owner, fh),
+        };
+        o == owner && fh.is_none_or(|x| x == f)
+    }
 }
 
 pub struct Locks {
@@ -45,23 +62,24 @@ impl Locks {
         Locks { lease, table: Mutex::new(HashMap::new()), changed: Condvar::new() }
     }
 
-    /// Takes the lock on `ino` (lease `key`) for `owner`; waits if `wait`, else EAGAIN
-    /// when someone else holds it. Returns the grant's fencing number. A wait ends with
-    /// EINTR as soon as `interrupted()` says the caller got a signal (checked every 100
-    /// ms: fuser does not pass the kernel's INTERRUPT on, and without an answer the
-    /// caller could not even be killed).
+    /// Takes the lock on `ino` (lease `key`) for `owner` through open file `fh`; waits if
+    /// `wait`, else EAGAIN when someone else holds it. Returns the grant's fencing
+    /// number. A wait ends with EINTR as soon as `interrupted()` says the caller got a
+    /// signal (checked every 100 ms: fuser does not pass the kernel's INTERRUPT on, and
+    /// without an answer the caller could not even be killed).
     pub fn lock(
         &self,
         ino: u64,
         key: &[u8],
         owner: u64,
+        fh: u64,
         wait: bool,
         interrupted: impl Fn() -> bool,
     ) -> Result<u64, Errno> {
         let mut t = self.table.lock().unwrap();
         loop {
             match t.get(&ino) {
-                Some(State::Held { owner: o, fence }) if *o == owner => return Ok(*fence), // already ours
+                Some(State::Held { owner: o, fence, .. }) if *o == owner => return Ok(*fence), // already ours
                 Some(_) if !wait => return Err(Errno::EAGAIN),
                 Some(_) if interrupted() => return Err(Errno::EINTR),
                 Some(_) => t = self.changed.wait_timeout(t, Duration::from_millis(100)).unwrap().0,
@@ -69,7 +87,7 @@ impl Locks {
             }
         }
         // Reserve the file here while we ask the node (other local owners wait).
-        t.insert(ino, State::Asking { owner, abandoned: false });
+        t.insert(ino, State::Asking { owner, fh, abandoned: false });
         drop(t);
         let abandoned = || matches!(self.table.lock().unwrap().get(&ino), Some(State::Asking { abandoned: true, .. }));
         let granted = self.lease.acquire_unless(key, wait, || interrupted() || abandoned());
@@ -77,7 +95,7 @@ impl Locks {
         let mut t = self.table.lock().unwrap();
         let result = match granted {
             Some(fence) if !gave_up => {
-                t.insert(ino, State::Held { owner, fence });
+                t.insert(ino, State::Held { owner, fh, fence });
                 return Ok(fence);
             }
             Some(_) => {
@@ -93,9 +111,9 @@ impl Locks {
         result
     }
 
-    /// Whether `owner` holds the lock on `ino`.
-    pub fn holds(&self, ino: u64, owner: u64) -> bool {
-        matches!(self.table.lock().unwrap().get(&ino), Some(State::Held { owner: o, .. }) if *o == owner)
+    /// Whether a release by `owner` (through `fh`, if given) concerns the lock on `ino`.
+    pub fn involves(&self, ino: u64, owner: u64, fh: Option<u64>) -> bool {
+        self.table.lock().unwrap().get(&ino).is_some_and(|st| st.concerns(owner, fh))
     }
 
     /// Another owner holding the lock on `ino`, if any.
@@ -103,29 +121,25 @@ impl Locks {
         matches!(self.table.lock().unwrap().get(&ino), Some(State::Held { owner: o, .. }) if *o != owner)
     }
 
-    /// Gives the lock back if `owner` holds it (the lease passes on; the caller has
-    /// flushed the file's data first). If `owner` is still waiting for it, the wait is
-    /// abandoned: its process closed the file, so the lease goes back when it comes.
-    pub fn unlock(&self, ino: u64, key: &[u8], owner: u64) -> bool {
+    /// Gives the lock back if it is `owner`'s (through `fh`, if given): the lease passes
+    /// on; the caller has flushed the file's data first. If it is still being asked for,
+    /// the wait is abandoned: its process closed the file, so the lease goes back when it
+    /// comes.
+    pub fn unlock(&self, ino: u64, key: &[u8], owner: u64, fh: Option<u64>) -> bool {
         let mut t = self.table.lock().unwrap();
-        match t.get_mut(&ino) {
-            Some(State::Held { owner: o, .. }) if *o == owner => {
+        let Some(st) = t.get_mut(&ino).filter(|st| st.concerns(owner, fh)) else { return false };
+        match st {
+            State::Held { .. } => {
                 t.remove(&ino);
                 self.lease.release(key);
                 self.changed.notify_all();
                 true
             }
-            Some(State::Asking { owner: o, abandoned }) if *o == owner => {
+            State::Asking { abandoned, .. } => {
                 *abandoned = true;
                 false
             }
-            _ => false,
         }
-    }
-
-    /// Whether `owner` waits for the lock on `ino`.
-    pub fn asking(&self, ino: u64, owner: u64) -> bool {
-        matches!(self.table.lock().unwrap().get(&ino), Some(State::Asking { owner: o, .. }) if *o == owner)
     }
 }
 
