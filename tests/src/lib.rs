@@ -241,15 +241,7 @@ pub fn run_job(addr: &str, values: &[i64], batch: usize, linger: Duration, mut p
     let refs: Vec<&[u8]> = prefixes.iter().map(|p| &p[..]).collect();
     let sub = cluster::sink::subscribe(&ctx, &addr, &refs).expect("subscribe");
     let mut src = cluster::source::Source::connect(&ctx, &addr).expect("source");
-    // Wait until the subscription is in place, so nothing published is missed.
-    loop {
-        src.ping(job).expect("ping");
-        if sub.poll(zmq::POLLIN, 20).expect("poll") > 0
-            && Msg::decode(&sub.recv_bytes(0).expect("recv")) == Ok(Msg::Hello { nonce: job })
-        {
-            break;
-        }
-    }
+    src.wait_subscribed(&sub, job).expect("subscription in place");
     let mut c = Collected::default();
     let mut absorb = |c: &mut Collected, body: &[u8]| match Msg::decode(body).expect("well-formed publication") {
         Msg::Primes { primes, .. } => c.primes.extend(primes.iter()),

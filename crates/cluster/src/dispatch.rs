@@ -143,8 +143,12 @@ impl Dispatcher {
         match self.items.remove(&work) {
             Some(o) => {
                 // If another worker holds a re-dispatched copy, its result comes back as a
-                // duplicate later, and its credit returns then.
-                self.queue.retain(|&q| q != work);
+                // duplicate later, and its credit returns then. An item not sent (since
+                // it was re-queued) is still in the queue: take it out. Only then is the
+                // queue scanned, so a result costs O(1) on the common path.
+                if o.sent_at.is_none() {
+                    self.queue.retain(|&q| q != work);
+                }
                 self.stats.completed += 1;
                 Some(Completed { item: o.item, worker })
             }
@@ -234,10 +238,6 @@ impl Dispatcher {
 
     pub fn routes(&self) -> impl Iterator<Item = &[u8]> {
         self.workers.values().map(|w| w.route.as_slice())
-    }
-
-    pub fn workers(&self) -> usize {
-        self.workers.len()
     }
 
     pub fn queued(&self) -> usize {

@@ -4,7 +4,7 @@
 //! resend, so nothing is queued or published twice.
 
 use crate::endpoint::{BrokerAddr, Role};
-use crate::util::{self, sock_err};
+use crate::util;
 use crate::wire::{Msg, Values};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ pub enum SourceError {
     Refused(String),
     #[error("stopped")]
     Stopped,
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect { endpoint: String, source: zmq::Error },
     #[error(transparent)]
     Zmq(#[from] zmq::Error),
 }
@@ -46,9 +48,10 @@ impl<'a> Source<'a> {
         })
     }
 
-    fn open(ctx: &zmq::Context, endpoint: &str) -> anyhow::Result<zmq::Socket> {
-        let s = util::socket(ctx, zmq::REQ)?;
-        s.connect(endpoint).map_err(|e| sock_err("connect to", endpoint, e))?;
+    fn open(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, SourceError> {
+        let s = ctx.socket(zmq::REQ)?;
+        s.set_linger(0)?;
+        s.connect(endpoint).map_err(|source| SourceError::Connect { endpoint: endpoint.to_string(), source })?;
         Ok(s)
     }
 
@@ -63,6 +66,18 @@ impl<'a> Source<'a> {
     pub fn ping(&mut self, nonce: u64) -> Result<(), SourceError> {
         self.seq += 1;
         self.request(&Msg::Ping { source: self.id, seq: self.seq, nonce }.encode())
+    }
+
+    /// Pings until the broker's `h` answer comes back on `sub` (which subscribes to `h` +
+    /// `nonce`): from then on `sub` misses nothing the broker publishes. (A SUB socket
+    /// drops what is published before its subscription reaches the publisher.)
+    pub fn wait_subscribed(&mut self, sub: &zmq::Socket, nonce: u64) -> Result<(), SourceError> {
+        loop {
+            self.ping(nonce)?;
+            if sub.poll(zmq::POLLIN, 100)? > 0 && Msg::decode(&sub.recv_bytes(0)?) == Ok(Msg::Hello { nonce }) {
+                return Ok(());
+            }
+        }
     }
 
     fn request(&mut self, body: &[u8]) -> Result<(), SourceError> {
@@ -90,7 +105,7 @@ impl<'a> Source<'a> {
                 return Err(SourceError::NoAnswer { endpoint: self.endpoint.clone(), tries });
             }
             tracing::warn!(tries, "broker did not acknowledge in {:?}; resending", self.timeout);
-            self.sock = Self::open(self.ctx, &self.endpoint).map_err(|_| SourceError::Stopped)?;
+            self.sock = Self::open(self.ctx, &self.endpoint)?;
         }
     }
 }

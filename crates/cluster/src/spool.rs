@@ -324,23 +324,10 @@ impl<'a> Spool<'a> {
         let mut src = Source::connect(self.ctx, &self.cfg.addr)?;
         src.retries = None;
         let interrupted = || util::stopping() || lost.load(Ordering::SeqCst);
-        // Until our subscription reaches the broker, publications would be lost: ping
-        // until our own hello comes back.
-        loop {
-            match src.ping(job_id) {
-                Ok(()) => {}
-                Err(SourceError::Stopped) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-            if sub.poll(zmq::POLLIN, 200).unwrap_or(0) > 0 {
-                let b = sub.recv_bytes(0)?;
-                if Msg::decode(&b) == Ok(Msg::Hello { nonce: job_id }) {
-                    break;
-                }
-            }
-            if interrupted() {
-                return Ok(None);
-            }
+        match src.wait_subscribed(&sub, job_id) {
+            Ok(()) => {}
+            Err(SourceError::Stopped) => return Ok(None),
+            Err(e) => return Err(e.into()),
         }
         let tmp = self.path("out", &format!(".{name}.primes.tmp@{}", self.cfg.id));
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);

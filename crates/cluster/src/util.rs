@@ -22,11 +22,6 @@ pub fn stopping() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-/// Asks every loop of this process to stop (as a signal would).
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 /// A random 64-bit id (worker, source and job ids), never 0.
 pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];
@@ -49,8 +44,8 @@ pub fn sock_err(what: &str, endpoint: &str, e: zmq::Error) -> anyhow::Error {
     anyhow::anyhow!("cannot {what} {endpoint}: {e}")
 }
 
-/// Sets options every socket of ours wants: no lingering on close (a dead peer must not
-/// block shutdown) and, for the given high-water marks, 0 = unlimited.
+/// A socket with the option every socket of ours wants: no lingering on close (a dead
+/// peer must not block shutdown).
 pub fn socket(ctx: &zmq::Context, kind: zmq::SocketType) -> anyhow::Result<zmq::Socket> {
     let s = ctx.socket(kind)?;
     s.set_linger(0)?;
