@@ -44,6 +44,24 @@ impl LeaseRig {
         ClusterProc::start(&args, "node ")
     }
 
+    /// Zeroes the counter, then starts `lock-counter --hold` on mount `m` and waits until
+    /// it holds the lock; returns the process and its output (stdin is piped: a line
+    /// makes it write under the lock).
+    fn hold(&self, m: usize) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+        std::fs::write(self.mounts[0].path("counter"), format!("{:020}\n", 0)).unwrap();
+        let mut holder = command(&bin_path("lock-counter"))
+            .args([&self.counter(m), "1", "flock", "--hold"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "locked");
+        (holder, out)
+    }
+
     /// `cluster lease status` of node `i`.
     fn status(&self, i: usize) -> String {
         let node = self.dir.path().join(format!("n{i}")).display().to_string();
@@ -106,17 +124,8 @@ fn three_mounts_count_to_600_under_flock_and_fcntl() {
 fn killing_the_token_holder_lets_the_others_proceed() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let mut rig = LeaseRig::new();
-    std::fs::write(rig.mounts[0].path("counter"), format!("{:020}\n", 0)).unwrap();
-    let mut holder = command(&bin_path("lock-counter"))
-        .args([&rig.counter(1), "1", "flock", "--hold"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut holder_out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let (mut holder, mut holder_out) = rig.hold(1);
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut holder_out, &mut line).unwrap();
-    assert_eq!(line.trim(), "locked");
     // Another mount waits for the lock...
     let mut waiter = command(&bin_path("lock-counter")).args([&rig.counter(2), "1", "flock"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -181,14 +190,7 @@ fn a_node_restarted_while_holding_the_token_does_not_lose_it() {
 fn processes_killed_waiting_or_holding_do_not_keep_the_lock() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let rig = LeaseRig::new();
-    std::fs::write(rig.mounts[0].path("counter"), format!("{:020}\n", 0)).unwrap();
-    let mut holder = command(&bin_path("lock-counter"))
-        .args([&rig.counter(0), "1", "flock", "--hold"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert_eq!(tests::first_line(&mut holder, Duration::from_secs(30)).as_deref(), Some("locked"));
+    let (mut holder, _out) = rig.hold(0);
     let mut waiter = command(&bin_path("lock-counter")).args([&rig.counter(1), "1", "flock"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert!(waiter.try_wait().unwrap().is_none(), "waiting");
