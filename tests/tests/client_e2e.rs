@@ -311,3 +311,40 @@ fn sigint_unmounts() {
     }
     assert_eq!(std::fs::read(rig.export("f")).unwrap(), b"x");
 }
+
+/// Regression: the COMMIT that follows a close runs in the background; when another
+/// client wrote the file before that COMMIT's reply came, the writer took the reply's
+/// change attribute as its own, kept its cached (older) data on the next open, and read
+/// it back (seen as 599 instead of 600 in the lease test). The slow mount goes through a
+/// proxy adding 50 ms each way, so the other mount's write lands before its COMMIT.
+#[test]
+fn regression_background_commit_does_not_hide_another_clients_write() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let rig = Rig::new("");
+    let mut proxy = tests::command(&tests::bin_path("delay-proxy"))
+        .args(["--listen", "127.0.0.1:0", "--to", &rig.server.addr, "--delay-ms", "50"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = tests::first_line(&mut proxy, Duration::from_secs(10)).unwrap();
+    let slow_addr = line.strip_prefix("listening on ").unwrap().to_string();
+    let mp = rig.dirs.path().join("slow");
+    std::fs::create_dir(&mp).unwrap();
+    let mut slow = tests::MountProc::start(&slow_addr, &mp, "");
+    {
+        // Write, read back (so it is cached), close: the COMMIT goes out on close.
+        use std::io::{Read, Seek, Write};
+        let mut f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(slow.path("f")).unwrap();
+        f.write_all(b"599\n").unwrap();
+        f.rewind().unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "599\n");
+    }
+    std::fs::write(rig.mnt("f"), "600\n").unwrap(); // lands before that COMMIT
+    std::thread::sleep(Duration::from_millis(500)); // the COMMIT's reply has come
+    assert_eq!(std::fs::read_to_string(slow.path("f")).unwrap(), "600\n");
+    slow.unmount();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}

@@ -99,6 +99,9 @@ struct Wb {
     written_end: u64,
     /// A background COMMIT is running.
     committing: bool,
+    /// The change attribute after our latest WRITE (0: none yet): if a COMMIT finds the
+    /// file still at it, nobody else wrote since, and our cache may take the new value.
+    last_write_change: u64,
 }
 
 impl Wb {
@@ -1026,6 +1029,9 @@ impl Client {
                         wb.uncommitted_bytes += data.len();
                         wb.uncommitted.push(Uncommitted { offset, data, verifier });
                     }
+                    if let Some(a) = &wcc.after {
+                        wb.last_write_change = wb.last_write_change.max(a.change);
+                    }
                     drop(wb);
                     this.note_wcc(&f.fh, &wcc);
                 }
@@ -1091,13 +1097,23 @@ impl Client {
                 if !clean {
                     tracing::warn!("server restarted (new write verifier): resending uncommitted writes");
                 }
+                let ours = wb.last_write_change;
                 drop(wb);
                 if let Some(after) = wcc.after {
                     self.note_attr(&f.fh, &after);
-                    // Our own writes: what we cached stays valid under the new change.
-                    let mut t = self.inodes.lock().unwrap();
-                    if let Some(n) = t.ino_of(&f.fh).and_then(|i| t.get_mut(i)) {
-                        n.data_change = after.change;
+                    // If the file is as our last WRITE left it, the change is ours and
+                    // what we cached stays valid under it. If another client wrote since
+                    // (this COMMIT runs in the background after close), it is not: keep
+                    // the old change, so the next open drops the cache (RFC 1813 2.6's
+                    // weak cache consistency: adopt post-op attributes only when the
+                    // pre-op ones match what we knew).
+                    let before =
+                        wcc.before.map(|b| (b.ctime.sec as u64).wrapping_mul(1_000_000_000) + b.ctime.nsec as u64);
+                    if ours != 0 && before == Some(ours) {
+                        let mut t = self.inodes.lock().unwrap();
+                        if let Some(n) = t.ino_of(&f.fh).and_then(|i| t.get_mut(i)) {
+                            n.data_change = after.change;
+                        }
                     }
                 }
                 Ok(clean)
