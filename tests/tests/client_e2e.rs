@@ -334,7 +334,13 @@ fn regression_background_commit_does_not_hide_another_clients_write() {
     {
         // Write, read back (so it is cached), close: the COMMIT goes out on close.
         use std::io::{Read, Seek, Write};
-        let mut f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(slow.path("f")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(slow.path("f"))
+            .unwrap();
         f.write_all(b"599\n").unwrap();
         f.rewind().unwrap();
         let mut s = String::new();
