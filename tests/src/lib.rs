@@ -386,28 +386,59 @@ pub fn lazy_unmount(p: &Path) {
     }
 }
 
+/// How the server treats a client's root: the default, root squash (root becomes
+/// `nobody`), or `--no-root-squash`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Squash {
+    /// The server's default, as users get it.
+    Root,
+    None,
+}
+
 /// A server and a mount of it on fresh temporary folders.
 pub struct Rig {
     // Field order is drop order: the mount goes before the server and the folders.
     pub mount: MountProc,
     pub server: ServerProc,
     pub dirs: tempfile::TempDir,
+    squash: Squash,
 }
 
+/// The ordinary user the root-squash runs act as, and the folder of the export it owns.
+pub const USER: u32 = 1000;
+pub const USER_DIR: &str = "user";
+
 impl Rig {
+    /// A rig whose server does not squash root: the test acts as root.
     pub fn new(opts: &str) -> Rig {
+        Rig::with(opts, Squash::None)
+    }
+
+    /// With [`Squash::Root`], the export also holds [`USER_DIR`], owned by [`USER`] with
+    /// mode 0755, for tests that act as that user.
+    pub fn with(opts: &str, squash: Squash) -> Rig {
         let dirs = tempfile::tempdir().expect("tempdir");
         for d in ["export", "state", "mnt"] {
             std::fs::create_dir(dirs.path().join(d)).unwrap();
         }
-        let server = ServerProc::start(
-            &dirs.path().join("export"),
-            &dirs.path().join("state"),
-            "127.0.0.1:0",
-            &["--no-root-squash"],
-        );
+        // The temporary folder is 0700; ordinary users must reach the mount in it.
+        std::fs::set_permissions(dirs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let export = dirs.path().join("export");
+        if squash == Squash::Root {
+            let user = export.join(USER_DIR);
+            std::fs::create_dir(&user).unwrap();
+            std::os::unix::fs::chown(&user, Some(USER), Some(USER)).unwrap();
+        }
+        let server = ServerProc::start(&export, &dirs.path().join("state"), "127.0.0.1:0", Rig::server_args(squash));
         let mount = MountProc::start(&server.addr, &dirs.path().join("mnt"), opts);
-        Rig { mount, server, dirs }
+        Rig { mount, server, dirs, squash }
+    }
+
+    fn server_args(squash: Squash) -> &'static [&'static str] {
+        match squash {
+            Squash::Root => &[],
+            Squash::None => &["--no-root-squash"],
+        }
     }
 
     pub fn export(&self, rel: &str) -> PathBuf {
@@ -429,7 +460,7 @@ impl Rig {
                     &self.dirs.path().join("export"),
                     &self.dirs.path().join("state"),
                     &addr,
-                    &["--no-root-squash"],
+                    Rig::server_args(self.squash),
                 )
             });
             match try_start {
@@ -567,6 +598,131 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         if let Some(tx) = self.0.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// Runs `script` with bash in `dir` as `uid`:`gid` with exactly the supplementary
+/// `groups` (through `setpriv`, as an ordinary user would run it; the folder is entered
+/// before the identity changes).
+pub fn as_user(uid: u32, gid: u32, groups: &[u32], dir: &Path, script: &str) -> std::process::Output {
+    let groups_arg = if groups.is_empty() {
+        "--clear-groups".to_string()
+    } else {
+        format!("--groups={}", groups.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+    };
+    let mut cmd = Command::new("setpriv");
+    cmd.args([format!("--reuid={uid}"), format!("--regid={gid}"), groups_arg])
+        .args(["bash", "-c", script])
+        .current_dir(dir);
+    let (status, stdout, stderr) = run_with_timeout(&mut cmd, Duration::from_secs(300));
+    std::process::Output { status, stdout: stdout.into_bytes(), stderr: stderr.into_bytes() }
+}
+
+/// Like [`sh`], as [`USER`] (uid and gid 1000, no supplementary groups).
+pub fn sh_as_user(dir: &Path, script: &str) -> String {
+    let out = as_user(USER, USER, &[], dir, &format!("set -euo pipefail\n{script}"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "script failed as uid {USER} in {}:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        dir.display()
+    );
+    stdout.into_owned()
+}
+
+/// Waits until `cond` holds, polling, and panics naming `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `delay-proxy` process in front of a server, killed on drop. With `trace`, every
+/// call and reply that leaves it is reported by [`DelayProxy::next_line`], stamped with
+/// when this process read it.
+pub struct DelayProxy {
+    child: Child,
+    pub addr: String,
+    lines: mpsc::Receiver<(std::time::Instant, String)>,
+}
+
+impl DelayProxy {
+    pub fn start(to: &str, delay_ms: u32, trace: bool) -> DelayProxy {
+        let mut cmd = command(&bin_path("delay-proxy"));
+        cmd.args(["--listen", "127.0.0.1:0", "--to", to, "--delay-ms", &delay_ms.to_string()]);
+        if trace {
+            cmd.arg("--trace");
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn delay-proxy");
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((std::time::Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok((_, l)) if l.starts_with("listening on ") => l["listening on ".len()..].to_string(),
+            other => panic!("delay-proxy did not start: {other:?}"),
+        };
+        DelayProxy { child, addr, lines }
+    }
+
+    /// The next traced line, waiting up to `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<(std::time::Instant, String)> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Waits for a traced line that `pred` accepts (earlier ones are dropped); panics
+    /// naming `what` after `limit`.
+    pub fn wait_for(&self, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> std::time::Instant {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.next_line(left) {
+                Some((at, l)) if pred(&l) => return at,
+                Some(_) => {}
+                None => panic!("delay-proxy: no {what} within {limit:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes this thread's file system accesses those of `uid`:`gid` (setfsuid(2) and
+/// setfsgid(2) are per thread) until dropped: for reading a mount as a user would, from
+/// within the test.
+pub struct FsIdentity {
+    uid: u32,
+    gid: u32,
+}
+
+impl FsIdentity {
+    pub fn assume(uid: u32, gid: u32) -> FsIdentity {
+        // SAFETY: plain system calls; they return the previous ids.
+        let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+        FsIdentity { uid: old_uid as u32, gid: old_gid as u32 }
+    }
+}
+
+impl Drop for FsIdentity {
+    fn drop(&mut self) {
+        // SAFETY: as above; back to the ids we had.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
         }
     }
 }

@@ -25,12 +25,12 @@
 //!   server is stateless and would otherwise answer the open file's calls with ESTALE).
 
 use crate::attrcache::AttrTimeouts;
-use crate::inodes::Inodes;
+use crate::inodes::{atime_due, Inodes};
 use crate::options::MountOptions;
 use crate::pagecache::{Data, PageCache};
 use crate::readahead::ReadAhead;
 use crate::rpc::Rpc;
-use crate::writeback::Dirty;
+use crate::writeback::{Committed, Dirty, Unstable};
 use fs_proto::*;
 use lru::LruCache;
 use std::collections::HashMap;
@@ -61,6 +61,10 @@ pub struct Opened {
     pub fh: u64,
     /// Keep the kernel's page cache: the file did not change since we cached it.
     pub keep_cache: bool,
+    /// The file changed since we last saw it: the kernel's cached attributes (the size
+    /// above all, which bounds its reads) must go too, or the first read after this open
+    /// stops at the old size.
+    pub attrs_changed: bool,
 }
 
 /// A block being fetched: `None` until the READ answers.
@@ -74,12 +78,6 @@ struct OpenFile {
     listing: Option<Arc<Vec<DirEntry>>>,
 }
 
-struct Uncommitted {
-    offset: u64,
-    data: Vec<u8>,
-    verifier: u64,
-}
-
 #[derive(Default)]
 struct Wb {
     dirty: Dirty,
@@ -89,8 +87,7 @@ struct Wb {
     /// two overlapping WRITEs in flight at once, landing the older one last).
     sending: Vec<(u64, u64, u64)>,
     next_seq: u64,
-    uncommitted: Vec<Uncommitted>,
-    uncommitted_bytes: usize,
+    unstable: Unstable,
     error: Option<Errno>,
     /// Highest byte written while the file is open (lowered only by our own truncate).
     /// Sizes we report never go below it: a GETATTR that raced with the write-back of
@@ -143,7 +140,9 @@ pub struct Client {
     files: Mutex<HashMap<u64, Arc<FileState>>>,
     opens: Mutex<HashMap<u64, OpenFile>>,
     next_fh: AtomicU64,
-    silly: Mutex<HashMap<u64, (FileHandle, Vec<u8>)>>,
+    /// Silly-renamed open files: node id -> (directory, silly name, the credentials of
+    /// the caller who removed or replaced it, who removes it at the last close).
+    silly: Mutex<HashMap<u64, (FileHandle, Vec<u8>, Cred)>>,
     write_slots: Arc<Semaphore>,
     groups: Mutex<LruCache<u32, (Instant, Vec<u32>)>>,
     max_io: usize,
@@ -363,20 +362,21 @@ impl Client {
         }
     }
 
-    /// If `name` in `dir` is a file open here, renames it out of the way and returns true.
-    async fn silly_rename(&self, cred: &Cred, dir: &FileHandle, name: &[u8]) -> Result<bool, Errno> {
+    /// If `name` in `dir` is a file open here, renames it out of the way and returns its
+    /// node id.
+    async fn silly_rename(&self, cred: &Cred, dir: &FileHandle, name: &[u8]) -> Result<Option<u64>, Errno> {
         if !self.inodes.lock().unwrap().any_open() {
-            return Ok(false);
+            return Ok(None);
         }
         let fh = match self.call(cred, Request::Lookup { dir: dir.clone(), name: name.to_vec() }).await {
             Ok(Response::Lookup { fh, attr, .. }) if attr.kind != FileKind::Directory => fh,
-            _ => return Ok(false),
+            _ => return Ok(None),
         };
         let open_ino = {
             let t = self.inodes.lock().unwrap();
             t.ino_of(&fh).filter(|&i| t.get(i).is_some_and(|n| n.opens > 0))
         };
-        let Some(ino) = open_ino else { return Ok(false) };
+        let Some(ino) = open_ino else { return Ok(None) };
         let silly = format!(".fs-silly-{:016x}", self.rpc.client_id() ^ self.next_fh.fetch_add(1, Ordering::Relaxed))
             .into_bytes();
         let req = Request::Rename {
@@ -391,14 +391,32 @@ impl Client {
             r => return Err(unexpected(r)),
         }
         tracing::debug!(ino, "silly-renamed an open file");
-        self.silly.lock().unwrap().insert(ino, (dir.clone(), silly));
-        Ok(true)
+        self.silly.lock().unwrap().insert(ino, (dir.clone(), silly, cred.clone()));
+        Ok(Some(ino))
+    }
+
+    /// Undoes [`Client::silly_rename`] after the operation it made way for failed, so a
+    /// failed rename loses nothing.
+    async fn silly_undo(&self, ino: u64, name: &[u8]) {
+        let Some((dir, silly, cred)) = self.silly.lock().unwrap().remove(&ino) else { return };
+        let req = Request::Rename {
+            from_dir: dir.clone(),
+            from: silly,
+            to_dir: dir.clone(),
+            to: name.to_vec(),
+            flags: RENAME_NOREPLACE,
+        };
+        match self.call(&cred, req).await {
+            Ok(Response::Rename { from, .. }) => self.note_wcc(&dir, &from),
+            Ok(r) => drop(unexpected(r)),
+            Err(e) => tracing::warn!("cannot give a silly-renamed file its name back: {e}"),
+        }
     }
 
     pub async fn unlink(&self, c: Caller, parent: u64, name: &[u8]) -> Result<(), Errno> {
         let dir = self.fh(parent)?;
         let cred = self.cred(c);
-        if self.silly_rename(&cred, &dir, name).await? {
+        if self.silly_rename(&cred, &dir, name).await?.is_some() {
             return Ok(());
         }
         match self.call(&cred, Request::Remove { dir: dir.clone(), name: name.to_vec() }).await? {
@@ -428,9 +446,12 @@ impl Client {
     ) -> Result<(), Errno> {
         let (from_dir, to_dir) = (self.fh(parent)?, self.fh(newparent)?);
         let cred = self.cred(c);
-        if flags & (RENAME_EXCHANGE | RENAME_NOREPLACE) == 0 {
-            self.silly_rename(&cred, &to_dir, newname).await?;
-        }
+        // A file open here that the rename replaces stays usable until its last close.
+        let moved = if flags & (RENAME_EXCHANGE | RENAME_NOREPLACE) == 0 {
+            self.silly_rename(&cred, &to_dir, newname).await?
+        } else {
+            None
+        };
         let req = Request::Rename {
             from_dir: from_dir.clone(),
             from: name.to_vec(),
@@ -438,7 +459,11 @@ impl Client {
             to: newname.to_vec(),
             flags,
         };
-        match self.call(&cred, req).await? {
+        let res = self.call(&cred, req).await;
+        if let (Err(_), Some(ino)) = (&res, moved) {
+            self.silly_undo(ino, newname).await;
+        }
+        match res? {
             Response::Rename { from, to } => {
                 // A moved directory's own attributes (ctime, "..") changed too, and the
                 // reply does not carry them: no cached directory attributes are trusted.
@@ -501,6 +526,7 @@ impl Client {
             if let Some(f) = self.files.lock().unwrap().get(&ino) {
                 let mut wb = f.wb.lock().unwrap();
                 wb.dirty.truncate(size);
+                wb.unstable.forget(size, u64::MAX);
                 wb.written_end = wb.written_end.min(size);
             }
             self.invalidate(ino, size, u64::MAX);
@@ -617,7 +643,8 @@ impl Client {
     }
 
     /// Close-to-open: fetch attributes; keep cached data only if the file is unchanged.
-    pub async fn open(&self, c: Caller, ino: u64) -> Result<Opened, Errno> {
+    /// `reads`: the file is opened for reading (not `O_WRONLY`).
+    pub async fn open(&self, c: Caller, ino: u64, reads: bool) -> Result<Opened, Errno> {
         let fh = self.fh(ino)?;
         let cred = self.cred(c);
         let attr = match self.call(&cred, Request::GetAttr { fh: fh.clone() }).await? {
@@ -625,16 +652,28 @@ impl Client {
             r => return Err(unexpected(r)),
         };
         self.note_attr(&fh, &attr);
-        let keep_cache = {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let (unchanged, atime_due) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(Errno::ESTALE)?;
             let same = n.data_change == attr.change;
             // Blocks tagged with the old change attribute become unreachable.
             n.data_change = attr.change;
-            same
+            // Reads the kernel serves from its page cache never reach us, so a read that
+            // would update the access time must not find the kernel's pages.
+            let due = reads && !self.opts.noatime && atime_due(&attr, now);
+            n.atime_due |= due;
+            (same, due)
         };
         self.file_state(ino, &fh, &cred);
-        Ok(Opened { fh: self.new_open(ino, cred), keep_cache })
+        Ok(Opened { fh: self.new_open(ino, cred), keep_cache: unchanged && !atime_due, attrs_changed: !unchanged })
+    }
+
+    /// A read that must reach the server for the access time's sake (see [`Client::open`]):
+    /// true once after an open found the access time due.
+    fn take_atime_due(&self, ino: u64) -> bool {
+        let mut t = self.inodes.lock().unwrap();
+        t.get_mut(ino).is_some_and(|n| std::mem::take(&mut n.atime_due))
     }
 
     /// CREATE and open in one step (the kernel's `create`).
@@ -713,8 +752,9 @@ impl Client {
                 };
                 // Opened again meanwhile: that open's last close removes a silly name.
                 let silly = if reopened { None } else { this.silly.lock().unwrap().remove(&ino) };
-                if let Some((dir, name)) = silly {
-                    let cred = Cred { uid: 0, gid: 0, groups: vec![] };
+                if let Some((dir, name, cred)) = silly {
+                    // As the caller who removed it: under root squash uid 0 is nobody,
+                    // who may not remove it from a user's directory.
                     if let Err(e) = this.call(&cred, Request::Remove { dir, name }).await {
                         tracing::warn!("cannot remove silly-renamed file: {e}");
                     }
@@ -815,10 +855,13 @@ impl Client {
         }
         let first = offset / bs;
         let last = (offset + size as u64 - 1) / bs;
-        if random && !self.cached(ino, change, first..last + 1) {
+        let due = self.take_atime_due(ino);
+        if due || (random && !self.cached(ino, change, first..last + 1)) {
             // A random reader gets what it asked for, not whole blocks: a 4 KiB read
             // that fetched 128 KiB cost the server 32 times the disk reads (measured:
-            // a fifth of the local file system's random-read rate).
+            // a fifth of the local file system's random-read rate). The first read after
+            // an open that found the access time due goes to the server, whose file
+            // system updates the access time (relatime), even if we have it cached.
             return match self.call(&cred, Request::Read { fh: file, offset, count: size }).await? {
                 Response::Read { data, .. } => Ok(data),
                 r => Err(unexpected(r)),
@@ -975,11 +1018,11 @@ impl Client {
         // threshold, and make the writer wait for one at twice that.
         let (pending, start) = {
             let mut wb = f.wb.lock().unwrap();
-            let start = wb.uncommitted_bytes >= self.commit_threshold() && !wb.committing;
+            let start = wb.unstable.bytes() >= self.commit_threshold() && !wb.committing;
             if start {
                 wb.committing = true;
             }
-            (wb.uncommitted_bytes, start)
+            (wb.unstable.bytes(), start)
         };
         if start {
             let (this, f) = (self.clone(), f.clone());
@@ -1026,8 +1069,7 @@ impl Client {
             match res {
                 Ok(Response::Write { committed, verifier, wcc, .. }) => {
                     if committed == Stable::Unstable {
-                        wb.uncommitted_bytes += data.len();
-                        wb.uncommitted.push(Uncommitted { offset, data, verifier });
+                        wb.unstable.push(offset, data, verifier);
                     }
                     if let Some(a) = &wcc.after {
                         wb.last_write_change = wb.last_write_change.max(a.change);
@@ -1074,11 +1116,7 @@ impl Client {
     /// COMMITs what was written so far; data a restarted server may have lost (its write
     /// verifier changed) goes back into the dirty buffer to be sent again.
     async fn commit(self: &Arc<Self>, f: &Arc<FileState>) -> Result<bool, Errno> {
-        let batch = {
-            let mut wb = f.wb.lock().unwrap();
-            wb.uncommitted_bytes = 0;
-            std::mem::take(&mut wb.uncommitted)
-        };
+        let batch = f.wb.lock().unwrap().unstable.take();
         if batch.is_empty() {
             return Ok(true);
         }
@@ -1087,16 +1125,22 @@ impl Client {
         let mut wb = f.wb.lock().unwrap();
         match res {
             Ok(Response::Commit { verifier, wcc }) => {
-                let mut clean = true;
-                for u in batch {
-                    if u.verifier != verifier {
-                        clean = false;
-                        wb.dirty.write(u.offset, &u.data);
+                let clean = match batch.committed(verifier) {
+                    Committed::Clean => true,
+                    Committed::Resend(writes) => {
+                        tracing::warn!("server restarted (new write verifier): resending uncommitted writes");
+                        // Among themselves the newest wins; under what was written
+                        // since, they are older and only fill gaps.
+                        let mut again = Dirty::default();
+                        for (offset, data) in writes {
+                            again.write(offset, &data);
+                        }
+                        for (offset, data) in again.take_all(usize::MAX) {
+                            wb.dirty.write_older(offset, &data);
+                        }
+                        false
                     }
-                }
-                if !clean {
-                    tracing::warn!("server restarted (new write verifier): resending uncommitted writes");
-                }
+                };
                 let ours = wb.last_write_change;
                 drop(wb);
                 if let Some(after) = wcc.after {
@@ -1119,8 +1163,7 @@ impl Client {
                 Ok(clean)
             }
             other => {
-                wb.uncommitted_bytes = batch.iter().map(|u| u.data.len()).sum();
-                wb.uncommitted = batch;
+                wb.unstable.restore(batch);
                 match other {
                     Ok(r) => Err(unexpected(r)),
                     Err(e) => Err(e),
@@ -1153,9 +1196,18 @@ impl Client {
     ) -> Result<(), Errno> {
         self.writeback(ino).await?;
         let fh = self.fh(ino)?;
+        let old_size = self.inodes.lock().unwrap().get(ino).map_or(0, |n| n.attr.size);
         match self.call(&self.cred(c), Request::Fallocate { fh: fh.clone(), mode, offset, len }).await? {
             Response::Wcc(w) => self.note_wcc(&fh, &w),
             r => return Err(unexpected(r)),
+        }
+        // Punched and zeroed ranges read as zeros now, and a file extended by allocation
+        // no longer ends at its old last block (a short block means end of file): drop
+        // exactly those blocks. (The kernel drops its own pages of a punched or zeroed
+        // range when we answer.)
+        self.invalidate(ino, offset.min(old_size), offset.saturating_add(len));
+        if let Some(f) = self.files.lock().unwrap().get(&ino) {
+            f.wb.lock().unwrap().unstable.forget(offset, offset.saturating_add(len));
         }
         Ok(())
     }

@@ -211,6 +211,10 @@ impl Filesystem for Fs {
         // Not FUSE_AUTO_INVAL_DATA: with it, fsx found stale pages in the kernel's cache
         // (an invalidation racing a READ). Close-to-open does the invalidating instead.
         for flag in [
+            // Writes, truncates and chowns by others clear the set-id bits on the server
+            // (its file system does, as the caller); without this the kernel sends a
+            // SETATTR of the mode as the writer, which only the owner may make (EPERM).
+            InitFlags::FUSE_HANDLE_KILLPRIV,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_MAX_PAGES,
@@ -336,9 +340,18 @@ impl Filesystem for Fs {
         self.run(reply, async move { cl.link(c, ino.0, newparent.0, &name).await }, reply_entry);
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let (c, cl) = (caller(req), self.client.clone());
-        self.run(reply, async move { cl.open(c, ino.0).await }, |r, o| {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (c, cl, notifier) = (caller(req), self.client.clone(), self.notifier.clone());
+        let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        self.run(reply, async move { cl.open(c, ino.0, reads).await }, move |r, o| {
+            if o.attrs_changed {
+                // Close-to-open for the size: the kernel bounds reads by the size it has
+                // cached, so its attributes go before the open is answered (offset -1:
+                // attributes only; this takes no lock the open holds).
+                if let Some(n) = notifier.get() {
+                    let _ = n.inval_inode(ino, -1, 0);
+                }
+            }
             let flags = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
             r.opened(FileHandle(o.fh), flags)
         });

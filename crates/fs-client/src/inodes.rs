@@ -27,6 +27,16 @@ pub struct Node {
     pub attr_valid_until: Instant,
     /// The change attribute our cached data was read under (close-to-open).
     pub data_change: u64,
+    /// The next read must reach the server, whose file system then updates the access
+    /// time as `relatime` would (see `atime_due`).
+    pub atime_due: bool,
+}
+
+/// Whether a read now would update the access time under `relatime` (the Linux default):
+/// the access time is not after the last modification or change, or is a day old.
+pub fn atime_due(attr: &Attr, now_sec: i64) -> bool {
+    let (a, m, c) = (attr.atime, attr.mtime, attr.ctime);
+    (a.sec, a.nsec) <= (m.sec, m.nsec) || (a.sec, a.nsec) <= (c.sec, c.nsec) || now_sec - a.sec >= 24 * 3600
 }
 
 pub struct Inodes {
@@ -44,7 +54,15 @@ impl Inodes {
         t.by_handle.insert(root.clone(), ROOT);
         t.nodes.insert(
             ROOT,
-            Node { fh: root, lookups: 1, opens: 0, data_change: attr.change, attr, attr_valid_until: now },
+            Node {
+                fh: root,
+                lookups: 1,
+                opens: 0,
+                data_change: attr.change,
+                atime_due: false,
+                attr,
+                attr_valid_until: now,
+            },
         );
         t
     }
@@ -80,7 +98,15 @@ impl Inodes {
         self.by_handle.insert(fh.clone(), ino);
         self.nodes.insert(
             ino,
-            Node { fh: fh.clone(), lookups: 1, opens: 0, data_change: attr.change, attr, attr_valid_until: now + ttl },
+            Node {
+                fh: fh.clone(),
+                lookups: 1,
+                opens: 0,
+                data_change: attr.change,
+                atime_due: false,
+                attr,
+                attr_valid_until: now + ttl,
+            },
         );
         ino
     }

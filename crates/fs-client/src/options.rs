@@ -26,6 +26,9 @@ pub struct MountOptions {
     /// `leases=NODE_ADDR`: flock and fcntl locks take the file's lease through this
     /// `cluster node` (whole-file, exclusive), across every mount of the cluster.
     pub leases: Option<String>,
+    /// `noatime`: reads do not update access times (no read is sent to the server for
+    /// that alone). The default is `relatime`, as a local file system's.
+    pub noatime: bool,
 }
 
 impl Default for MountOptions {
@@ -43,6 +46,7 @@ impl Default for MountOptions {
             read_only: false,
             allow_other: true,
             leases: None,
+            noatime: false,
         }
     }
 }
@@ -128,6 +132,8 @@ impl MountOptions {
                     o.timeo = Duration::from_millis(t * 100);
                 }
                 "ro" => flag(&mut o.read_only, true)?,
+                "noatime" => flag(&mut o.noatime, true)?,
+                "relatime" => flag(&mut o.noatime, false)?,
                 "rw" => flag(&mut o.read_only, false)?,
                 "allow_other" => flag(&mut o.allow_other, true)?,
                 "noallow_other" => flag(&mut o.allow_other, false)?,

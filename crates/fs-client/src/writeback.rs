@@ -110,6 +110,31 @@ impl Dirty {
         out
     }
 
+    /// Records a write older than every dirty byte (one being resent after a server
+    /// restart): it fills only the gaps, so newer bytes buffered since keep winning.
+    pub fn write_older(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        let mut gaps = Vec::new();
+        let mut at = offset;
+        let first = self.extents.range(..=offset).next_back().map(|(&s, _)| s).unwrap_or(offset);
+        for (&s, v) in self.extents.range(first..end) {
+            let e = s + v.len() as u64;
+            if e <= at {
+                continue;
+            }
+            if s > at {
+                gaps.push((at, s));
+            }
+            at = at.max(e);
+        }
+        if at < end {
+            gaps.push((at, end));
+        }
+        for (s, e) in gaps {
+            self.write(s, &data[(s - offset) as usize..(e - offset) as usize]);
+        }
+    }
+
     /// Forgets dirty bytes at or beyond `size` (a truncate made them moot).
     pub fn truncate(&mut self, size: u64) {
         let keys: Vec<u64> = self.extents.keys().copied().collect();
@@ -124,6 +149,93 @@ impl Dirty {
                 v.truncate(keep);
             }
         }
+    }
+}
+
+/// Writes the server acknowledged as UNSTABLE and has not yet committed: kept until a
+/// COMMIT answers with the verifier they were written under (RFC 1813 3.3.7 and 3.3.21),
+/// and sent again if it answers with another (the server restarted and may have lost
+/// them).
+#[derive(Default, Debug)]
+pub struct Unstable {
+    /// (offset, bytes, write verifier), oldest first: resent in this order, a newer
+    /// write over an older one wins as it did the first time.
+    writes: Vec<(u64, Vec<u8>, u64)>,
+    bytes: usize,
+}
+
+/// What a COMMIT's answer means for the writes it covered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// Every write is on stable storage.
+    Clean,
+    /// The server restarted: these writes must be sent again (back into [`Dirty`]).
+    Resend(Vec<(u64, Vec<u8>)>),
+}
+
+/// A batch taken out of [`Unstable`] for one COMMIT.
+#[derive(Debug, Default)]
+pub struct Batch(Vec<(u64, Vec<u8>, u64)>);
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The COMMIT answered with `verifier`: writes made under another one are resent.
+    pub fn committed(self, verifier: u64) -> Committed {
+        let resend: Vec<_> = self.0.into_iter().filter(|w| w.2 != verifier).map(|(o, d, _)| (o, d)).collect();
+        if resend.is_empty() {
+            Committed::Clean
+        } else {
+            Committed::Resend(resend)
+        }
+    }
+}
+
+impl Unstable {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn push(&mut self, offset: u64, data: Vec<u8>, verifier: u64) {
+        self.bytes += data.len();
+        self.writes.push((offset, data, verifier));
+    }
+
+    /// Everything so far, for a COMMIT.
+    pub fn take(&mut self) -> Batch {
+        self.bytes = 0;
+        Batch(std::mem::take(&mut self.writes))
+    }
+
+    /// The COMMIT failed: the batch is still uncommitted (older than anything since).
+    pub fn restore(&mut self, batch: Batch) {
+        self.bytes += batch.0.iter().map(|w| w.1.len()).sum::<usize>();
+        let newer = std::mem::replace(&mut self.writes, batch.0);
+        self.writes.extend(newer);
+    }
+
+    /// Forgets the bytes in `[start, end)`: a truncate, a punched hole or a zeroed range
+    /// replaced them on the server, and resending them after a restart would bring the
+    /// old data back.
+    pub fn forget(&mut self, start: u64, end: u64) {
+        let mut kept = Vec::with_capacity(self.writes.len());
+        for (off, data, v) in std::mem::take(&mut self.writes) {
+            let w_end = off + data.len() as u64;
+            if w_end <= start || off >= end {
+                kept.push((off, data, v));
+                continue;
+            }
+            if off < start {
+                kept.push((off, data[..(start - off) as usize].to_vec(), v));
+            }
+            if w_end > end {
+                kept.push((end, data[(end - off) as usize..].to_vec(), v));
+            }
+        }
+        self.bytes = kept.iter().map(|w| w.1.len()).sum();
+        self.writes = kept;
     }
 }
 
@@ -173,6 +285,18 @@ mod tests {
         assert_eq!(d.bytes(), 5);
     }
 
+    #[test]
+    fn an_older_write_fills_only_gaps() {
+        let mut d = Dirty::default();
+        d.write(4, b"NN");
+        d.write(10, b"MM");
+        d.write_older(0, b"oooooooooooooo");
+        assert_eq!(flatten(&d, 14).iter().map(|b| b.unwrap()).collect::<Vec<_>>(), b"ooooNNooooMMoo");
+        let mut d = Dirty::default();
+        d.write_older(3, b"ab");
+        assert_eq!(d.extents[&3], b"ab");
+    }
+
     proptest! {
         /// Against a flat model: the newest byte wins everywhere, the byte count is exact,
         /// and extents never overlap or touch.
@@ -200,6 +324,62 @@ mod tests {
             let mut back = vec![None; 500];
             for (o, v) in all {
                 prop_assert!(v.len() <= 37);
+                for (i, b) in v.iter().enumerate() { back[o as usize + i] = Some(*b); }
+            }
+            prop_assert_eq!(back, model);
+        }
+    }
+    #[test]
+    fn unstable_writes_resent_only_under_another_verifier() {
+        let mut u = Unstable::default();
+        u.push(0, b"aaaa".to_vec(), 7);
+        u.push(2, b"bb".to_vec(), 8);
+        assert_eq!(u.bytes(), 6);
+        let batch = u.take();
+        assert_eq!(u.bytes(), 0);
+        assert_eq!(batch.committed(8), Committed::Resend(vec![(0, b"aaaa".to_vec())]));
+        u.push(0, b"cc".to_vec(), 8);
+        assert_eq!(u.take().committed(8), Committed::Clean);
+    }
+
+    #[test]
+    fn unstable_restore_keeps_order() {
+        let mut u = Unstable::default();
+        u.push(0, b"old".to_vec(), 1);
+        let batch = u.take();
+        u.push(0, b"new".to_vec(), 1);
+        u.restore(batch);
+        assert_eq!(u.bytes(), 6);
+        assert_eq!(u.take().committed(2), Committed::Resend(vec![(0, b"old".to_vec()), (0, b"new".to_vec())]));
+    }
+
+    proptest! {
+        /// Against a flat model of what a resend would write: forgetting a range removes
+        /// exactly those bytes, and the byte count stays exact.
+        #[test]
+        fn unstable_forget_matches_a_flat_model(
+            writes in proptest::collection::vec((0..300usize, 1..60usize, any::<u8>()), 0..30),
+            cuts in proptest::collection::vec((0..400usize, 0..100usize), 0..4),
+        ) {
+            let mut u = Unstable::default();
+            let mut model = vec![None; 400];
+            for (off, len, byte) in writes {
+                u.push(off as u64, vec![byte; len], 1);
+                for b in &mut model[off..off + len] { *b = Some(byte); }
+            }
+            for (start, len) in cuts {
+                let end = (start + len).min(400);
+                u.forget(start as u64, end as u64);
+                for b in &mut model[start..end] { *b = None; }
+            }
+            let bytes = u.bytes();
+            let Committed::Resend(again) = u.take().committed(2) else {
+                prop_assert!(model.iter().all(|b| b.is_none()));
+                return Ok(());
+            };
+            prop_assert_eq!(bytes, again.iter().map(|w| w.1.len()).sum::<usize>());
+            let mut back = vec![None; 400];
+            for (o, v) in again {
                 for (i, b) in v.iter().enumerate() { back[o as usize + i] = Some(*b); }
             }
             prop_assert_eq!(back, model);

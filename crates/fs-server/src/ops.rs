@@ -266,7 +266,20 @@ impl Server {
 
     fn open_data(&self, g: &CredGuard, o: &Obj, flags: i32) -> Result<File, Errno> {
         need_regular(&o.st)?;
-        Ok(File::from(owner_override(g, &o.st, || sys::reopen(o.raw(), flags))?))
+        let open = || sys::reopen(o.raw(), flags);
+        match owner_override(g, &o.st, open) {
+            // Whoever may execute a file may read it through us, as with knfsd's
+            // `NFSD_MAY_READ_IF_EXEC`: the kernel reads a program it executes with its
+            // own rights (mode 0111, or 0010 for the file's group), and so must we.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EACCES)
+                    && flags & libc::O_ACCMODE == libc::O_RDONLY
+                    && sys::access_fd(o.raw(), libc::X_OK) =>
+            {
+                Ok(File::from(g.as_server(open)?))
+            }
+            r => Ok(File::from(r?)),
+        }
     }
 
     pub(crate) fn op_read(&self, cred: &Cred, fh: &FileHandle, offset: u64, count: u32) -> OpResult {
