@@ -167,6 +167,10 @@ impl Rpc {
             st.pending.insert(xid, Pending { frame: frame.clone(), tx });
             st.conn.clone()
         };
+        // Cancel safety: a call whose future is dropped before its reply (a timeout
+        // around it, an aborted task) takes its entry with it; left behind, it would be
+        // resent on every reconnect and never answered to anyone.
+        let _forget = Forget { inner: &self.inner, xid };
         // Not connected: the connection thread sends it on reconnect. If the connection
         // dies mid-send, it is resent too; a duplicate is harmless (idempotent, or caught
         // by the server's duplicate request cache).
@@ -178,7 +182,6 @@ impl Rpc {
             match tokio::time::timeout(limit, rx).await {
                 Ok(r) => r,
                 Err(_) => {
-                    self.inner.state.lock().unwrap().pending.remove(&xid);
                     tracing::warn!(xid, "server {} not responding, timed out", self.inner.cfg.addr);
                     return Err(Errno::EIO);
                 }
@@ -187,6 +190,19 @@ impl Rpc {
             rx.await
         };
         reply.map_err(|_| Errno::EIO)?.res
+    }
+}
+
+/// Removes a call's entry from the pending table when the call ends, however it ends
+/// (answered: the reader already removed it, and this does nothing).
+struct Forget<'a> {
+    inner: &'a Inner,
+    xid: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.inner.state.lock().unwrap().pending.remove(&self.xid);
     }
 }
 
@@ -266,5 +282,29 @@ fn read_replies(inner: &Inner, s: Stream) -> String {
         if let Some(p) = p {
             let _ = p.tx.send(reply);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call dropped before its reply leaves nothing to be resent (cancel safety).
+    #[tokio::test]
+    async fn a_dropped_call_leaves_nothing_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        // A server that accepts and never answers.
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let _conn = listener.accept();
+            std::thread::sleep(Duration::from_secs(5));
+        });
+        let cfg = RpcConfig { addr: Addr::Unix(path), soft: false, timeo: Duration::from_secs(1), retrans: 0 };
+        let rpc = Rpc::connect(cfg, 7, Duration::from_secs(5)).unwrap();
+        let cred = Cred { uid: 0, gid: 0, groups: vec![] };
+        let call = rpc.call(&cred, Request::Null);
+        assert!(tokio::time::timeout(Duration::from_millis(50), call).await.is_err(), "no answer comes");
+        assert!(rpc.inner.state.lock().unwrap().pending.is_empty(), "the dropped call is forgotten");
     }
 }
