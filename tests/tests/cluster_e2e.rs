@@ -237,27 +237,29 @@ fn spool_job_survives_watcher_and_broker_crashes() {
     let mut w = ClusterProc::start(&args, "spool ");
     let (lo, hi) = (1_000_000_000_000i64, 1_000_000_399_999i64);
     std::fs::write(rig.mnt("spool/in/j.job"), format!("{lo}..{hi}\n")).unwrap();
-    let tmp = rig.mnt("spool/out/.j.primes.tmp@w");
+    // (Read on the server's side: no attribute cache between the test and the truth.)
+    let tmp = rig.export("spool/out/.j.primes.tmp@w");
     let out = rig.mnt("spool/out/j.primes");
-    // Waits until the watcher has written some primes of the job (it is mid-job).
-    let wait_for_progress = || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0) == 0 {
-            assert!(Instant::now() < deadline, "no progress on the job");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    // Waits until a watcher has written primes of the job since `since` (it is mid-job).
+    // A restarted watcher starts the file afresh, so the killed one's leftover file,
+    // written before `since`, does not count.
+    let wait_for_progress = |since: std::time::SystemTime| {
+        tests::wait_until(Duration::from_secs(60), "progress on the job", || {
+            std::fs::metadata(&tmp).is_ok_and(|m| m.len() > 0 && m.modified().unwrap() > since)
+        });
     };
-    wait_for_progress();
+    wait_for_progress(std::time::UNIX_EPOCH);
     w.kill();
     assert!(!out.exists(), "nothing in out/ while the job is unfinished");
     assert!(rig.mnt("spool/running/j.job@w").exists(), "the claim stays");
+    let restarted = std::time::SystemTime::now();
     let w = ClusterProc::start(&args, "spool ");
     // The broker crashes in the middle of the resumed run and comes back on the same
     // address; the watcher's stalled batches are submitted again.
-    std::thread::sleep(Duration::from_millis(300));
-    wait_for_progress();
+    wait_for_progress(restarted);
     p.broker.kill();
     assert!(!out.exists(), "nothing in out/ while the job is unfinished");
+    // Down for a moment, as a crashed broker is.
     std::thread::sleep(Duration::from_millis(300));
     let mut args_b = vec!["broker", "--listen", &p.addr];
     args_b.extend_from_slice(&broker_args);

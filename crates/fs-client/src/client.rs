@@ -1224,10 +1224,18 @@ fn proc_groups(pid: u32) -> Option<Vec<u32>> {
 mod tests {
     use super::*;
 
+    /// What /proc says of this process is what getgroups(2) says.
     #[test]
     fn groups_of_this_process() {
-        let g = proc_groups(std::process::id()).unwrap();
-        let _ = g; // any list, possibly empty; the parse must not fail
+        let mut want = vec![0 as libc::gid_t; 65536];
+        // SAFETY: the buffer has room for as many groups as we say.
+        let n = unsafe { libc::getgroups(want.len() as i32, want.as_mut_ptr()) };
+        assert!(n >= 0, "getgroups: {}", std::io::Error::last_os_error());
+        want.truncate(n as usize);
+        let mut got = proc_groups(std::process::id()).unwrap();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
         assert!(proc_groups(u32::MAX).is_none());
     }
 }
