@@ -178,20 +178,20 @@ impl Handles {
     /// The handle of an object we hold a descriptor for; the descriptor goes to the cache.
     pub fn adopt(&self, fd: OwnedFd) -> Result<FileHandle, Errno> {
         let fh = self.wrap(&sys::name_to_handle(fd.as_raw_fd(), c"")?);
-        self.cache.lock().unwrap().put(fh.clone(), Arc::new(fd));
+        crate::lock(&self.cache).put(fh.clone(), Arc::new(fd));
         Ok(fh)
     }
 
     /// Opens the object a handle names. Must run with the server's own identity
     /// (`open_by_handle_at` needs `CAP_DAC_READ_SEARCH`).
     pub fn resolve(&self, fh: &FileHandle) -> Result<Obj, Errno> {
-        let cached = self.cache.lock().unwrap().get(fh).cloned();
+        let cached = crate::lock(&self.cache).get(fh).cloned();
         let fd = match cached {
             Some(fd) => fd,
             None => {
                 let kh = self.unwrap(fh)?;
                 let fd = Arc::new(self.open_kernel_handle(&kh)?);
-                self.cache.lock().unwrap().put(fh.clone(), fd.clone());
+                crate::lock(&self.cache).put(fh.clone(), fd.clone());
                 fd
             }
         };
@@ -228,7 +228,7 @@ impl Handles {
 
     /// Drops the cached descriptor of a handle, so a deleted file's space is freed now.
     pub fn forget(&self, fh: &FileHandle) {
-        self.cache.lock().unwrap().pop(fh);
+        crate::lock(&self.cache).pop(fh);
     }
 }
 

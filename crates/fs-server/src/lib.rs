@@ -26,3 +26,12 @@ pub mod server;
 pub mod sys;
 
 pub use server::{Config, Server, StartError};
+
+/// Locks a mutex whether or not a panic poisoned it. Each call runs under
+/// `catch_unwind`, so a panicking operation costs that call a SERVERFAULT; a poisoned
+/// lock would cost every later call the same. What these locks guard (caches, counters,
+/// a writer) stays usable: no critical section leaves it half-changed when an operation
+/// panics outside it, and none calls code that panics inside it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -138,16 +138,16 @@ struct InFlight {
 
 impl InFlight {
     fn acquire(&self) -> usize {
-        let mut n = self.n.lock().unwrap();
+        let mut n = crate::lock(&self.n);
         while *n >= MAX_IN_FLIGHT {
-            n = self.freed.wait(n).unwrap();
+            n = self.freed.wait(n).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         *n += 1;
         *n - 1
     }
 
     fn release(&self) {
-        *self.n.lock().unwrap() -= 1;
+        *crate::lock(&self.n) -= 1;
         self.freed.notify_one();
     }
 }
@@ -162,7 +162,7 @@ impl<W: Write> Replies<W> {
         let xid = reply.xid;
         match encode_reply(reply) {
             Ok(f) => {
-                let mut w = self.w.lock().unwrap();
+                let mut w = crate::lock(&self.w);
                 // A failed write means the client is gone; its reader sees that too.
                 let _ = w.write_all(&f.head).and_then(|_| w.write_all(&f.tail));
             }

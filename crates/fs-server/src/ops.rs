@@ -107,7 +107,37 @@ fn component(name: &[u8]) -> Result<CString, Errno> {
 /// Where a file's newest fencing number lives (`trusted.*`: only the server, as root,
 /// reaches it; clients are refused below).
 const FENCE_XATTR: &std::ffi::CStr = c"trusted.fs.fence";
-static FENCED_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One lock per file (by device and inode number), made when first needed and gone
+/// when nobody holds it: fenced writes to different files never wait for each other.
+#[derive(Default)]
+pub struct FileLocks {
+    map: std::sync::Mutex<std::collections::HashMap<(u64, u64), std::sync::Weak<std::sync::Mutex<()>>>>,
+}
+
+impl FileLocks {
+    pub fn get(&self, st: &libc::stat) -> std::sync::Arc<std::sync::Mutex<()>> {
+        let key = (st.st_dev, st.st_ino);
+        let mut map = crate::lock(&self.map);
+        if let Some(l) = map.get(&key).and_then(std::sync::Weak::upgrade) {
+            return l;
+        }
+        if map.len() >= 1024 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let l = std::sync::Arc::new(std::sync::Mutex::new(()));
+        map.insert(key, std::sync::Arc::downgrade(&l));
+        l
+    }
+
+    pub fn len(&self) -> usize {
+        crate::lock(&self.map).values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 fn xattr_name(name: &[u8]) -> Result<CString, Errno> {
     if name.is_empty() || name.len() > 255 {
@@ -311,11 +341,19 @@ impl Server {
         let f = self.open_data(&g, &o, libc::O_WRONLY)?;
         // Fencing: the newest number seen is kept with the file (so this process stays
         // stateless); a write under an older lease (a holder that was declared dead and
-        // replaced) is refused. One lock serialises the check-and-write of fenced writes.
-        let _fenced = if fence != 0 {
-            let l = FENCED_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+        // replaced) is refused. The file's lock serialises the check-and-write.
+        let file_lock = (fence != 0).then(|| self.fence_locks.get(&o.st));
+        let _fenced = if let Some(l) = &file_lock {
+            let held = crate::lock(l);
             let seen = match sys::getxattr_fd(o.raw(), FENCE_XATTR) {
-                Ok(v) => v.try_into().map(u64::from_be_bytes).unwrap_or(0),
+                Ok(v) => match <[u8; 8]>::try_from(v.as_slice()) {
+                    Ok(b) => u64::from_be_bytes(b),
+                    Err(_) => {
+                        // Read as 0 it would turn fencing off for this file.
+                        tracing::error!(len = v.len(), "unreadable fence on a file; write refused");
+                        return Err(Errno::EIO);
+                    }
+                },
                 Err(e) if e.raw_os_error() == Some(libc::ENODATA) => 0,
                 Err(e) => return Err(e.into()),
             };
@@ -330,7 +368,7 @@ impl Server {
             if fence > seen {
                 sys::setxattr_fd(o.raw(), FENCE_XATTR, &fence.to_be_bytes(), 0)?;
             }
-            Some(l)
+            Some(held)
         } else {
             None
         };
@@ -627,5 +665,35 @@ impl Server {
     pub(crate) fn op_time(&self) -> OpResult {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|_| Errno::EIO)?;
         Ok(Response::Time { now: Timespec { sec: now.as_secs() as i64, nsec: now.subsec_nanos() } })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(dev: u64, ino: u64) -> libc::stat {
+        // SAFETY: stat is plain data; all zeroes is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        st.st_dev = dev;
+        st.st_ino = ino;
+        st
+    }
+
+    /// One lock per file: the same file gets the same lock, another file another, and
+    /// a lock nobody holds is forgotten.
+    #[test]
+    fn fence_locks_are_per_file() {
+        let locks = FileLocks::default();
+        let a = locks.get(&st(1, 10));
+        assert!(std::sync::Arc::ptr_eq(&a, &locks.get(&st(1, 10))));
+        let b = locks.get(&st(1, 11));
+        assert!(!std::sync::Arc::ptr_eq(&a, &b));
+        let _held = a.lock().unwrap();
+        assert!(b.try_lock().is_ok(), "another file's writes do not wait");
+        assert!(locks.get(&st(1, 10)).try_lock().is_err(), "the same file's do");
+        drop(_held);
+        drop((a, b));
+        assert!(locks.is_empty());
     }
 }

@@ -44,6 +44,9 @@ pub struct Server {
     /// Changes on every start: a client that sees a new one resends uncommitted writes.
     pub(crate) verifier: u64,
     pub(crate) read_only: bool,
+    /// Serialises the check-and-write of fenced writes, per file.
+    pub(crate) fence_locks: crate::ops::FileLocks,
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 impl Server {
@@ -68,6 +71,8 @@ impl Server {
             drc: Mutex::new(Drc::new(cfg.drc_size)),
             verifier: handles::random_u64(),
             read_only: cfg.read_only,
+            fence_locks: Default::default(),
+            panic_next: Default::default(),
         })
     }
 
@@ -84,9 +89,9 @@ impl Server {
     pub fn handle_call(&self, call: Call) -> Option<Reply> {
         let Call { xid, client, cred, req } = call;
         if req.is_idempotent() {
-            return Some(Reply { xid, res: self.dispatch(&cred, req) });
+            return Some(Reply { xid, res: self.dispatch_caught(&cred, req) });
         }
-        match self.drc.lock().unwrap().begin(client, xid, &req) {
+        match crate::lock(&self.drc).begin(client, xid, &req) {
             Begin::New => {}
             Begin::InProgress => return None,
             Begin::Replay(r) => {
@@ -94,12 +99,32 @@ impl Server {
                 return Some(r);
             }
         }
-        let reply = Reply { xid, res: self.dispatch(&cred, req.clone()) };
-        self.drc.lock().unwrap().finish(client, xid, req, reply.clone());
+        // The call is finished in the cache however it ends: a panic left it "in
+        // progress" for good, and every retransmission went unanswered.
+        let reply = Reply { xid, res: self.dispatch_caught(&cred, req.clone()) };
+        crate::lock(&self.drc).finish(client, xid, req, reply.clone());
         Some(reply)
     }
 
+    /// [`Server::dispatch`], a panic costing this call a SERVERFAULT and nothing more.
+    fn dispatch_caught(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
+        let name = req.name();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dispatch(cred, req))).unwrap_or_else(|_| {
+            tracing::error!("{name} panicked; answered SERVERFAULT");
+            Err(Errno::SERVERFAULT)
+        })
+    }
+
+    /// Fault injection for tests: the next call's operation panics.
+    #[doc(hidden)]
+    pub fn panic_on_next_call(&self) {
+        self.panic_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn dispatch(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
+        if self.panic_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected fault");
+        }
         if self.read_only && req.is_mutation() {
             return Err(Errno::EROFS);
         }

@@ -760,3 +760,42 @@ fn writes_under_a_stale_fence_are_refused() {
     let set = Request::SetXattr { fh: f.clone(), name: b"trusted.fs.fence".to_vec(), value: vec![0; 8], flags: 0 };
     assert_eq!(t.call(set).err(), Some(Errno::EPERM));
 }
+
+/// A fence attribute that cannot be read (here: 3 bytes, not 8) refuses fenced writes:
+/// read as 0 it would silently turn fencing off for the file.
+#[test]
+fn an_unreadable_fence_refuses_fenced_writes() {
+    let t = T::new();
+    let f = t.create("fenced");
+    let path = std::ffi::CString::new(t.path("fenced").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated strings and a 3-byte value.
+    let rc = unsafe { libc::setxattr(path.as_ptr(), c"trusted.fs.fence".as_ptr(), b"abc".as_ptr().cast(), 3, 0) };
+    assert_eq!(rc, 0, "setting a trusted attribute needs root: {}", std::io::Error::last_os_error());
+    let w = |fence: u64| {
+        t.call(Request::Write { fh: f.clone(), offset: 0, stable: Stable::Unstable, fence, data: b"x".to_vec() })
+    };
+    assert_eq!(w(7).err(), Some(Errno::EIO));
+    assert!(w(0).is_ok(), "unfenced writes are not checked");
+}
+
+/// A panicking operation costs its own call a SERVERFAULT, nothing more: a
+/// retransmission of that call gets the same answer (not silence), and the calls after
+/// it are served.
+#[test]
+fn a_panic_costs_one_call() {
+    let t = T::new();
+    let root = t.root();
+    let mkdir = Request::Mkdir { dir: root.clone(), name: b"d".to_vec(), mode: 0o755 };
+    t.srv.panic_on_next_call();
+    assert_eq!(t.call_xid(&ROOT, 900, mkdir.clone()).err(), Some(Errno::SERVERFAULT));
+    assert_eq!(t.call_xid(&ROOT, 900, mkdir.clone()).err(), Some(Errno::SERVERFAULT), "the retransmission is answered");
+    assert!(t.call_xid(&ROOT, 901, mkdir).is_ok(), "the next call is served");
+    t.srv.panic_on_next_call();
+    assert_eq!(t.call(Request::GetAttr { fh: root.clone() }).err(), Some(Errno::SERVERFAULT));
+    for _ in 0..3 {
+        assert!(t.call(Request::GetAttr { fh: root.clone() }).is_ok());
+        assert!(t
+            .call(Request::Create { dir: root.clone(), name: b"f".to_vec(), mode: 0o644, how: CreateHow::Unchecked })
+            .is_ok());
+    }
+}
