@@ -237,12 +237,13 @@ fn spool_job_survives_watcher_and_broker_crashes() {
     let mut w = ClusterProc::start(&args, "spool ");
     let (lo, hi) = (1_000_000_000_000i64, 1_000_000_399_999i64);
     std::fs::write(rig.mnt("spool/in/j.job"), format!("{lo}..{hi}\n")).unwrap();
-    // (Read on the server's side: no attribute cache between the test and the truth.)
-    let tmp = rig.export("spool/out/.j.primes.tmp@w");
+    // (Seen through the mount: the watcher's writes wait in its write-back buffer, and
+    // the mount's size counts them.)
+    let tmp = rig.mnt("spool/out/.j.primes.tmp@w");
     let out = rig.mnt("spool/out/j.primes");
     // Waits until a watcher has written primes of the job since `since` (it is mid-job).
-    // A restarted watcher starts the file afresh, so the killed one's leftover file,
-    // written before `since`, does not count.
+    // A restarted watcher starts the file afresh (truncating it, which sets its mtime),
+    // so the killed one's leftover file, changed before `since`, does not count.
     let wait_for_progress = |since: std::time::SystemTime| {
         tests::wait_until(Duration::from_secs(60), "progress on the job", || {
             std::fs::metadata(&tmp).is_ok_and(|m| m.len() > 0 && m.modified().unwrap() > since)

@@ -2,7 +2,7 @@
 //! kernel's arguments into plain values, hands the work to [`Client`] on the tokio
 //! runtime, and turns the result into a reply. No callback blocks the FUSE thread.
 
-use crate::client::{Caller, Client, Entry};
+use crate::client::{Caller, Client, Entry, OpenNo};
 use crate::locks::Locks;
 use fs_proto::{Attr, Errno, FileKind, SetAttrs, SetTime, Timespec};
 use fuser::{
@@ -353,7 +353,7 @@ impl Filesystem for Fs {
                 }
             }
             let flags = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-            r.opened(FileHandle(o.fh), flags)
+            r.opened(FileHandle(o.fh.0), flags)
         });
     }
 
@@ -372,7 +372,7 @@ impl Filesystem for Fs {
         self.spawn(
             reply,
             async move {
-                let d = cl.read(ino.0, fh.0, offset, size).await?;
+                let d = cl.read(ino.0, OpenNo(fh.0), offset, size).await?;
                 if d.len() < size as usize {
                     tracing::debug!(ino = ino.0, offset, size, got = d.len(), "short read");
                 }
@@ -422,7 +422,7 @@ impl Filesystem for Fs {
             if let Some(u) = unlock {
                 u.await?;
             }
-            cl.release(ino.0, fh.0).await
+            cl.release(ino.0, OpenNo(fh.0)).await
         };
         self.spawn(reply, work, |r, ()| r.ok());
     }
@@ -494,13 +494,13 @@ impl Filesystem for Fs {
     }
 
     fn opendir(&self, req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(self.client.opendir(caller(req))), FopenFlags::empty());
+        reply.opened(FileHandle(self.client.opendir(caller(req)).0), FopenFlags::empty());
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let cl = self.client.clone();
         self.rt.spawn(async move {
-            let listing = match cl.readdir(ino.0, fh.0, offset).await {
+            let listing = match cl.readdir(ino.0, OpenNo(fh.0), offset).await {
                 Ok(l) => l,
                 Err(e) => return reply.fail(e),
             };
@@ -517,7 +517,7 @@ impl Filesystem for Fs {
     fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let (c, cl) = (caller(req), self.client.clone());
         self.rt.spawn(async move {
-            let listing = match cl.readdir(ino.0, fh.0, offset).await {
+            let listing = match cl.readdir(ino.0, OpenNo(fh.0), offset).await {
                 Ok(l) => l,
                 Err(e) => return reply.fail(e),
             };
@@ -557,7 +557,7 @@ impl Filesystem for Fs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.client.releasedir(fh.0);
+        self.client.releasedir(OpenNo(fh.0));
         reply.ok();
     }
 
@@ -645,7 +645,7 @@ impl Filesystem for Fs {
         let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
         let exclusive = flags & libc::O_EXCL != 0;
         self.run(reply, async move { cl.create(c, parent.0, &name, mode, exclusive).await }, |r, (e, fh)| {
-            r.created(&e.attr_ttl, &file_attr(e.ino, &e.attr), Generation(0), FileHandle(fh), FopenFlags::empty())
+            r.created(&e.attr_ttl, &file_attr(e.ino, &e.attr), Generation(0), FileHandle(fh.0), FopenFlags::empty())
         });
     }
 

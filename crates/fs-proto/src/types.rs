@@ -34,6 +34,15 @@ pub struct Timespec {
     pub nsec: u32,
 }
 
+impl Timespec {
+    /// The change attribute of an object whose ctime this is ([`Attr::change`]): the
+    /// ctime in nanoseconds, wrapping (defined here alone: the server makes it, clients
+    /// compare a WRITE's or COMMIT's pre-op ctime with it).
+    pub fn change(self) -> u64 {
+        (self.sec as u64).wrapping_mul(1_000_000_000).wrapping_add(u64::from(self.nsec))
+    }
+}
+
 /// How SETATTR changes a time stamp (RFC 1813, section 2.6, `set_atime`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -64,7 +64,7 @@ pub fn attr_of(st: &libc::stat, fsid: u64) -> Attr {
         atime: ts(st.st_atime, st.st_atime_nsec),
         mtime: ts(st.st_mtime, st.st_mtime_nsec),
         ctime: ts(st.st_ctime, st.st_ctime_nsec),
-        change: (st.st_ctime as u64).wrapping_mul(1_000_000_000).wrapping_add(st.st_ctime_nsec as u64),
+        change: ts(st.st_ctime, st.st_ctime_nsec).change(),
     }
 }
 
@@ -112,8 +112,11 @@ const FENCE_XATTR: &std::ffi::CStr = c"trusted.fs.fence";
 /// when nobody holds it: fenced writes to different files never wait for each other.
 #[derive(Default)]
 pub struct FileLocks {
-    map: std::sync::Mutex<std::collections::HashMap<(u64, u64), std::sync::Weak<std::sync::Mutex<()>>>>,
+    map: std::sync::Mutex<std::collections::HashMap<FileKey, std::sync::Weak<std::sync::Mutex<()>>>>,
 }
+
+/// A file by device and inode number.
+type FileKey = (u64, u64);
 
 impl FileLocks {
     pub fn get(&self, st: &libc::stat) -> std::sync::Arc<std::sync::Mutex<()>> {

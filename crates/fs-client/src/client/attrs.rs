@@ -1,0 +1,142 @@
+//! Attributes and extended attributes: what the kernel should see (the server's
+//! attributes with the size grown by writes still buffered here), `setattr` (after
+//! write-back), access checks, `statfs`, xattrs.
+
+use super::{unexpected, Caller, Client};
+use fs_proto::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Client {
+    /// What the kernel should see: the server's attributes, with the size grown by
+    /// writes still buffered here.
+    /// A silly-renamed file shows the link count it would have had, had it really been
+    /// removed (pjdfstest's `unlink::open_file_not_freed`).
+    pub(super) fn local_view(&self, ino: u64, mut attr: Attr) -> Attr {
+        if let Some(f) = self.files.lock().unwrap().get(&ino) {
+            let end = f.wb.lock().unwrap().written_end;
+            attr.size = attr.size.max(end);
+        }
+        if self.silly.lock().unwrap().contains_key(&ino) {
+            attr.nlink = attr.nlink.saturating_sub(1);
+        }
+        attr
+    }
+
+    pub async fn getattr(&self, c: Caller, ino: u64) -> Result<(Attr, Duration), Errno> {
+        // A directory's attributes come back with every change we make in it (weak cache
+        // consistency), so while they are fresh they are served from here: the kernel
+        // drops its copy after each create or unlink, and asking the server again cost a
+        // second round trip per `rm` (RFC 1813, 2.6). Files always ask: an unlink or
+        // link elsewhere changes their link count without telling us.
+        let fresh = {
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino).ok_or(Errno::ESTALE)?;
+            (n.attr.kind == FileKind::Directory && Instant::now() < n.attr_valid_until).then_some(n.attr)
+        };
+        if let Some(a) = fresh {
+            return Ok((a, self.attr_ttl(&a)));
+        }
+        let fh = self.fh(ino)?;
+        match self.call(&self.cred(c), Request::GetAttr { fh: fh.clone() }).await? {
+            Response::Attr(a) => {
+                self.note_attr(&fh, &a);
+                Ok((self.local_view(ino, a), self.attr_ttl(&a)))
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn setattr(self: &Arc<Self>, c: Caller, ino: u64, attrs: SetAttrs) -> Result<(Attr, Duration), Errno> {
+        let fh = self.fh(ino)?;
+        // Buffered writes must land first: after a truncate they would extend the file
+        // again, and after a new mtime they would overwrite it (`tar`, `touch` after write).
+        self.writeback(ino).await?;
+        if let Some(size) = attrs.size {
+            if let Some(f) = self.files.lock().unwrap().get(&ino) {
+                let mut wb = f.wb.lock().unwrap();
+                wb.dirty.truncate(size);
+                wb.unstable.forget(size, u64::MAX);
+                wb.written_end = wb.written_end.min(size);
+            }
+            self.invalidate(ino, size, u64::MAX);
+        }
+        let req = Request::SetAttr { fh: fh.clone(), attrs, guard: None };
+        let wcc = match self.call(&self.cred(c), req).await? {
+            Response::Wcc(w) => w,
+            r => return Err(unexpected(r)),
+        };
+        let attr = match wcc.after {
+            Some(a) => a,
+            None => return self.getattr(c, ino).await,
+        };
+        self.note_attr(&fh, &attr);
+        if attrs.size.is_some() {
+            // Our own truncate: the new change attribute is ours, so the next open need
+            // not drop the kernel's cache; our blocks (tagged with the old one) go.
+            if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+                n.data_change = attr.change;
+            }
+            self.invalidate(ino, 0, u64::MAX);
+        }
+        Ok((self.local_view(ino, attr), self.attr_ttl(&attr)))
+    }
+
+    pub async fn readlink(&self, c: Caller, ino: u64) -> Result<Vec<u8>, Errno> {
+        match self.call(&self.cred(c), Request::ReadLink { fh: self.fh(ino)? }).await? {
+            Response::ReadLink { target } => Ok(target),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn access(&self, c: Caller, ino: u64, mask: u32) -> Result<(), Errno> {
+        if mask == 0 {
+            return self.getattr(c, ino).await.map(drop);
+        }
+        match self.call(&self.cred(c), Request::Access { fh: self.fh(ino)?, mask }).await? {
+            Response::Access { granted, .. } if granted & mask == mask => Ok(()),
+            Response::Access { .. } => Err(Errno::EACCES),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn statfs(&self, c: Caller, ino: u64) -> Result<FsStat, Errno> {
+        match self.call(&self.cred(c), Request::FsStat { fh: self.fh(ino)? }).await? {
+            Response::FsStat(s) => Ok(s),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn getxattr(&self, c: Caller, ino: u64, name: &[u8]) -> Result<Vec<u8>, Errno> {
+        match self.call(&self.cred(c), Request::GetXattr { fh: self.fh(ino)?, name: name.to_vec() }).await? {
+            Response::Xattr(v) => Ok(v),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn listxattr(&self, c: Caller, ino: u64) -> Result<Vec<u8>, Errno> {
+        match self.call(&self.cred(c), Request::ListXattr { fh: self.fh(ino)? }).await? {
+            Response::Xattr(v) => Ok(v),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    pub async fn setxattr(&self, c: Caller, ino: u64, name: &[u8], value: &[u8], flags: u32) -> Result<(), Errno> {
+        let fh = self.fh(ino)?;
+        let req = Request::SetXattr { fh: fh.clone(), name: name.to_vec(), value: value.to_vec(), flags };
+        match self.call(&self.cred(c), req).await? {
+            Response::Attr(a) => self.note_attr(&fh, &a),
+            r => return Err(unexpected(r)),
+        }
+        Ok(())
+    }
+
+    pub async fn removexattr(&self, c: Caller, ino: u64, name: &[u8]) -> Result<(), Errno> {
+        let fh = self.fh(ino)?;
+        match self.call(&self.cred(c), Request::RemoveXattr { fh: fh.clone(), name: name.to_vec() }).await? {
+            Response::Attr(a) => self.note_attr(&fh, &a),
+            r => return Err(unexpected(r)),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! The client proper: every file system operation as an async function on plain types,
+//! with no FUSE types in sight, so it can be driven and tested without a mount. The
+//! FUSE layer ([`crate::fuse`]) only translates.
+//!
+//! # Caching and consistency (the NFS model)
+//! - **Attributes**: the kernel caches them for the adaptive timeout we give it
+//!   ([`crate::attrcache`]); when it asks about a file, we ask the server; a directory's
+//!   attributes are served from here while fresh. Mutating replies carry post-operation
+//!   attributes, which replace what we hold.
+//! - **Close-to-open**: `open` always fetches attributes. If the change attribute is the
+//!   one our cached data was read under, the kernel keeps its page cache
+//!   (`FOPEN_KEEP_CACHE`) and ours stays valid; otherwise both are dropped.
+//! - **Page cache**: blocks in an LRU bounded in bytes, tagged with the change attribute.
+//! - **Read-ahead**: per open file, sequential readers get a growing window of block
+//!   fetches in flight; concurrent readers of one block share one fetch; random readers
+//!   fetch only the bytes they ask for.
+//! - **Write-back**: writes are buffered and coalesced, sent as `wsize` UNSTABLE WRITEs,
+//!   several in flight (overlapping ones in order); `flush` (close) sends the rest and
+//!   waits, the last close COMMITs in the background, `fsync` waits for a COMMIT. The
+//!   data stays in memory until a COMMIT with the same write verifier as its WRITE; a
+//!   different verifier (the server restarted) makes us send it again. Errors of
+//!   background writes are reported by the next `flush` or `fsync`, as NFS does.
+//! - **Silly rename**: removing or replacing a file that is open here renames it to
+//!   `.fs-silly-*` instead, and removes it on the last close (an NFS client's trick; the
+//!   server is stateless and would otherwise answer the open file's calls with ESTALE).
+//!
+//! # Layout
+//! One module per concern, each an `impl Client` block: [`names`] (lookup .. rename),
+//! [`silly`] (silly rename), [`attrs`] (attributes and xattrs), [`open`] (open, close,
+//! listings), [`read`] (the read path), [`write`] (the write path; its decisions are in
+//! the pure [`crate::writeback`]), [`creds`] (who is calling). This file holds the
+//! shared state and the helpers every part uses.
+//!
+//! Two kinds of handle: [`FileHandle`] is the server's (opaque, the same on every mount
+//! of the export); [`OpenNo`] is the kernel's number for one open file description.
+
+mod attrs;
+mod creds;
+mod names;
+mod open;
+mod read;
+mod silly;
+mod write;
+
+use crate::attrcache::AttrTimeouts;
+use crate::inodes::Inodes;
+use crate::options::MountOptions;
+use crate::pagecache::PageCache;
+use crate::rpc::Rpc;
+use fs_proto::*;
+use lru::LruCache;
+use open::OpenFile;
+use read::Fetch;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, Semaphore};
+use write::FileState;
+
+/// Who made a kernel request.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// The kernel's number for one open file description (what `open` answers and every
+/// later call on that descriptor names); not the server's [`FileHandle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpenNo(pub u64);
+
+/// A name the kernel may cache: node id, attributes and how long to trust each.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub attr: Attr,
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+}
+
+pub struct Opened {
+    pub fh: OpenNo,
+    /// Keep the kernel's page cache: the file did not change since we cached it.
+    pub keep_cache: bool,
+    /// The file changed since we last saw it: the kernel's cached attributes (the size
+    /// above all, which bounds its reads) must go too, or the first read after this open
+    /// stops at the old size.
+    pub attrs_changed: bool,
+}
+
+/// The client's shared state.
+///
+/// # Lock order
+/// `files` -> a [`FileState`]'s locks (`opens`, `cred`, `wb`; never two of them at
+/// once) -> `cache` -> `fetches`. `inodes`, `opens`, `silly` and `groups` are leaves:
+/// nothing else is taken while one is held. No lock is held across an `.await`.
+pub struct Client {
+    rpc: Rpc,
+    opts: MountOptions,
+    /// Node ids to server handles, lookup and open counts, cached attributes.
+    inodes: Mutex<Inodes>,
+    /// The page cache (blocks tagged with the change attribute).
+    cache: Mutex<PageCache>,
+    /// Block fetches in flight, shared by concurrent readers of a block.
+    fetches: Mutex<HashMap<(u64, u64), Fetch>>,
+    /// Write-back state of files open (or still committing), by node id.
+    files: Mutex<HashMap<u64, Arc<FileState>>>,
+    /// Open file descriptions, by the kernel's number.
+    opens: Mutex<HashMap<OpenNo, OpenFile>>,
+    next_fh: AtomicU64,
+    /// Silly-renamed open files, by node id.
+    silly: Mutex<HashMap<u64, silly::Silly>>,
+    /// Bounds the WRITEs in flight (back-pressure on writers).
+    write_slots: Arc<Semaphore>,
+    /// Supplementary groups by process id, with when they were read.
+    groups: Mutex<LruCache<u32, (Instant, Vec<u32>)>>,
+    max_io: usize,
+    /// Background commits running, and a wake-up when one ends.
+    background: AtomicU64,
+    quiet: Notify,
+}
+
+fn unexpected(r: Response) -> Errno {
+    tracing::error!("unexpected reply {r:?}");
+    Errno::EIO
+}
+
+impl Client {
+    /// Asks the server for the export's root and sets up the tables.
+    pub async fn new(rpc: Rpc, opts: MountOptions) -> Result<Client, Errno> {
+        let cred = Cred { uid: 0, gid: 0, groups: vec![] };
+        let (root, attr, max_io) = match rpc.call(&cred, Request::Mount { path: "/".into() }).await? {
+            Response::Mount { root, attr, max_io } => (root, attr, max_io as usize),
+            r => return Err(unexpected(r)),
+        };
+        Ok(Client {
+            rpc,
+            inodes: Mutex::new(Inodes::new(root, attr, Instant::now())),
+            cache: Mutex::new(PageCache::new(opts.cache_size, opts.block_size)),
+            fetches: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            opens: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            silly: Mutex::new(HashMap::new()),
+            write_slots: Arc::new(Semaphore::new(opts.writes_in_flight.max(1))),
+            groups: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
+            max_io: max_io.clamp(4096, MAX_IO),
+            background: AtomicU64::new(0),
+            quiet: Notify::new(),
+            opts,
+        })
+    }
+
+    pub fn max_io(&self) -> usize {
+        self.max_io
+    }
+
+    pub(super) async fn call(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
+        if self.opts.read_only && req.is_mutation() {
+            return Err(Errno::EROFS);
+        }
+        self.rpc.call(cred, req).await
+    }
+
+    pub(super) fn fh(&self, ino: u64) -> Result<FileHandle, Errno> {
+        self.inodes.lock().unwrap().get(ino).map(|n| n.fh.clone()).ok_or(Errno::ESTALE)
+    }
+
+    /// The key of a file's lease: its file handle, the same on every mount of the export.
+    pub fn lease_key(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        self.fh(ino).map(|fh| fh.0)
+    }
+
+    /// A lock was granted on `ino`: whatever we cached may predate the last holder's
+    /// writes, so it goes (the caller also drops the kernel's pages).
+    pub fn lock_granted(&self, ino: u64, fence: u64) {
+        // (File attributes are always fetched afresh; only directories' are cached.)
+        self.invalidate(ino, 0, u64::MAX);
+        self.set_fence(ino, fence);
+    }
+
+    /// The lock on `ino` was given back (its writes were flushed first).
+    pub fn lock_released(&self, ino: u64) {
+        self.set_fence(ino, 0);
+    }
+
+    pub(super) fn set_fence(&self, ino: u64, fence: u64) {
+        if let Some(f) = self.files.lock().unwrap().get(&ino) {
+            f.fence.store(fence, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    pub(super) fn timeouts(&self) -> AttrTimeouts {
+        self.opts.attr
+    }
+
+    pub fn attr_ttl(&self, attr: &Attr) -> Duration {
+        self.timeouts().timeout(attr, SystemTime::now())
+    }
+
+    /// Replaces the cached attributes of `fh`, if we know it.
+    pub(super) fn note_attr(&self, fh: &FileHandle, attr: &Attr) {
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(ino) = t.ino_of(fh) {
+            let ttl = self.attr_ttl(attr);
+            if let Some(n) = t.get_mut(ino) {
+                n.attr = *attr;
+                n.attr_valid_until = Instant::now() + ttl;
+            }
+        }
+    }
+
+    pub(super) fn note_wcc(&self, fh: &FileHandle, wcc: &Wcc) {
+        if let Some(a) = &wcc.after {
+            self.note_attr(fh, a);
+        }
+    }
+
+    /// The kernel now holds a reference to `fh` (LOOKUP, CREATE, READDIRPLUS entry...).
+    pub fn remember(&self, fh: &FileHandle, attr: Attr) -> Entry {
+        let attr_ttl = self.attr_ttl(&attr);
+        let ino = self.inodes.lock().unwrap().lookup(fh, attr, attr_ttl, Instant::now());
+        let attr = self.local_view(ino, attr);
+        // Names are revalidated on the directory timeouts, as NFS's dentry cache.
+        let entry_ttl = self.timeouts().dir_min;
+        Entry { ino, attr, attr_ttl, entry_ttl }
+    }
+
+    /// Drops cached blocks of `ino` in `[start, end)`, and forgets fetches of them still
+    /// in flight, so that readers from now on fetch afresh.
+    pub(super) fn invalidate(&self, ino: u64, start: u64, end: u64) {
+        let bs = self.opts.block_size as u64;
+        self.cache.lock().unwrap().invalidate_range(ino, start, end);
+        let (first, last) = (start / bs, end.saturating_sub(1) / bs);
+        self.fetches.lock().unwrap().retain(|&(i, b), _| i != ino || b < first || b > last);
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        if self.inodes.lock().unwrap().forget(ino, n) {
+            self.cache.lock().unwrap().invalidate(ino);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Open and close, and directory listings. `open` is where close-to-open happens: fresh
+//! attributes, the page caches kept only if the file is unchanged (and the access time
+//! not due, see [`crate::inodes::atime_due`]); `flush` (every close) sends the buffered
+//! writes, the last `release` commits in the background.
+
+use super::write::{FileState, Wb};
+use super::{unexpected, Caller, Client, Entry, OpenNo, Opened};
+use crate::inodes::atime_due;
+use crate::readahead::ReadAhead;
+use fs_proto::*;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+
+/// One open file description (the kernel's open-file number names it).
+pub(super) struct OpenFile {
+    pub(super) cred: Cred,
+    pub(super) ra: ReadAhead,
+    /// A directory's listing, fetched whole at offset 0 and served from here.
+    pub(super) listing: Option<Arc<Vec<DirEntry>>>,
+}
+
+impl Client {
+    pub(super) fn new_open(&self, ino: u64, cred: Cred) -> OpenNo {
+        let fh = OpenNo(self.next_fh.fetch_add(1, Ordering::Relaxed));
+        self.opens.lock().unwrap().insert(fh, OpenFile { cred, ra: ReadAhead::default(), listing: None });
+        self.inodes.lock().unwrap().open(ino);
+        fh
+    }
+
+    pub(super) fn file_state(&self, ino: u64, fh: &FileHandle, cred: &Cred) {
+        let mut files = self.files.lock().unwrap();
+        // A state left by a file whose node id now names another object (deleted, its
+        // number reused, while a background COMMIT still ran) is not this file's.
+        if files.get(&ino).is_some_and(|f| f.fh != *fh) {
+            files.remove(&ino);
+        }
+        let f = files.entry(ino).or_insert_with(|| {
+            Arc::new(FileState {
+                fh: fh.clone(),
+                fence: Default::default(),
+                cred: Mutex::new(cred.clone()),
+                opens: Mutex::new(0),
+                wb: Mutex::new(Wb::default()),
+                idle: Notify::new(),
+            })
+        });
+        *f.opens.lock().unwrap() += 1;
+        *f.cred.lock().unwrap() = cred.clone();
+    }
+
+    /// Close-to-open: fetch attributes; keep cached data only if the file is unchanged.
+    /// `reads`: the file is opened for reading (not `O_WRONLY`).
+    pub async fn open(&self, c: Caller, ino: u64, reads: bool) -> Result<Opened, Errno> {
+        let fh = self.fh(ino)?;
+        let cred = self.cred(c);
+        let attr = match self.call(&cred, Request::GetAttr { fh: fh.clone() }).await? {
+            Response::Attr(a) => a,
+            r => return Err(unexpected(r)),
+        };
+        self.note_attr(&fh, &attr);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let (unchanged, atime_due) = {
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(Errno::ESTALE)?;
+            let same = n.data_change == attr.change;
+            // Blocks tagged with the old change attribute become unreachable.
+            n.data_change = attr.change;
+            // Reads the kernel serves from its page cache never reach us, so a read that
+            // would update the access time must not find the kernel's pages.
+            let due = reads && !self.opts.noatime && atime_due(&attr, now);
+            n.atime_due |= due;
+            (same, due)
+        };
+        self.file_state(ino, &fh, &cred);
+        Ok(Opened { fh: self.new_open(ino, cred), keep_cache: unchanged && !atime_due, attrs_changed: !unchanged })
+    }
+
+    /// A read that must reach the server for the access time's sake (see [`Client::open`]):
+    /// true once after an open found the access time due.
+    pub(super) fn take_atime_due(&self, ino: u64) -> bool {
+        let mut t = self.inodes.lock().unwrap();
+        t.get_mut(ino).is_some_and(|n| std::mem::take(&mut n.atime_due))
+    }
+
+    /// CREATE and open in one step (the kernel's `create`).
+    pub async fn create(
+        &self,
+        c: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        exclusive: bool,
+    ) -> Result<(Entry, OpenNo), Errno> {
+        let dir = self.fh(parent)?;
+        let cred = self.cred(c);
+        let how = if exclusive { CreateHow::Guarded } else { CreateHow::Unchecked };
+        let r = self
+            .call(&cred, Request::Create { dir: dir.clone(), name: name.to_vec(), mode: mode & 0o7777, how })
+            .await?;
+        let entry = self.created(&dir, r)?;
+        let fh = self.fh(entry.ino)?;
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(entry.ino) {
+            n.data_change = entry.attr.change;
+        }
+        self.file_state(entry.ino, &fh, &cred);
+        Ok((entry.clone(), self.new_open(entry.ino, cred)))
+    }
+
+    /// `close(2)` of one descriptor: every buffered write reaches the server, so the next
+    /// open anywhere sees it (close-to-open), and an error a background write met is
+    /// reported here. The COMMIT follows in the background ([`Client::release`]);
+    /// `fsync` waits for it.
+    pub async fn flush(self: &Arc<Self>, ino: u64) -> Result<(), Errno> {
+        let Some(f) = self.files.lock().unwrap().get(&ino).cloned() else { return Ok(()) };
+        self.drain(&f).await;
+        let error = f.wb.lock().unwrap().error.take();
+        error.map_or(Ok(()), Err)
+    }
+
+    /// `fsync(2)`: written, committed, and resent until the server has it on stable
+    /// storage under one write verifier.
+    pub async fn fsync(self: &Arc<Self>, ino: u64) -> Result<(), Errno> {
+        let Some(f) = self.files.lock().unwrap().get(&ino).cloned() else { return Ok(()) };
+        self.sync(&f).await
+    }
+
+    /// The last close of an open file description. On the file's last close the COMMIT
+    /// runs in the background: the data is already on the server (visible to every client),
+    /// and we keep our copy until the server says it is on stable storage, resending it
+    /// if the server restarted meanwhile. A silly-renamed file is removed after that.
+    pub async fn release(self: &Arc<Self>, ino: u64, fh: OpenNo) -> Result<(), Errno> {
+        self.opens.lock().unwrap().remove(&fh);
+        let f = self.files.lock().unwrap().get(&ino).cloned();
+        let result = self.flush(ino).await;
+        let last = f.as_ref().is_some_and(|f| {
+            let mut o = f.opens.lock().unwrap();
+            *o = o.saturating_sub(1);
+            *o == 0
+        });
+        if self.inodes.lock().unwrap().release(ino) {
+            self.cache.lock().unwrap().invalidate(ino);
+        }
+        if let (true, Some(f)) = (last, f) {
+            let this = self.clone();
+            self.background.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Err(e) = this.sync(&f).await {
+                    tracing::warn!(ino, "background commit failed: {e}");
+                }
+                let reopened = {
+                    let mut files = this.files.lock().unwrap();
+                    let reopened =
+                        files.get(&ino).is_some_and(|cur| !Arc::ptr_eq(cur, &f) || *cur.opens.lock().unwrap() > 0);
+                    if !reopened {
+                        files.remove(&ino);
+                    }
+                    reopened
+                };
+                // Opened again meanwhile: that open's last close removes a silly name.
+                if !reopened {
+                    this.silly_remove(ino).await;
+                }
+                this.background.fetch_sub(1, Ordering::SeqCst);
+                this.quiet.notify_waiters();
+            });
+        }
+        result
+    }
+
+    /// Waits (up to `limit`) for background commits to finish; called at unmount.
+    pub async fn quiesce(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let n = self.quiet.notified();
+                if self.background.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                n.await;
+            }
+        })
+        .await;
+    }
+
+    pub fn opendir(&self, c: Caller) -> OpenNo {
+        let fh = OpenNo(self.next_fh.fetch_add(1, Ordering::Relaxed));
+        self.opens.lock().unwrap().insert(fh, OpenFile { cred: self.cred(c), ra: ReadAhead::default(), listing: None });
+        fh
+    }
+
+    pub fn releasedir(&self, fh: OpenNo) {
+        self.opens.lock().unwrap().remove(&fh);
+    }
+
+    /// The directory listing of an open directory handle: fetched whole (READDIRPLUS,
+    /// as many calls as it takes) when the kernel asks from offset 0, then served from
+    /// memory for the kernel's following calls. Offsets are indices + 1.
+    pub async fn readdir(&self, dir_ino: u64, fh: OpenNo, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        let (cred, cached) = {
+            let o = self.opens.lock().unwrap();
+            let of = o.get(&fh).ok_or(Errno::EBADF)?;
+            (of.cred.clone(), of.listing.clone())
+        };
+        if let (Some(l), true) = (cached, offset != 0) {
+            return Ok(l);
+        }
+        let dir = self.fh(dir_ino)?;
+        let (mut cookie, mut verifier, mut all) = (0u64, 0u64, Vec::new());
+        loop {
+            let req = Request::ReadDirPlus { dir: dir.clone(), cookie, verifier, count: 256 * 1024 };
+            match self.call(&cred, req).await? {
+                Response::Dir { verifier: v, entries, eof, attr } => {
+                    self.note_attr(&dir, &attr);
+                    verifier = v;
+                    if let Some(last) = entries.last() {
+                        cookie = last.cookie;
+                    }
+                    let got = entries.len();
+                    all.extend(entries);
+                    if eof || got == 0 {
+                        break;
+                    }
+                }
+                r => return Err(unexpected(r)),
+            }
+        }
+        let listing = Arc::new(all);
+        if let Some(of) = self.opens.lock().unwrap().get_mut(&fh) {
+            of.listing = Some(listing.clone());
+        }
+        Ok(listing)
+    }
+}

@@ -1,0 +1,264 @@
+//! The write path: writes buffered and coalesced ([`Dirty`]), sent as `wsize` UNSTABLE
+//! WRITEs, several in flight (an overlapping one waits for the older: [`InFlight`]);
+//! acknowledged data kept ([`Unstable`]) until a COMMIT under the same write verifier,
+//! resent otherwise; the change attribute a COMMIT reports adopted only when the file is
+//! as our last WRITE left it ([`commit_change_is_ours`]). The decisions are in the pure
+//! [`crate::writeback`] module; this is the shell that sends.
+
+use super::{unexpected, Caller, Client};
+use crate::writeback::{commit_change_is_ours, Committed, Dirty, InFlight, Unstable};
+use fs_proto::*;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub(super) struct Wb {
+    pub(super) dirty: Dirty,
+    pub(super) in_flight: InFlight,
+    pub(super) unstable: Unstable,
+    pub(super) error: Option<Errno>,
+    /// Highest byte written while the file is open (lowered only by our own truncate).
+    /// Sizes we report never go below it: a GETATTR that raced with the write-back of
+    /// acknowledged writes would otherwise shrink the kernel's file size, and a program
+    /// reading through `mmap` there gets SIGBUS (found by fsx).
+    pub(super) written_end: u64,
+    /// A background COMMIT is running.
+    pub(super) committing: bool,
+    /// The change attribute after our latest WRITE (0: none yet), for
+    /// [`commit_change_is_ours`].
+    pub(super) last_write_change: u64,
+}
+
+/// Write-back state of one file, while it is open (and until its last COMMIT).
+///
+/// Lock order: taken after `Client::files`, before `Client::cache`; `wb` is never held
+/// together with `cred` or `opens`.
+pub(super) struct FileState {
+    pub(super) fh: FileHandle,
+    /// The fencing number of the lease held on the file while locked (0: none); WRITEs
+    /// carry it, so a holder that lost its lease cannot overwrite a newer holder's data.
+    pub(super) fence: std::sync::atomic::AtomicU64,
+    /// Whose credentials WRITEs and COMMITs go with: the latest opener's.
+    pub(super) cred: Mutex<Cred>,
+    /// Open file descriptions of the file.
+    pub(super) opens: Mutex<u32>,
+    pub(super) wb: Mutex<Wb>,
+    /// Woken whenever a WRITE ends (waiters: overlapping WRITEs, `drain`).
+    pub(super) idle: Notify,
+}
+impl Client {
+    /// Buffers a write; full `wsize` pieces go to the server at once (in parallel, up to
+    /// `writes_in_flight`; waiting for a slot is the back-pressure on the writer).
+    pub async fn write(self: &Arc<Self>, ino: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        if self.opts.read_only {
+            return Err(Errno::EROFS);
+        }
+        let f = self.files.lock().unwrap().get(&ino).cloned().ok_or(Errno::EBADF)?;
+        let known_size = self.inodes.lock().unwrap().get(ino).map_or(0, |n| n.attr.size);
+        let full = {
+            let mut wb = f.wb.lock().unwrap();
+            // Drop cached blocks this write makes stale: the ones it covers and, when it
+            // extends the file, the old last block, which ends short (a short block means
+            // end of file, and a short READ makes the kernel shrink the file).
+            let old_end = known_size.max(wb.written_end);
+            self.invalidate(ino, offset.min(old_end), offset + data.len() as u64);
+            wb.dirty.write(offset, data);
+            wb.written_end = wb.written_end.max(offset + data.len() as u64);
+            let full = wb.dirty.take_full(self.opts.wsize.min(self.max_io));
+            wb.in_flight.queue(full)
+        };
+        for (seq, off, chunk) in full {
+            self.send_write(&f, seq, off, chunk).await;
+        }
+        // Bound what waits for a COMMIT in memory: start one in the background at the
+        // threshold, and make the writer wait for one at twice that.
+        let (pending, start) = {
+            let mut wb = f.wb.lock().unwrap();
+            let start = wb.unstable.bytes() >= self.commit_threshold() && !wb.committing;
+            if start {
+                wb.committing = true;
+            }
+            (wb.unstable.bytes(), start)
+        };
+        if start {
+            let (this, f) = (self.clone(), f.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this.commit(&f).await {
+                    f.wb.lock().unwrap().error.get_or_insert(e);
+                }
+                f.wb.lock().unwrap().committing = false;
+            });
+        } else if pending >= 2 * self.commit_threshold() {
+            self.commit(&f).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    pub(super) fn commit_threshold(&self) -> usize {
+        (self.opts.cache_size / 2).max(32 << 20)
+    }
+
+    /// Sends one WRITE, queued by [`Wb::queue`], once no older overlapping WRITE is still
+    /// on its way.
+    pub(super) async fn send_write(self: &Arc<Self>, f: &Arc<FileState>, seq: u64, offset: u64, data: Vec<u8>) {
+        let end = offset + data.len() as u64;
+        loop {
+            let idle = f.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let blocked = f.wb.lock().unwrap().in_flight.blocked(seq, offset, end);
+            if !blocked {
+                break;
+            }
+            idle.await;
+        }
+        let permit = self.write_slots.clone().acquire_owned().await.expect("never closed");
+        let (this, f) = (self.clone(), f.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let cred = f.cred.lock().unwrap().clone();
+            let fence = f.fence.load(std::sync::atomic::Ordering::SeqCst);
+            let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data: data.clone() };
+            let res = this.rpc.call(&cred, req).await;
+            let mut wb = f.wb.lock().unwrap();
+            wb.in_flight.done(seq);
+            match res {
+                Ok(Response::Write { committed, verifier, wcc, .. }) => {
+                    if committed == Stable::Unstable {
+                        wb.unstable.push(offset, data, verifier);
+                    }
+                    if let Some(a) = &wcc.after {
+                        wb.last_write_change = wb.last_write_change.max(a.change);
+                    }
+                    drop(wb);
+                    this.note_wcc(&f.fh, &wcc);
+                }
+                Ok(r) => wb.error = Some(unexpected(r)),
+                Err(e) => wb.error = Some(e),
+            }
+            f.idle.notify_waiters();
+        });
+    }
+
+    /// Sends every buffered byte of `ino` and waits until no WRITE is in flight.
+    pub(super) async fn writeback(self: &Arc<Self>, ino: u64) -> Result<(), Errno> {
+        let Some(f) = self.files.lock().unwrap().get(&ino).cloned() else { return Ok(()) };
+        self.drain(&f).await;
+        Ok(())
+    }
+
+    pub(super) async fn drain(self: &Arc<Self>, f: &Arc<FileState>) {
+        let chunks = {
+            let mut wb = f.wb.lock().unwrap();
+            let chunks = wb.dirty.take_all(self.opts.wsize.min(self.max_io));
+            wb.in_flight.queue(chunks)
+        };
+        for (seq, off, chunk) in chunks {
+            self.send_write(f, seq, off, chunk).await;
+        }
+        loop {
+            let idle = f.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            {
+                if f.wb.lock().unwrap().in_flight.is_empty() {
+                    return;
+                }
+            }
+            idle.await;
+        }
+    }
+
+    /// COMMITs what was written so far; data a restarted server may have lost (its write
+    /// verifier changed) goes back into the dirty buffer to be sent again.
+    pub(super) async fn commit(self: &Arc<Self>, f: &Arc<FileState>) -> Result<bool, Errno> {
+        let batch = f.wb.lock().unwrap().unstable.take();
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        let cred = f.cred.lock().unwrap().clone();
+        let res = self.rpc.call(&cred, Request::Commit { fh: f.fh.clone(), offset: 0, count: 0 }).await;
+        let mut wb = f.wb.lock().unwrap();
+        match res {
+            Ok(Response::Commit { verifier, wcc }) => {
+                let clean = match batch.committed(verifier) {
+                    Committed::Clean => true,
+                    Committed::Resend(writes) => {
+                        tracing::warn!("server restarted (new write verifier): resending uncommitted writes");
+                        // Among themselves the newest wins; under what was written
+                        // since, they are older and only fill gaps.
+                        let mut again = Dirty::default();
+                        for (offset, data) in writes {
+                            again.write(offset, &data);
+                        }
+                        for (offset, data) in again.take_all(usize::MAX) {
+                            wb.dirty.write_older(offset, &data);
+                        }
+                        false
+                    }
+                };
+                let ours = wb.last_write_change;
+                drop(wb);
+                if let Some(after) = wcc.after {
+                    self.note_attr(&f.fh, &after);
+                    // If the file is as our last WRITE left it, the change is ours and
+                    // what we cached stays valid under it (see commit_change_is_ours).
+                    if commit_change_is_ours(ours, wcc.before.map(|b| b.ctime)) {
+                        let mut t = self.inodes.lock().unwrap();
+                        if let Some(n) = t.ino_of(&f.fh).and_then(|i| t.get_mut(i)) {
+                            n.data_change = after.change;
+                        }
+                    }
+                }
+                Ok(clean)
+            }
+            other => {
+                wb.unstable.restore(batch);
+                match other {
+                    Ok(r) => Err(unexpected(r)),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Write back, wait, commit, and resend until the server has it all on stable
+    /// storage under one verifier; then report any error a background write met.
+    pub(super) async fn sync(self: &Arc<Self>, f: &Arc<FileState>) -> Result<(), Errno> {
+        loop {
+            self.drain(f).await;
+            if let Some(e) = f.wb.lock().unwrap().error.take() {
+                return Err(e);
+            }
+            if self.commit(f).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    pub async fn fallocate(
+        self: &Arc<Self>,
+        c: Caller,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        mode: u32,
+    ) -> Result<(), Errno> {
+        self.writeback(ino).await?;
+        let fh = self.fh(ino)?;
+        let old_size = self.inodes.lock().unwrap().get(ino).map_or(0, |n| n.attr.size);
+        match self.call(&self.cred(c), Request::Fallocate { fh: fh.clone(), mode, offset, len }).await? {
+            Response::Wcc(w) => self.note_wcc(&fh, &w),
+            r => return Err(unexpected(r)),
+        }
+        // Punched and zeroed ranges read as zeros now, and a file extended by allocation
+        // no longer ends at its old last block (a short block means end of file): drop
+        // exactly those blocks. (The kernel drops its own pages of a punched or zeroed
+        // range when we answer.)
+        self.invalidate(ino, offset.min(old_size), offset.saturating_add(len));
+        if let Some(f) = self.files.lock().unwrap().get(&ino) {
+            f.wb.lock().unwrap().unstable.forget(offset, offset.saturating_add(len));
+        }
+        Ok(())
+    }
+}
