@@ -118,6 +118,9 @@ pub struct Client {
     /// Supplementary groups by process id, with when they were read.
     groups: Mutex<LruCache<u32, (Instant, Vec<u32>)>>,
     max_io: usize,
+    /// Whether the export updates access times when read (until a read for the access
+    /// time's sake shows it does not).
+    atime_kept_by_server: std::sync::atomic::AtomicBool,
     /// Background commits running, and a wake-up when one ends.
     background: AtomicU64,
     quiet: Notify,
@@ -148,6 +151,7 @@ impl Client {
             write_slots: Arc::new(Semaphore::new(opts.writes_in_flight.max(1))),
             groups: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             max_io: max_io.clamp(4096, MAX_IO),
+            atime_kept_by_server: std::sync::atomic::AtomicBool::new(true),
             background: AtomicU64::new(0),
             quiet: Notify::new(),
             opts,

@@ -69,7 +69,10 @@ impl Client {
             n.data_change = attr.change;
             // Reads the kernel serves from its page cache never reach us, so a read that
             // would update the access time must not find the kernel's pages.
-            let due = reads && !self.opts.noatime && atime_due(&attr, now);
+            let due = reads
+                && !self.opts.noatime
+                && self.atime_kept_by_server.load(Ordering::Relaxed)
+                && atime_due(&attr, now);
             n.atime_due |= due;
             (same, due)
         };

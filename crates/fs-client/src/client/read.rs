@@ -20,10 +20,10 @@ impl Client {
         let epoch = self.cache.lock().unwrap().epoch(ino);
         self.writeback(ino).await?;
         let bs = self.opts.block_size as u64;
-        let (file, change, file_size) = {
+        let (file, change, file_size, atime) = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(Errno::ESTALE)?;
-            (n.fh.clone(), n.data_change, n.attr.size)
+            (n.fh.clone(), n.data_change, n.attr.size, n.attr.atime)
         };
         let (cred, ahead, random) = {
             let mut o = self.opens.lock().unwrap();
@@ -44,7 +44,16 @@ impl Client {
             // an open that found the access time due goes to the server, whose file
             // system updates the access time (relatime), even if we have it cached.
             return match self.call(&cred, Request::Read { fh: file, offset, count: size }).await? {
-                Response::Read { data, .. } => Ok(data),
+                Response::Read { data, attr, .. } => {
+                    if due && attr.atime <= atime {
+                        // The export does not keep access times (mounted `noatime`, or
+                        // read-only): dropping caches for them would buy nothing.
+                        if self.atime_kept_by_server.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                            tracing::info!("the server does not update access times; reads stay cached");
+                        }
+                    }
+                    Ok(data)
+                }
                 r => Err(unexpected(r)),
             };
         }
