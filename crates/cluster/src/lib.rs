@@ -15,23 +15,20 @@
 //! - [`endpoint`]: one broker address names its four sockets.
 //! - [`up`]: the whole system on one machine (`cluster up`).
 //!
-//! Coordination: [`clock`] (Lamport and vector clocks), [`mutex::raymond`] (Raymond's
-//! token algorithm as a pure state machine), [`node`] (its ZeroMQ transport, one lease
-//! per key) and [`lease`] (the client side that mounts use).
+//! Coordination (clocks, Raymond's algorithm, `cluster node`, the lease client) lives in
+//! the `coord` crate, which the mount depends on alone; it is re-exported here under its
+//! old names.
 
 pub mod broker;
-pub mod clock;
 pub mod dispatch;
 pub mod endpoint;
 pub mod job;
-pub mod lease;
-pub mod mutex;
-pub mod node;
 pub mod prime;
 pub mod sink;
 pub mod source;
 pub mod spool;
 pub mod up;
-pub mod util;
 pub mod wire;
 pub mod worker;
+
+pub use coord::{clock, lease, mutex, node, util};

@@ -14,7 +14,7 @@
 //! data is dropped when the lease is granted (the caller invalidates after
 //! [`Locks::lock`]), so the next holder reads what the last one wrote.
 
-use cluster::lease::LeaseClient;
+use coord::lease::LeaseClient;
 use fs_proto::Errno;
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};

@@ -92,7 +92,7 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     config.clone_fd = true;
     let locks = match &opts.leases {
         Some(node) => {
-            let lease = cluster::lease::LeaseClient::connect(node).map_err(|e| anyhow!("leases: {e}"))?;
+            let lease = coord::lease::LeaseClient::connect(node).map_err(|e| anyhow!("leases: {e}"))?;
             anyhow::ensure!(
                 lease.status(Duration::from_secs(10)).is_some(),
                 "leases: the cluster node at {node} does not answer"
