@@ -4,8 +4,12 @@
 //!
 //! # Layout
 //! - [`clock`]: Lamport and vector clocks.
+//! - [`protocol`]: the trait every algorithm implements (events and the time in,
+//!   messages and grants out).
 //! - [`mutex`]: distributed mutual exclusion as pure state machines (no sockets, no clock
-//!   reads, no threads): [`mutex::raymond`], Raymond's tree-based token algorithm.
+//!   reads, no threads): central, ring, Lamport and Raymond's tree-based token algorithm.
+//! - [`sim`]: the simulated network they are all tested on (virtual time, seeded
+//!   randomness, delay, loss, duplication, reordering, crashes and cut links).
 //! - [`node`]: `cluster node`, the ZeroMQ runtime that runs the algorithm per lease key,
 //!   with heartbeats and liveness.
 //! - [`lease`]: the client side of leases (mounts, spool watchers).
@@ -15,4 +19,6 @@ pub mod clock;
 pub mod lease;
 pub mod mutex;
 pub mod node;
+pub mod protocol;
+pub mod sim;
 pub mod util;

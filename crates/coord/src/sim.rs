@@ -1,0 +1,375 @@
+//! The simulated network every algorithm's tests share: virtual time, seeded randomness,
+//! per-link delay, loss, duplication and reordering, and `kill`, `cut` and `recover` of
+//! nodes and links. Nothing sleeps; [`Sim::step`] delivers the next event.
+//!
+//! Invariants are checked after every event, failure paths included: at most one live
+//! node in the critical section, and every grant's fencing number above the previous
+//! one. A violation panics with the schedule's seed and the last events, so a failing
+//! schedule can be replayed.
+
+use crate::clock::NodeId;
+use crate::protocol::{Millis, Out, Protocol};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// A small, fast, seeded generator (SplitMix64): the simulator's only randomness.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        p > 0.0 && unit < p
+    }
+}
+
+/// How a link treats messages.
+#[derive(Clone, Copy, Debug)]
+pub struct Link {
+    /// One-way delay, uniform in this range (milliseconds).
+    pub delay: (Millis, Millis),
+    /// Probability a message is lost.
+    pub loss: f64,
+    /// Probability a message is delivered twice.
+    pub dup: f64,
+    /// Messages on this link arrive in the order sent (TCP-like). Without it, different
+    /// delays reorder them.
+    pub fifo: bool,
+}
+
+impl Default for Link {
+    fn default() -> Link {
+        Link { delay: (1, 10), loss: 0.0, dup: 0.0, fifo: true }
+    }
+}
+
+struct Flight<M> {
+    from: NodeId,
+    to: NodeId,
+    msg: M,
+}
+
+/// One simulated cluster running protocol `P` on every node.
+pub struct Sim<P: Protocol> {
+    pub nodes: Vec<P>,
+    pub now: Millis,
+    rng: Rng,
+    seed: u64,
+    link: Link,
+    links: HashMap<(NodeId, NodeId), Link>,
+    /// Messages in flight, by (delivery time, sequence).
+    flights: BTreeMap<(Millis, u64), Flight<P::Msg>>,
+    seq: u64,
+    /// Last delivery time scheduled per FIFO link.
+    fifo_at: HashMap<(NodeId, NodeId), Millis>,
+    dead: Vec<bool>,
+    cut: HashSet<(NodeId, NodeId)>,
+    /// Ticks go to every live node every `tick_every` ms of virtual time.
+    pub tick_every: Millis,
+    next_tick: Millis,
+    /// Messages sent (not counting duplicates made by the network).
+    pub messages: u64,
+    /// Every grant: (node, fencing number, time).
+    pub grants: Vec<(NodeId, u64, Millis)>,
+    /// Requests made and granted per node.
+    pub requested: Vec<u32>,
+    pub granted: Vec<u32>,
+    /// The last events, for the report when an invariant breaks.
+    trace: VecDeque<String>,
+}
+
+impl<P: Protocol> Sim<P> {
+    /// `nodes[i]` must be node `i`.
+    pub fn new(nodes: Vec<P>, seed: u64, link: Link) -> Sim<P> {
+        for (i, n) in nodes.iter().enumerate() {
+            assert_eq!(n.me() as usize, i, "node i must have id i");
+        }
+        let n = nodes.len();
+        Sim {
+            nodes,
+            now: 0,
+            rng: Rng::new(seed),
+            seed,
+            link,
+            links: HashMap::new(),
+            flights: BTreeMap::new(),
+            seq: 0,
+            fifo_at: HashMap::new(),
+            dead: vec![false; n],
+            cut: HashSet::new(),
+            tick_every: 5,
+            next_tick: 5,
+            messages: 0,
+            grants: Vec::new(),
+            requested: vec![0; n],
+            granted: vec![0; n],
+            trace: VecDeque::new(),
+        }
+    }
+
+    /// Sets how the link from `a` to `b` behaves.
+    pub fn set_link(&mut self, a: NodeId, b: NodeId, link: Link) {
+        self.links.insert((a, b), link);
+    }
+
+    pub fn alive(&self, n: NodeId) -> bool {
+        !self.dead[n as usize]
+    }
+
+    fn note(&mut self, what: String) {
+        if self.trace.len() == 40 {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("t={} {what}", self.now));
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        let trace: Vec<&str> = self.trace.iter().map(String::as_str).collect();
+        panic!("{what} (seed {}, t={})\nlast events:\n{}", self.seed, self.now, trace.join("\n"));
+    }
+
+    /// Carries out a node's outputs, then checks the invariants.
+    fn apply(&mut self, from: NodeId, outs: Vec<Out<P::Msg>>) {
+        for o in outs {
+            match o {
+                Out::Send { to, msg } => {
+                    self.messages += 1;
+                    self.note(format!("{from} -> {to}: {msg:?}"));
+                    self.send(from, to, msg);
+                }
+                Out::Granted { fence } => {
+                    self.note(format!("{from} granted, fence {fence:#x}"));
+                    if let Some(&(_, last, _)) = self.grants.last() {
+                        if fence <= last {
+                            self.fail(&format!("fence {fence:#x} granted to {from} after {last:#x}"));
+                        }
+                    }
+                    self.grants.push((from, fence, self.now));
+                    self.granted[from as usize] += 1;
+                }
+            }
+        }
+        let inside: Vec<NodeId> = (0..self.nodes.len() as NodeId)
+            .filter(|&i| self.alive(i) && self.nodes[i as usize].in_critical_section())
+            .collect();
+        if inside.len() > 1 {
+            self.fail(&format!("two nodes in the critical section: {inside:?}"));
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: P::Msg) {
+        let link = self.links.get(&(from, to)).copied().unwrap_or(self.link);
+        if self.cut.contains(&(from, to)) || self.rng.chance(link.loss) {
+            return;
+        }
+        let copies = if self.rng.chance(link.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut at = self.now + self.rng.range(link.delay.0, link.delay.1);
+            if link.fifo {
+                let last = self.fifo_at.entry((from, to)).or_insert(0);
+                at = at.max(*last);
+                *last = at;
+            }
+            self.seq += 1;
+            self.flights.insert((at, self.seq), Flight { from, to, msg: msg.clone() });
+        }
+    }
+
+    /// Node `n`'s user asks for the critical section.
+    pub fn request(&mut self, n: NodeId) {
+        if !self.alive(n) {
+            return;
+        }
+        self.requested[n as usize] += 1;
+        self.note(format!("{n} requests"));
+        let outs = self.nodes[n as usize].request(self.now);
+        self.apply(n, outs);
+    }
+
+    /// Node `n`'s user leaves the critical section.
+    pub fn release(&mut self, n: NodeId) {
+        if !self.alive(n) {
+            return;
+        }
+        self.note(format!("{n} releases"));
+        let outs = self.nodes[n as usize].release(self.now);
+        self.apply(n, outs);
+    }
+
+    /// Delivers the next message or tick, advancing virtual time. False if nothing is in
+    /// flight (ticks alone do not count as something to do).
+    pub fn step(&mut self) -> bool {
+        let next_msg = self.flights.keys().next().map(|k| k.0);
+        if next_msg.is_none_or(|t| t >= self.next_tick) {
+            self.now = self.now.max(self.next_tick);
+            self.next_tick = self.now + self.tick_every;
+            for i in 0..self.nodes.len() as NodeId {
+                if self.alive(i) {
+                    let outs = self.nodes[i as usize].tick(self.now);
+                    self.apply(i, outs);
+                }
+            }
+            return next_msg.is_some();
+        }
+        let (key, f) = self.flights.pop_first().expect("there is one");
+        self.now = key.0;
+        if !self.alive(f.to) || self.cut.contains(&(f.from, f.to)) {
+            return true; // lost: a dead node receives nothing, a cut link carries nothing
+        }
+        self.note(format!("{} <- {}: {:?}", f.to, f.from, f.msg));
+        let outs = self.nodes[f.to as usize].receive(self.now, f.from, f.msg);
+        self.apply(f.to, outs);
+        true
+    }
+
+    /// Node `n` crashes: it receives nothing more, and each live node is told (as
+    /// heartbeats would tell it).
+    pub fn kill(&mut self, n: NodeId) {
+        self.dead[n as usize] = true;
+        self.note(format!("{n} dies"));
+        for i in 0..self.nodes.len() as NodeId {
+            if self.alive(i) {
+                let outs = self.nodes[i as usize].peer_down(self.now, n);
+                self.apply(i, outs);
+            }
+        }
+    }
+
+    /// The link between `a` and `b` carries nothing, either way, until recovered.
+    pub fn cut(&mut self, a: NodeId, b: NodeId) {
+        self.cut.insert((a, b));
+        self.cut.insert((b, a));
+    }
+
+    pub fn recover(&mut self, a: NodeId, b: NodeId) {
+        self.cut.remove(&(a, b));
+        self.cut.remove(&(b, a));
+    }
+
+    /// Delivers everything in flight (and what that sends), up to `limit` steps.
+    pub fn settle(&mut self, limit: u32) {
+        for _ in 0..limit {
+            if self.flights.is_empty() {
+                return;
+            }
+            self.step();
+        }
+        self.fail("the network never settled");
+    }
+
+    /// Runs a workload: each node requests `rounds` times, holding the critical section
+    /// for `hold` ms each time, starting at random times within the first `spread` ms.
+    /// Returns when every live node's requests were granted, or panics (liveness) when
+    /// virtual time passes `limit`.
+    pub fn run_workload(&mut self, rounds: u32, hold: Millis, spread: Millis, limit: Millis) {
+        let n = self.nodes.len();
+        let mut start: Vec<Millis> = (0..n).map(|_| self.rng.range(0, spread)).collect();
+        let mut left = vec![rounds; n];
+        let mut waiting = vec![false; n];
+        let mut leave_at: Vec<Option<Millis>> = vec![None; n];
+        loop {
+            for i in 0..n {
+                let id = i as NodeId;
+                if !self.alive(id) {
+                    continue;
+                }
+                if let Some(t) = leave_at[i] {
+                    if self.now >= t {
+                        leave_at[i] = None;
+                        self.release(id);
+                    }
+                } else if waiting[i] {
+                    if self.nodes[i].in_critical_section() {
+                        waiting[i] = false;
+                        leave_at[i] = Some(self.now + hold);
+                    }
+                } else if left[i] > 0 && self.now >= start[i] {
+                    left[i] -= 1;
+                    waiting[i] = true;
+                    self.request(id);
+                    start[i] = self.now + self.rng.range(0, spread);
+                }
+            }
+            let done =
+                (0..n).all(|i| !self.alive(i as NodeId) || (left[i] == 0 && !waiting[i] && leave_at[i].is_none()));
+            if done {
+                return;
+            }
+            if self.now > limit {
+                self.fail(&format!("not every request granted by t={limit}: waiting {waiting:?}"));
+            }
+            self.step();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A protocol that grants every request at once: the simulator must catch it.
+    struct Greedy(NodeId, bool, u64);
+
+    impl Protocol for Greedy {
+        type Msg = ();
+        fn me(&self) -> NodeId {
+            self.0
+        }
+        fn request(&mut self, _: Millis) -> Vec<Out<()>> {
+            self.1 = true;
+            self.2 += 1;
+            vec![Out::Granted { fence: self.2 + 100 * self.0 as u64 }]
+        }
+        fn release(&mut self, _: Millis) -> Vec<Out<()>> {
+            self.1 = false;
+            Vec::new()
+        }
+        fn receive(&mut self, _: Millis, _: NodeId, _: ()) -> Vec<Out<()>> {
+            Vec::new()
+        }
+        fn in_critical_section(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "two nodes in the critical section")]
+    fn a_protocol_that_grants_twice_is_caught() {
+        let mut sim = Sim::new(vec![Greedy(0, false, 0), Greedy(1, false, 0)], 1, Link::default());
+        sim.request(0);
+        sim.request(1);
+    }
+
+    #[test]
+    fn rng_is_seeded_and_uniform_enough() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        assert_eq!(
+            (0..10).map(|_| a.next_u64()).collect::<Vec<_>>(),
+            (0..10).map(|_| b.next_u64()).collect::<Vec<_>>()
+        );
+        let mut hits = 0;
+        for _ in 0..10_000 {
+            hits += a.chance(0.25) as u32;
+            let x = a.range(3, 5);
+            assert!((3..=5).contains(&x));
+        }
+        assert!((2_200..2_800).contains(&hits), "{hits}");
+    }
+}
