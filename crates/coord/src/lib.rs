@@ -7,7 +7,7 @@
 //! - [`protocol`]: the trait every algorithm implements (events and the time in,
 //!   messages and grants out).
 //! - [`mutex`]: distributed mutual exclusion as pure state machines (no sockets, no clock
-//!   reads, no threads): central, ring, Lamport and Raymond's tree-based token algorithm.
+//!   reads, no threads): central, ring, Lamport, Maekawa and Raymond's tree-based token algorithm.
 //! - [`sim`]: the simulated network they are all tested on (virtual time, seeded
 //!   randomness, delay, loss, duplication, reordering, crashes and cut links).
 //! - [`node`]: `cluster node`, the ZeroMQ runtime that runs the algorithm per lease key,
