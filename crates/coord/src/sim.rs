@@ -357,6 +357,103 @@ mod tests {
         sim.request(1);
     }
 
+    /// Counts what it receives.
+    struct Counter(NodeId, u32);
+
+    impl Protocol for Counter {
+        type Msg = u32;
+        fn me(&self) -> NodeId {
+            self.0
+        }
+        fn request(&mut self, _: Millis) -> Vec<Out<u32>> {
+            vec![Out::Send { to: 1 - self.0, msg: 7 }]
+        }
+        fn release(&mut self, _: Millis) -> Vec<Out<u32>> {
+            Vec::new()
+        }
+        fn receive(&mut self, _: Millis, _: NodeId, _: u32) -> Vec<Out<u32>> {
+            self.1 += 1;
+            Vec::new()
+        }
+        fn in_critical_section(&self) -> bool {
+            false
+        }
+    }
+
+    fn pair(link: Link) -> Sim<Counter> {
+        Sim::new(vec![Counter(0, 0), Counter(1, 0)], 3, link)
+    }
+
+    /// Cut links carry nothing until recovered; lost messages are lost; duplicated ones
+    /// arrive twice; dead nodes receive nothing; virtual time moves only with events.
+    #[test]
+    fn faults_do_what_they_say() {
+        let mut sim = pair(Link::default());
+        sim.cut(0, 1);
+        sim.request(0);
+        sim.settle(100);
+        assert_eq!(sim.nodes[1].1, 0, "cut");
+        sim.recover(0, 1);
+        sim.request(0);
+        sim.settle(100);
+        assert_eq!(sim.nodes[1].1, 1, "recovered");
+        assert!(sim.now <= 10, "one delay of at most 10 ms passed: {}", sim.now);
+        let mut lossy = pair(Link { loss: 1.0, ..Link::default() });
+        lossy.request(0);
+        lossy.settle(100);
+        assert_eq!(lossy.nodes[1].1, 0, "lost");
+        let mut dup = pair(Link { dup: 1.0, ..Link::default() });
+        dup.request(0);
+        dup.settle(100);
+        assert_eq!(dup.nodes[1].1, 2, "duplicated");
+        let mut dead = pair(Link::default());
+        dead.request(0);
+        dead.kill(1);
+        dead.settle(100);
+        assert_eq!(dead.nodes[1].1, 0, "dead");
+    }
+
+    /// Without FIFO, different delays reorder a link's messages; with it, never.
+    #[test]
+    fn fifo_links_keep_order() {
+        struct Seq(NodeId, Vec<u32>, u32);
+        impl Protocol for Seq {
+            type Msg = u32;
+            fn me(&self) -> NodeId {
+                self.0
+            }
+            fn request(&mut self, _: Millis) -> Vec<Out<u32>> {
+                self.2 += 1;
+                vec![Out::Send { to: 1, msg: self.2 }]
+            }
+            fn release(&mut self, _: Millis) -> Vec<Out<u32>> {
+                Vec::new()
+            }
+            fn receive(&mut self, _: Millis, _: NodeId, m: u32) -> Vec<Out<u32>> {
+                self.1.push(m);
+                Vec::new()
+            }
+            fn in_critical_section(&self) -> bool {
+                false
+            }
+        }
+        for fifo in [true, false] {
+            let mut sim = Sim::new(
+                vec![Seq(0, vec![], 0), Seq(1, vec![], 0)],
+                9,
+                Link { delay: (1, 50), fifo, ..Link::default() },
+            );
+            for _ in 0..50 {
+                sim.request(0);
+            }
+            sim.settle(1000);
+            let got = sim.nodes[1].1.clone();
+            let sorted = got.windows(2).all(|w| w[0] < w[1]);
+            assert_eq!(got.len(), 50);
+            assert_eq!(sorted, fifo, "fifo {fifo}: {got:?}");
+        }
+    }
+
     #[test]
     fn rng_is_seeded_and_uniform_enough() {
         let (mut a, mut b) = (Rng::new(7), Rng::new(7));
