@@ -573,6 +573,43 @@ mod tests {
         assert!(decode(&b).is_err());
     }
 
+    /// The bytes of node messages, pinned (bincode 2's standard configuration: variant
+    /// indices and integers as varints, lengths before sequences), so a format change is
+    /// a visible diff. Written down in PROTOCOL.md.
+    #[test]
+    fn golden_bytes() {
+        let peer = Wire::Peer {
+            from: 3,
+            boot: 1,
+            lamport: 9,
+            vector: vec![(1, 2)],
+            body: PeerBody::Token { key: b"k".to_vec(), msg: Message::Privilege { fence: 300 } },
+        };
+        #[rustfmt::skip]
+        let want = [
+            0,          // Wire::Peer
+            3,          // from
+            1,          // boot
+            9,          // lamport
+            1, 1, 2,    // vector: one entry, (node 1, 2)
+            1,          // PeerBody::Token
+            1, b'k',    // key: length 1, "k"
+            1,          // Message::Privilege
+            251, 44, 1, // fence 300: 251 = a u16 follows, little-endian
+        ];
+        assert_eq!(encode(&peer), want);
+        assert_eq!(decode(&want), Ok(peer));
+        let request = Message::Request { ts: 7, origin: 2 };
+        let body = PeerBody::Token { key: vec![], msg: request };
+        assert_eq!(
+            encode(&Wire::Peer { from: 2, boot: 0, lamport: 0, vector: vec![], body }),
+            [0, 2, 0, 0, 0, 1, 0, 0, 7, 2]
+        );
+        assert_eq!(encode(&Wire::Acquire { key: b"ab".to_vec(), wait: true }), [1, 2, b'a', b'b', 1]);
+        assert_eq!(encode(&Wire::Granted { key: vec![9], fence: 4 }), [5, 1, 9, 4]);
+        assert_eq!(encode(&Wire::ClientBeat), [3]);
+    }
+
     #[test]
     fn node_addresses() {
         assert_eq!(endpoint("127.0.0.1:7000").unwrap(), "tcp://127.0.0.1:7000");
