@@ -81,6 +81,18 @@ impl LeaseRig {
         });
     }
 
+    /// `cluster lease audit` over the three nodes: its output (it must succeed).
+    fn audit(&self) -> String {
+        let mut cmd = command(&bin_path("cluster"));
+        cmd.args(["lease", "audit"]);
+        for i in 1..=3 {
+            cmd.arg("--node").arg(self.dir.path().join(format!("n{i}")));
+        }
+        let (ok, text, err) = tests::run_with_timeout(&mut cmd, Duration::from_secs(30));
+        assert!(ok.success(), "{err}");
+        text
+    }
+
     fn counter(&self, m: usize) -> String {
         self.mounts[m].path("counter").display().to_string()
     }
@@ -122,6 +134,9 @@ fn three_mounts_count_to_600_under_flock_and_fcntl() {
     }
     let status = rig.status(1);
     assert!(status.contains("child 2: alive") && status.contains("lease "), "{status}");
+    // Vector time says the same: every two of the 1,200 critical sections are ordered.
+    let audit = rig.audit();
+    assert!(audit.contains("1200 critical sections of 1 leases on 3 nodes, each pair ordered"), "{audit}");
 }
 
 /// The node whose mount holds a lock dies; the root sees it stop answering, regenerates

@@ -156,6 +156,13 @@ enum LeaseCmd {
         #[arg(long, value_name = "ADDR")]
         node: String,
     },
+    /// Merges the nodes' logs of grants and releases and checks, by vector time, that
+    /// no two critical sections of a lease were concurrent (names the pair if so).
+    Audit {
+        /// A node to fetch the log of (repeat for every node of the cluster).
+        #[arg(long = "node", value_name = "ADDR", required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 fn broker_addr(s: &str) -> anyhow::Result<BrokerAddr> {
@@ -295,6 +302,25 @@ fn run(args: Args) -> anyhow::Result<()> {
             let mut n = node::Node::bind(&ctx, cfg)?;
             println!("node {id} listening on {listen}");
             n.run()?;
+        }
+        Cmd::Lease { cmd: LeaseCmd::Audit { nodes } } => {
+            let mut events = Vec::new();
+            for node in &nodes {
+                let c = cluster::lease::LeaseClient::connect(node)?;
+                let log = c
+                    .audit_log(Duration::from_secs(5))
+                    .ok_or_else(|| anyhow::anyhow!("node at {node} did not answer"))?;
+                events.extend(log);
+            }
+            match coord::audit::audit(&events) {
+                Ok(r) => println!(
+                    "audit: {} critical sections of {} leases on {} nodes, each pair ordered by happened-before",
+                    r.sections,
+                    r.keys,
+                    nodes.len()
+                ),
+                Err(v) => anyhow::bail!("audit: {v}"),
+            }
         }
         Cmd::Lease { cmd: LeaseCmd::Status { node } } => {
             let c = cluster::lease::LeaseClient::connect(&node)?;

@@ -14,6 +14,7 @@ enum Cmd {
     Acquire { key: Vec<u8>, wait: bool, reply: mpsc::Sender<Option<Fence>> },
     Release { key: Vec<u8> },
     Status { reply: mpsc::Sender<String> },
+    Audit { reply: mpsc::Sender<Vec<crate::audit::Event>> },
 }
 
 #[derive(Clone)]
@@ -113,6 +114,15 @@ impl LeaseClient {
         self.wake.ring();
     }
 
+    /// The node's log of grants and releases (the newest, up to what one message
+    /// carries), or None if it does not answer within `timeout`.
+    pub fn audit_log(&self, timeout: Duration) -> Option<Vec<crate::audit::Event>> {
+        let (reply, rx) = mpsc::channel();
+        self.tx.send(Cmd::Audit { reply }).ok()?;
+        self.wake.ring();
+        rx.recv_timeout(timeout).ok()
+    }
+
     /// The node's status text, or None if it does not answer within `timeout`.
     pub fn status(&self, timeout: Duration) -> Option<String> {
         let (reply, rx) = mpsc::channel();
@@ -125,6 +135,7 @@ impl LeaseClient {
 fn serve(s: zmq::Socket, rx: mpsc::Receiver<Cmd>, wake: &Wake) {
     let mut acquiring: HashMap<Vec<u8>, Vec<mpsc::Sender<Option<Fence>>>> = HashMap::new();
     let mut status: Vec<mpsc::Sender<String>> = Vec::new();
+    let mut audits: Vec<mpsc::Sender<Vec<crate::audit::Event>>> = Vec::new();
     let mut last_beat = Instant::now() - Duration::from_secs(1);
     loop {
         loop {
@@ -139,6 +150,10 @@ fn serve(s: zmq::Socket, rx: mpsc::Receiver<Cmd>, wake: &Wake) {
                 Ok(Cmd::Status { reply }) => {
                     status.push(reply);
                     let _ = s.send(encode(&Wire::Status), 0);
+                }
+                Ok(Cmd::Audit { reply }) => {
+                    audits.push(reply);
+                    let _ = s.send(encode(&Wire::Audit), 0);
                 }
                 Err(mpsc::TryRecvError::Empty) => break,
                 // Every handle dropped: the mount is gone; so are we.
@@ -173,6 +188,11 @@ fn serve(s: zmq::Socket, rx: mpsc::Receiver<Cmd>, wake: &Wake) {
                 Ok(Wire::StatusText { text }) => {
                     for r in status.drain(..) {
                         let _ = r.send(text.clone());
+                    }
+                }
+                Ok(Wire::AuditLog { events }) => {
+                    for r in audits.drain(..) {
+                        let _ = r.send(events.clone());
                     }
                 }
                 _ => {}

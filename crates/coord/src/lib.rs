@@ -3,7 +3,8 @@
 //! it for spool claims and the `cluster node` and `cluster lease` commands.
 //!
 //! # Layout
-//! - [`clock`]: Lamport and vector clocks.
+//! - [`clock`]: Lamport and vector clocks; [`audit`]: the check, by vector time, that no
+//!   two critical sections of a lease overlapped.
 //! - [`protocol`]: the trait every algorithm implements (events and the time in,
 //!   messages and grants out).
 //! - [`mutex`]: distributed mutual exclusion as pure state machines (no sockets, no clock
@@ -15,6 +16,7 @@
 //! - [`lease`]: the client side of leases (mounts, spool watchers).
 //! - [`util`]: random ids, the stop flag, socket setup.
 
+pub mod audit;
 pub mod clock;
 pub mod lease;
 pub mod mutex;

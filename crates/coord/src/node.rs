@@ -52,6 +52,12 @@ pub enum Wire {
         text: String,
     },
     NodeBeat,
+    /// Client -> node: the log of grants and releases, for `cluster lease audit`.
+    Audit,
+    /// Node -> client: the newest events of the log (as many as one message carries).
+    AuditLog {
+        events: Vec<crate::audit::Event>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
@@ -148,8 +154,15 @@ pub struct Node {
     leases: HashMap<Vec<u8>, Lease>,
     lamport: Lamport,
     vector: VectorClock,
+    /// Every grant and release to a client, stamped with vector time (newest kept).
+    log: VecDeque<crate::audit::Event>,
+    log_seq: u64,
     pub counters: Counters,
 }
+
+/// Events of the audit log kept, and sent in one answer (well under the 1 MiB limit).
+const LOG_KEPT: usize = 100_000;
+const LOG_SENT: usize = 8_000;
 
 impl Node {
     pub fn bind(ctx: &zmq::Context, cfg: NodeConfig) -> anyhow::Result<Node> {
@@ -193,6 +206,8 @@ impl Node {
             tokens: HashMap::new(),
             leases: HashMap::new(),
             lamport: Lamport::new(),
+            log: VecDeque::new(),
+            log_seq: 0,
             counters: Counters::default(),
         })
     }
@@ -278,6 +293,11 @@ impl Node {
                 let text = self.status();
                 self.to_route(route, &Wire::StatusText { text });
             }
+            Wire::Audit => {
+                let skip = self.log.len().saturating_sub(LOG_SENT);
+                let events = self.log.iter().skip(skip).cloned().collect();
+                self.to_route(route, &Wire::AuditLog { events });
+            }
             other => tracing::warn!("unexpected message {other:?} dropped"),
         }
         Ok(())
@@ -362,6 +382,7 @@ impl Node {
         if lease.holder.as_ref().is_some_and(|h| h.0 == route) {
             lease.holder = None;
             let more = !lease.waiters.is_empty();
+            self.log_event(key, crate::audit::Kind::Release);
             let actions = self.token(key).release();
             self.apply(key, actions)?;
             if more {
@@ -389,6 +410,7 @@ impl Node {
                         Some(route) => {
                             self.counters.grants += 1;
                             lease.holder = Some((route.clone(), fence));
+                            self.log_event(key, crate::audit::Kind::Grant);
                             self.to_route(&route, &Wire::Granted { key: key.to_vec(), fence });
                         }
                         None => {
@@ -403,6 +425,22 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// A grant or release, as a local event of vector time, into the audit log.
+    fn log_event(&mut self, key: &[u8], kind: crate::audit::Kind) {
+        let vector = self.vector.tick().0.into_iter().collect();
+        self.log.push_back(crate::audit::Event {
+            node: self.cfg.id,
+            seq: self.log_seq,
+            key: key.to_vec(),
+            kind,
+            vector,
+        });
+        self.log_seq += 1;
+        if self.log.len() > LOG_KEPT {
+            self.log.pop_front();
+        }
     }
 
     fn stamp(&mut self, body: PeerBody) -> Wire {
@@ -608,6 +646,16 @@ mod tests {
         assert_eq!(encode(&Wire::Acquire { key: b"ab".to_vec(), wait: true }), [1, 2, b'a', b'b', 1]);
         assert_eq!(encode(&Wire::Granted { key: vec![9], fence: 4 }), [5, 1, 9, 4]);
         assert_eq!(encode(&Wire::ClientBeat), [3]);
+        assert_eq!(encode(&Wire::Audit), [9]);
+        let event = crate::audit::Event {
+            node: 2,
+            seq: 5,
+            key: vec![7],
+            kind: crate::audit::Kind::Release,
+            vector: vec![(1, 4), (2, 6)],
+        };
+        // AuditLog: 1 event: node, seq, key (1 byte), Kind::Release, vector (2 entries).
+        assert_eq!(encode(&Wire::AuditLog { events: vec![event] }), [10, 1, 2, 5, 1, 7, 1, 2, 1, 4, 2, 6]);
     }
 
     #[test]

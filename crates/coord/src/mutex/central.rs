@@ -169,6 +169,7 @@ mod tests {
             let mut sim = cluster(n, seed, Link { delay: (1, 20), ..Link::default() });
             sim.run_workload(3, 4, 60, 1_000_000);
             assert_eq!(sim.granted, sim.requested, "seed {seed}");
+            crate::audit::audit(&sim.log).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
             sim.settle(100_000);
             let remote: u64 = sim.granted[1..].iter().map(|&g| g as u64).sum();
             assert_eq!(sim.messages, 3 * remote, "seed {seed}: the coordinator's own entries cost nothing");

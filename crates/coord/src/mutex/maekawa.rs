@@ -302,6 +302,7 @@ mod tests {
             let mut sim = cluster(n, seed, true);
             sim.run_workload(3, 4, 30, 2_000_000);
             assert_eq!(sim.granted, sim.requested, "seed {seed}");
+            crate::audit::audit(&sim.log).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
         }
     }
 

@@ -130,6 +130,7 @@ mod tests {
             let mut sim = cluster(n, seed, Link { delay: (1, 20), dup: 0.2, ..Link::default() });
             sim.run_workload(3, 4, 60, 1_000_000);
             assert_eq!(sim.granted, sim.requested, "seed {seed}");
+            crate::audit::audit(&sim.log).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
         }
     }
 
