@@ -103,6 +103,13 @@ pub struct Sim<P: Protocol> {
     /// Check the invariants after every event (off only to let a mutant run on, for the
     /// audit to catch).
     pub check_safety: bool,
+    /// Messages sent plus received, per node (the notes' load, for symmetry).
+    pub load: Vec<u64>,
+    /// Synchronisation delays: messages sent between one exit and the next entry.
+    pub sync_delays: Vec<u64>,
+    last_exit: Option<u64>,
+    /// A crash scheduled for [`Sim::run_workload`]: (virtual time, node).
+    pub kill_at: Option<(Millis, NodeId)>,
 }
 
 impl<P: Protocol> Sim<P> {
@@ -134,6 +141,10 @@ impl<P: Protocol> Sim<P> {
             vectors: (0..n as NodeId).map(VectorClock::new).collect(),
             log: Vec::new(),
             check_safety: true,
+            load: vec![0; n],
+            sync_delays: Vec::new(),
+            last_exit: None,
+            kill_at: None,
         }
     }
 
@@ -166,11 +177,15 @@ impl<P: Protocol> Sim<P> {
                     self.messages += 1;
                     self.note(format!("{from} -> {to}: {msg:?}"));
                     let stamp = self.vectors[from as usize].send();
+                    self.load[from as usize] += 1;
                     self.send(from, to, msg, stamp);
                 }
                 Out::Granted { fence } => {
                     self.note(format!("{from} granted, fence {fence:#x}"));
                     self.log_event(from, Kind::Grant);
+                    if let Some(exit) = self.last_exit.take() {
+                        self.sync_delays.push(self.messages - exit);
+                    }
                     if let Some(&(_, last, _)) = self.grants.last() {
                         if fence <= last && self.check_safety {
                             self.fail(&format!("fence {fence:#x} granted to {from} after {last:#x}"));
@@ -232,6 +247,7 @@ impl<P: Protocol> Sim<P> {
         self.note(format!("{n} releases"));
         if self.nodes[n as usize].in_critical_section() {
             self.log_event(n, Kind::Release);
+            self.last_exit = Some(self.messages);
         }
         let outs = self.nodes[n as usize].release(self.now);
         self.apply(n, outs);
@@ -259,6 +275,7 @@ impl<P: Protocol> Sim<P> {
         }
         self.note(format!("{} <- {}: {:?}", f.to, f.from, f.msg));
         self.vectors[f.to as usize].receive(&f.stamp);
+        self.load[f.to as usize] += 1;
         let outs = self.nodes[f.to as usize].receive(self.now, f.from, f.msg);
         self.apply(f.to, outs);
         true
@@ -310,6 +327,12 @@ impl<P: Protocol> Sim<P> {
         let mut waiting = vec![false; n];
         let mut leave_at: Vec<Option<Millis>> = vec![None; n];
         loop {
+            if let Some((at, victim)) = self.kill_at {
+                if self.now >= at {
+                    self.kill_at = None;
+                    self.kill(victim);
+                }
+            }
             for i in 0..n {
                 let id = i as NodeId;
                 if !self.alive(id) {

@@ -28,6 +28,9 @@ pub struct Central {
     fence: Fence,
     /// Highest request sequence seen per node (duplicates are ignored).
     seen: HashMap<NodeId, u64>,
+    /// Nodes declared down: what they sent before dying and arrives later is ignored
+    /// (granting a dead node's late request would stall everyone behind it).
+    down: std::collections::HashSet<NodeId>,
     // Every node's own state.
     seq: u64,
     waiting: bool,
@@ -45,6 +48,7 @@ impl Central {
             holder: None,
             fence: 0,
             seen: HashMap::new(),
+            down: Default::default(),
             seq: 0,
             waiting: false,
             inside: false,
@@ -125,6 +129,9 @@ impl Protocol for Central {
     }
 
     fn receive(&mut self, _now: Millis, from: NodeId, msg: Msg) -> Vec<Out<Msg>> {
+        if self.down.contains(&from) {
+            return Vec::new();
+        }
         match msg {
             Msg::Request { seq } if self.me == self.coordinator => self.queue_request(from, seq),
             Msg::Release { seq } if self.me == self.coordinator => self.released(from, seq),
@@ -134,6 +141,7 @@ impl Protocol for Central {
     }
 
     fn peer_down(&mut self, _now: Millis, peer: NodeId) -> Vec<Out<Msg>> {
+        self.down.insert(peer);
         if self.me != self.coordinator {
             return Vec::new();
         }
