@@ -115,16 +115,23 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
-    /// One node of the lease tree (Raymond's algorithm); the root has no parent.
+    /// One lease node: Raymond's algorithm on a tree (the root has no parent), or another
+    /// algorithm among named peers (`--mutex central|ring|lamport|maekawa --peers ...`).
     Node {
         #[arg(long)]
         id: u32,
         /// HOST:PORT or a path (ipc://).
         #[arg(long, value_name = "ADDR")]
         listen: String,
-        /// The parent's address (its id is learnt from it), or ID@ADDR.
+        /// The parent's address (its id is learnt from it), or ID@ADDR (raymond only).
         #[arg(long, value_name = "ADDR")]
         parent: Option<String>,
+        /// raymond (default), central, ring, lamport or maekawa.
+        #[arg(long, default_value = "raymond", value_name = "NAME")]
+        mutex: String,
+        /// The other members, ID@ADDR,ID@ADDR,... (every algorithm but raymond).
+        #[arg(long, value_name = "ID@ADDR,...", value_delimiter = ',')]
+        peers: Vec<String>,
         #[arg(long, default_value_t = 250)]
         heartbeat_ms: u64,
         /// A neighbour or client silent this long (milliseconds) is dead.
@@ -270,7 +277,31 @@ fn run(args: Args) -> anyhow::Result<()> {
                 spool.run(report)?;
             }
         }
-        Cmd::Node { id, listen, parent, heartbeat_ms, liveness_ms } => {
+        Cmd::Node { id, listen, parent, mutex, peers, heartbeat_ms, liveness_ms } => {
+            let mutex: cluster::mutex::Algorithm = mutex.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let peers = peers
+                .iter()
+                .map(|p| {
+                    let (pid, addr) =
+                        p.split_once('@').ok_or_else(|| anyhow::anyhow!("--peers {p:?}: want ID@ADDR"))?;
+                    let pid: u32 =
+                        pid.parse().map_err(|_| anyhow::anyhow!("--peers {p:?}: the id before @ is not a number"))?;
+                    node::endpoint(addr)?;
+                    Ok((pid, addr.to_string()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let raymond = mutex == cluster::mutex::Algorithm::Raymond;
+            anyhow::ensure!(
+                raymond || !peers.is_empty(),
+                "--mutex {} needs --peers ID@ADDR,... (the other members)",
+                mutex.name()
+            );
+            anyhow::ensure!(
+                raymond || parent.is_none(),
+                "--parent is for raymond; --mutex {} takes --peers",
+                mutex.name()
+            );
+            anyhow::ensure!(!raymond || peers.is_empty(), "raymond runs on a tree: give --parent, not --peers");
             anyhow::ensure!(
                 heartbeat_ms > 0 && liveness_ms > heartbeat_ms,
                 "--liveness-ms must exceed --heartbeat-ms > 0"
@@ -298,6 +329,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 parent,
                 heartbeat: Duration::from_millis(heartbeat_ms),
                 liveness: Duration::from_millis(liveness_ms),
+                mutex,
+                peers,
             };
             let mut n = node::Node::bind(&ctx, cfg)?;
             println!("node {id} listening on {listen}");

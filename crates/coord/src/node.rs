@@ -15,6 +15,8 @@
 
 use crate::clock::{Lamport, NodeId, VectorClock, VectorStamp};
 use crate::mutex::raymond::{Action, Fence, Message, Raymond};
+use crate::mutex::{Algorithm, PeerMsg, Peered};
+use crate::protocol::Out;
 use crate::util::{self, sock_err};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -63,7 +65,16 @@ pub enum Wire {
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub enum PeerBody {
     Beat,
-    Token { key: Vec<u8>, msg: Message },
+    /// Raymond's messages.
+    Token {
+        key: Vec<u8>,
+        msg: Message,
+    },
+    /// The other algorithms' messages (`--mutex` and `--peers`).
+    Peer {
+        key: Vec<u8>,
+        msg: PeerMsg,
+    },
 }
 
 const LIMIT: usize = 1 << 20;
@@ -114,6 +125,10 @@ pub struct NodeConfig {
     pub parent: Option<(Option<NodeId>, String)>,
     pub heartbeat: Duration,
     pub liveness: Duration,
+    /// The algorithm; all but Raymond run among `peers` (every other member, by id and
+    /// address), Raymond on the tree `parent` gives.
+    pub mutex: Algorithm,
+    pub peers: Vec<(NodeId, String)>,
 }
 
 struct Neighbour {
@@ -137,6 +152,8 @@ pub struct Counters {
     pub grants: u64,
     pub regenerated: u64,
     pub dead_neighbours: u64,
+    /// Messages from nodes of another algorithm (or not members), dropped.
+    pub foreign: u64,
 }
 
 pub struct Node {
@@ -151,6 +168,13 @@ pub struct Node {
     children: BTreeMap<NodeId, Neighbour>,
     clients: HashMap<Vec<u8>, Instant>,
     tokens: HashMap<Vec<u8>, Raymond>,
+    /// The peer algorithms' state per key, and a DEALER to each peer.
+    peered: HashMap<Vec<u8>, Peered>,
+    dealers: BTreeMap<NodeId, zmq::Socket>,
+    members: Vec<NodeId>,
+    /// Peers never heard from within `liveness` of our start, declared down.
+    absent: std::collections::BTreeSet<NodeId>,
+    started: Instant,
     leases: HashMap<Vec<u8>, Lease>,
     lamport: Lamport,
     vector: VectorClock,
@@ -163,6 +187,8 @@ pub struct Node {
 /// Events of the audit log kept, and sent in one answer (well under the 1 MiB limit).
 const LOG_KEPT: usize = 100_000;
 const LOG_SENT: usize = 8_000;
+/// How often a ring's idle tokens move on (milliseconds).
+const RING_TICK_MS: i64 = 2;
 
 impl Node {
     pub fn bind(ctx: &zmq::Context, cfg: NodeConfig) -> anyhow::Result<Node> {
@@ -192,9 +218,41 @@ impl Node {
             }
             None => (None, None),
         };
+        let mut dealers = BTreeMap::new();
+        let mut members: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
+        members.push(cfg.id);
+        members.sort_unstable();
+        if cfg.mutex != Algorithm::Raymond {
+            anyhow::ensure!(
+                cfg.parent.is_none(),
+                "--parent is for raymond; --mutex {} takes --peers",
+                cfg.mutex.name()
+            );
+            anyhow::ensure!(
+                members.windows(2).all(|w| w[0] != w[1]),
+                "--peers names node {} twice (or this node's own id)",
+                members.windows(2).find(|w| w[0] == w[1]).map_or(0, |w| w[0])
+            );
+            // The structure the algorithm needs (Maekawa's grid) is checked once here.
+            Peered::new(cfg.mutex, cfg.id, &members).map_err(|e| anyhow::anyhow!(e))?;
+            for (id, addr) in &cfg.peers {
+                let ep = endpoint(addr)?;
+                let s = util::socket(ctx, zmq::DEALER)?;
+                s.set_identity(format!("n{}", cfg.id).as_bytes())?;
+                s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
+                dealers.insert(*id, s);
+            }
+        } else {
+            anyhow::ensure!(cfg.peers.is_empty(), "raymond runs on a tree: give --parent, not --peers");
+        }
         Ok(Node {
             boot,
             parent,
+            peered: HashMap::new(),
+            dealers,
+            members,
+            absent: Default::default(),
+            started: Instant::now(),
             vector: VectorClock::new(cfg.id),
             cfg,
             router,
@@ -225,7 +283,11 @@ impl Node {
                 next_beat = now + self.cfg.heartbeat;
                 self.beat(now)?;
             }
-            let wait = next_beat.saturating_duration_since(Instant::now()).as_millis().max(1) as i64;
+            self.tick_peered()?;
+            let mut wait = next_beat.saturating_duration_since(Instant::now()).as_millis().max(1) as i64;
+            if self.cfg.mutex == Algorithm::Ring {
+                wait = wait.min(RING_TICK_MS); // idle tokens move on at each tick
+            }
             let (r, u) = {
                 let mut items = vec![self.router.as_poll_item(zmq::POLLIN)];
                 if let Some(up) = &self.up {
@@ -319,12 +381,15 @@ impl Node {
                 tracing::warn!(from, "our parent wrote to our listening socket; dropped");
                 return Ok(());
             }
+            let mut back = false;
             if self.children.get(&from).is_some_and(|n| n.boot != boot && n.alive) {
                 // It restarted before we noticed it die: its tokens are gone with its state.
                 tracing::warn!(child = from, "child restarted");
                 self.counters.dead_neighbours += 1;
                 self.neighbour_died(from, true)?;
+                back = true;
             }
+            back |= self.absent.remove(&from);
             let n = self.children.entry(from).or_insert_with(|| {
                 tracing::info!(child = from, "child connected");
                 Neighbour { route: route.to_vec(), boot, last_seen: Instant::now(), alive: true }
@@ -335,13 +400,107 @@ impl Node {
             if !n.alive {
                 tracing::info!(child = from, "child is back");
                 n.alive = true;
+                back = true;
+            }
+            if back && self.cfg.mutex != Algorithm::Raymond {
+                let now = self.millis();
+                let keys: Vec<Vec<u8>> = self.peered.keys().cloned().collect();
+                for key in keys {
+                    let outs = self.peered(&key).peer_up(now, from);
+                    self.apply_peered(&key, outs)?;
+                }
             }
         }
-        if let PeerBody::Token { key, msg } = body {
-            let actions = self.token(&key).receive(from, msg);
-            self.apply(&key, actions)?;
+        match body {
+            PeerBody::Token { key, msg } if self.cfg.mutex == Algorithm::Raymond => {
+                let actions = self.token(&key).receive(from, msg);
+                self.apply(&key, actions)?;
+            }
+            PeerBody::Peer { key, msg } if self.cfg.mutex != Algorithm::Raymond && self.members.contains(&from) => {
+                let now = self.millis();
+                match self.peered(&key).receive(now, from, msg) {
+                    Ok(outs) => self.apply_peered(&key, outs)?,
+                    Err(crate::mutex::Foreign) => self.wrong_algorithm(from),
+                }
+            }
+            PeerBody::Beat => {}
+            _ => self.wrong_algorithm(from),
         }
         Ok(())
+    }
+
+    fn wrong_algorithm(&mut self, from: NodeId) {
+        if self.counters.foreign == 0 {
+            tracing::error!(
+                from,
+                mutex = self.cfg.mutex.name(),
+                "a node of another algorithm (or not a member) wrote to us; dropped"
+            );
+        }
+        self.counters.foreign += 1;
+    }
+
+    fn millis(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn peered(&mut self, key: &[u8]) -> &mut Peered {
+        let (algo, id, members) = (self.cfg.mutex, self.cfg.id, &self.members);
+        self.peered.entry(key.to_vec()).or_insert_with(|| Peered::new(algo, id, members).expect("checked at bind"))
+    }
+
+    fn tick_peered(&mut self) -> anyhow::Result<()> {
+        if self.cfg.mutex == Algorithm::Raymond {
+            return Ok(());
+        }
+        let now = self.millis();
+        let keys: Vec<Vec<u8>> = self.peered.keys().cloned().collect();
+        for key in keys {
+            let outs = self.peered(&key).tick(now);
+            self.apply_peered(&key, outs)?;
+        }
+        Ok(())
+    }
+
+    /// A peer algorithm's outputs, in the form [`Node::apply`] takes.
+    fn apply_peered(&mut self, key: &[u8], outs: Vec<Out<PeerMsg>>) -> anyhow::Result<()> {
+        for o in outs {
+            match o {
+                Out::Send { to, msg } => {
+                    self.counters.token_messages += 1;
+                    let w = self.stamp(PeerBody::Peer { key: key.to_vec(), msg });
+                    self.to_node(to, &w);
+                }
+                Out::Granted { fence } => self.entered(key, fence)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The local request for the lock of `key` (whichever algorithm).
+    fn request_lock(&mut self, key: &[u8]) -> anyhow::Result<()> {
+        let ts = self.lamport.tick();
+        self.vector.tick();
+        if self.cfg.mutex == Algorithm::Raymond {
+            let actions = self.token(key).request(ts);
+            self.apply(key, actions)
+        } else {
+            let now = self.millis();
+            let outs = self.peered(key).request(now);
+            self.apply_peered(key, outs)
+        }
+    }
+
+    /// The local release of the lock of `key`.
+    fn release_lock(&mut self, key: &[u8]) -> anyhow::Result<()> {
+        if self.cfg.mutex == Algorithm::Raymond {
+            let actions = self.token(key).release();
+            self.apply(key, actions)
+        } else {
+            let now = self.millis();
+            let outs = self.peered(key).release(now);
+            self.apply_peered(key, outs)
+        }
     }
 
     fn token(&mut self, key: &[u8]) -> &mut Raymond {
@@ -359,10 +518,7 @@ impl Node {
         lease.waiters.push_back(route.to_vec());
         let first_wait = lease.holder.is_none() && lease.waiters.len() == 1;
         if first_wait {
-            let ts = self.lamport.tick();
-            self.vector.tick();
-            let actions = self.token(&key).request(ts);
-            self.apply(&key, actions)?;
+            self.request_lock(&key)?;
         }
         if !wait {
             // A try: granted at once, or busy (a request already made is kept; if the
@@ -383,14 +539,11 @@ impl Node {
             lease.holder = None;
             let more = !lease.waiters.is_empty();
             self.log_event(key, crate::audit::Kind::Release);
-            let actions = self.token(key).release();
-            self.apply(key, actions)?;
+            self.release_lock(key)?;
             if more {
                 // Others here want it too: ask again, so that earlier requests elsewhere
-                // in the tree go first (timestamp order).
-                let ts = self.lamport.tick();
-                let actions = self.token(key).request(ts);
-                self.apply(key, actions)?;
+                // go first (timestamp order).
+                self.request_lock(key)?;
             }
         }
         Ok(())
@@ -404,27 +557,27 @@ impl Node {
                     let w = self.stamp(PeerBody::Token { key: key.to_vec(), msg });
                     self.to_node(to, &w);
                 }
-                Action::Enter { fence } => {
-                    let lease = self.leases.entry(key.to_vec()).or_default();
-                    match lease.waiters.pop_front() {
-                        Some(route) => {
-                            self.counters.grants += 1;
-                            lease.holder = Some((route.clone(), fence));
-                            self.log_event(key, crate::audit::Kind::Grant);
-                            self.to_route(&route, &Wire::Granted { key: key.to_vec(), fence });
-                        }
-                        None => {
-                            // Nobody waits any more (a try that gave up): pass it on.
-                            let actions = self.token(key).release();
-                            // Recursion depth is bounded: release never yields Enter
-                            // unless a local request is queued, and none is.
-                            self.apply(key, actions)?;
-                        }
-                    }
-                }
+                Action::Enter { fence } => self.entered(key, fence)?,
             }
         }
         Ok(())
+    }
+
+    /// The lock of `key` is ours: to the first local waiter, or given back if nobody
+    /// waits any more (a try that gave up). Recursion is bounded: a release never
+    /// grants here again unless a local request is queued, and none is.
+    fn entered(&mut self, key: &[u8], fence: Fence) -> anyhow::Result<()> {
+        let lease = self.leases.entry(key.to_vec()).or_default();
+        match lease.waiters.pop_front() {
+            Some(route) => {
+                self.counters.grants += 1;
+                lease.holder = Some((route.clone(), fence));
+                self.log_event(key, crate::audit::Kind::Grant);
+                self.to_route(&route, &Wire::Granted { key: key.to_vec(), fence });
+                Ok(())
+            }
+            None => self.release_lock(key),
+        }
     }
 
     /// A grant or release, as a local event of vector time, into the audit log.
@@ -451,7 +604,9 @@ impl Node {
 
     fn to_node(&self, to: NodeId, w: &Wire) {
         let bytes = encode(w);
-        if Some(to) == self.parent_id() {
+        if let Some(d) = self.dealers.get(&to) {
+            let _ = d.send(bytes, zmq::DONTWAIT);
+        } else if Some(to) == self.parent_id() {
             if let Some(up) = &self.up {
                 let _ = up.send(bytes, zmq::DONTWAIT);
             }
@@ -478,12 +633,29 @@ impl Node {
                 self.neighbour_died(parent, false)?;
             }
         }
+        for d in self.dealers.values() {
+            let _ = d.send(encode(&beat), zmq::DONTWAIT);
+        }
+        if now.duration_since(self.started) > self.cfg.liveness {
+            let silent: Vec<NodeId> = self
+                .dealers
+                .keys()
+                .copied()
+                .filter(|p| !self.children.contains_key(p) && !self.absent.contains(p))
+                .collect();
+            for p in silent {
+                tracing::warn!(peer = p, "peer never answered; going on without it");
+                self.absent.insert(p);
+                self.counters.dead_neighbours += 1;
+                self.neighbour_died(p, true)?;
+            }
+        }
         let mut died = Vec::new();
         for (&id, n) in &mut self.children {
             if n.alive && now.duration_since(n.last_seen) > self.cfg.liveness {
                 n.alive = false;
                 died.push(id);
-            } else if n.alive {
+            } else if n.alive && self.dealers.is_empty() {
                 let _ = self.router.send_multipart([n.route.as_slice(), &encode(&beat)], zmq::DONTWAIT);
             }
         }
@@ -510,6 +682,15 @@ impl Node {
     }
 
     fn neighbour_died(&mut self, n: NodeId, is_child: bool) -> anyhow::Result<()> {
+        if self.cfg.mutex != Algorithm::Raymond {
+            let now = self.millis();
+            let keys: Vec<Vec<u8>> = self.peered.keys().cloned().collect();
+            for key in keys {
+                let outs = self.peered(&key).peer_down(now, n);
+                self.apply_peered(&key, outs)?;
+            }
+            return Ok(());
+        }
         let keys: Vec<Vec<u8>> = self.tokens.keys().cloned().collect();
         for key in keys {
             let (actions, regenerated) = self.token(&key).neighbour_died(n, is_child);
@@ -527,13 +708,25 @@ impl Node {
         let mut s =
             format!("node {} (Lamport {}, vector {:?})\n", self.cfg.id, self.lamport.now(), self.vector.now().0);
         match &self.parent {
+            _ if !self.dealers.is_empty() => {}
             Some((p, addr)) => {
                 s += &format!("parent {p} at {addr}: {}\n", if self.parent_alive { "alive" } else { "NOT ANSWERING" })
             }
             None => s += "root of the tree\n",
         }
+        let kind = if self.dealers.is_empty() { "child" } else { "peer" };
         for (id, n) in &self.children {
-            s += &format!("child {id}: {}\n", if n.alive { "alive" } else { "NOT ANSWERING" });
+            s += &format!("{kind} {id}: {}\n", if n.alive { "alive" } else { "NOT ANSWERING" });
+        }
+        if self.cfg.mutex != Algorithm::Raymond {
+            s += &format!("mutex {} among {:?}\n", self.cfg.mutex.name(), self.members);
+            let mut keys: Vec<&Vec<u8>> = self.peered.keys().collect();
+            keys.sort();
+            for key in keys {
+                let state = if self.peered[key].in_critical_section() { "HELD here" } else { "not held here" };
+                let waiting = self.leases.get(key).map(|l| l.waiters.len()).unwrap_or(0);
+                s += &format!("lease {}: {state}; local waiters {waiting}\n", hex(key));
+            }
         }
         s += &format!("clients: {}\n", self.clients.len());
         let mut keys: Vec<&Vec<u8>> = self.tokens.keys().collect();

@@ -53,6 +53,11 @@ pub trait Protocol {
         Vec::new()
     }
 
+    /// Peer `peer`, declared down before, is back (restarted: it remembers nothing).
+    fn peer_up(&mut self, _now: Millis, _peer: NodeId) -> Vec<Out<Self::Msg>> {
+        Vec::new()
+    }
+
     /// Whether this node is in the critical section.
     fn in_critical_section(&self) -> bool;
 }

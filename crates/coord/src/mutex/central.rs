@@ -152,6 +152,12 @@ impl Protocol for Central {
         }
     }
 
+    fn peer_up(&mut self, _now: Millis, peer: NodeId) -> Vec<Out<Msg>> {
+        self.down.remove(&peer);
+        self.seen.remove(&peer); // it restarted: its sequence numbers start again
+        Vec::new()
+    }
+
     fn in_critical_section(&self) -> bool {
         self.inside
     }

@@ -116,6 +116,14 @@ impl Protocol for Lamport {
         self.try_enter()
     }
 
+    fn peer_up(&mut self, _now: Millis, peer: NodeId) -> Vec<Out<Msg>> {
+        if peer != self.me && !self.peers.contains(&peer) {
+            self.peers.push(peer);
+            self.latest.remove(&peer);
+        }
+        Vec::new()
+    }
+
     fn in_critical_section(&self) -> bool {
         self.inside
     }

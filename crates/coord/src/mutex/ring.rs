@@ -14,7 +14,14 @@ use crate::protocol::{Millis, Out, Protocol};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub enum Msg {
-    Token { hop: u64, fence: Fence },
+    Token {
+        hop: u64,
+        fence: Fence,
+    },
+    /// "Start this lock's token": a node wanting a lock the ring has never passed tells
+    /// the ring's first node, which makes the token (per-lock state is made on first
+    /// use in `cluster node`).
+    Wake,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +82,10 @@ impl Protocol for Ring {
 
     fn request(&mut self, _now: Millis) -> Vec<Out<Msg>> {
         self.want = true;
+        let first = self.ring[0];
+        if self.token.is_none() && self.last_hop == 0 && first != self.me {
+            return vec![Out::Send { to: first, msg: Msg::Wake }];
+        }
         self.enter()
     }
 
@@ -85,7 +96,7 @@ impl Protocol for Ring {
     }
 
     fn receive(&mut self, _now: Millis, _from: NodeId, msg: Msg) -> Vec<Out<Msg>> {
-        let Msg::Token { hop, fence } = msg;
+        let Msg::Token { hop, fence } = msg else { return Vec::new() }; // Wake: made, idles on
         if hop <= self.last_hop {
             return Vec::new(); // a duplicate of a token already seen
         }
@@ -104,6 +115,13 @@ impl Protocol for Ring {
 
     fn peer_down(&mut self, _now: Millis, peer: NodeId) -> Vec<Out<Msg>> {
         self.ring.retain(|&n| n != peer);
+        Vec::new()
+    }
+
+    fn peer_up(&mut self, _now: Millis, peer: NodeId) -> Vec<Out<Msg>> {
+        if let Err(i) = self.ring.binary_search(&peer) {
+            self.ring.insert(i, peer);
+        }
         Vec::new()
     }
 
