@@ -529,3 +529,88 @@ mod tests {
         assert!((2_200..2_800).contains(&hits), "{hits}");
     }
 }
+
+/// Exhaustive exploration of small cases: every order in which the network may deliver
+/// what is in flight (FIFO per link), and every moment a node inside may leave.
+#[cfg(test)]
+pub mod explore {
+    use crate::clock::NodeId;
+    use crate::protocol::{Out, Protocol};
+    use std::collections::{BTreeMap, HashSet, VecDeque};
+
+    #[derive(Clone)]
+    struct State<P: Protocol> {
+        nodes: Vec<P>,
+        links: BTreeMap<(NodeId, NodeId), VecDeque<P::Msg>>,
+        granted: Vec<u32>,
+        steps: u32,
+    }
+
+    fn apply<P: Protocol>(s: &mut State<P>, from: NodeId, outs: Vec<Out<P::Msg>>) {
+        for o in outs {
+            match o {
+                Out::Send { to, msg } => s.links.entry((from, to)).or_default().push_back(msg),
+                Out::Granted { .. } => s.granted[from as usize] += 1,
+            }
+        }
+        let inside = s.nodes.iter().filter(|n| n.in_critical_section()).count();
+        assert!(inside <= 1, "two nodes in the critical section");
+    }
+
+    /// Every node requests once at the start; explores every schedule up to `depth`
+    /// steps. Returns the number of distinct states seen; panics on a safety violation,
+    /// or if a schedule ends (nothing in flight, nobody inside) with a request ungranted.
+    pub fn all_schedules<P: Protocol + Clone>(nodes: Vec<P>, depth: u32) -> usize
+    where
+        P: std::fmt::Debug,
+        P::Msg: std::fmt::Debug,
+    {
+        let n = nodes.len();
+        let mut s = State { nodes, links: BTreeMap::new(), granted: vec![0; n], steps: 0 };
+        for i in 0..n {
+            let outs = s.nodes[i].request(0);
+            apply(&mut s, i as NodeId, outs);
+        }
+        let mut seen = HashSet::new();
+        let mut stack = vec![s];
+        while let Some(s) = stack.pop() {
+            let key = format!("{:?}{:?}{:?}", s.nodes, s.links, s.granted);
+            if !seen.insert(key) || s.steps >= depth {
+                continue;
+            }
+            let mut moved = false;
+            for (&(from, to), q) in &s.links {
+                if q.is_empty() {
+                    continue;
+                }
+                let mut next = s.clone();
+                next.steps += 1;
+                let msg = next.links.get_mut(&(from, to)).expect("there").pop_front().expect("not empty");
+                let outs = next.nodes[to as usize].receive(0, from, msg);
+                apply(&mut next, to, outs);
+                stack.push(next);
+                moved = true;
+            }
+            for i in 0..n {
+                let mut next = s.clone();
+                let outs =
+                    if s.nodes[i].in_critical_section() { next.nodes[i].release(0) } else { next.nodes[i].tick(0) };
+                if outs.is_empty() && !s.nodes[i].in_critical_section() {
+                    continue; // a tick that does nothing is no move
+                }
+                next.steps += 1;
+                apply(&mut next, i as NodeId, outs);
+                stack.push(next);
+                moved = true;
+            }
+            if !moved {
+                assert!(
+                    s.granted.iter().all(|&g| g == 1),
+                    "a schedule ended with a request not granted: {:?}",
+                    s.granted
+                );
+            }
+        }
+        seen.len()
+    }
+}

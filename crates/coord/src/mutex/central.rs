@@ -178,7 +178,7 @@ mod tests {
     /// exactly three messages.
     #[test]
     fn safe_live_and_three_messages_per_entry() {
-        for seed in 0..300 {
+        for seed in 0..2000 {
             let n = 2 + (seed % 6) as u32;
             let mut sim = cluster(n, seed, Link { delay: (1, 20), ..Link::default() });
             sim.run_workload(3, 4, 60, 1_000_000);
@@ -210,5 +210,12 @@ mod tests {
         while !sim.nodes[1].in_critical_section() {
             assert!(sim.step());
         }
+    }
+
+    #[test]
+    fn every_schedule_of_three_nodes() {
+        let ids = [0, 1, 2];
+        let states = crate::sim::explore::all_schedules(ids.iter().map(|&i| Central::new(i, &ids)).collect(), 60);
+        assert!(states > 10, "{states}");
     }
 }

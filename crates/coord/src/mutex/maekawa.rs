@@ -297,7 +297,7 @@ mod tests {
     /// With revoke, safe and live on many seeded schedules, grids of 4, 9 and 16 nodes.
     #[test]
     fn with_revoke_safe_and_live() {
-        for seed in 0..200 {
+        for seed in 0..1000 {
             let n = [4, 9, 16][seed as usize % 3];
             let mut sim = cluster(n, seed, true);
             sim.run_workload(3, 4, 30, 2_000_000);
@@ -322,5 +322,13 @@ mod tests {
             }
         }
         assert!(deadlocked > 0, "no schedule deadlocked without revoke");
+    }
+
+    #[test]
+    fn every_schedule_of_four_nodes() {
+        let ids = [0, 1, 2, 3];
+        let nodes = ids.iter().map(|&i| Maekawa::new(i, &ids, true).unwrap()).collect();
+        let states = crate::sim::explore::all_schedules(nodes, 80);
+        assert!(states > 100, "{states}");
     }
 }

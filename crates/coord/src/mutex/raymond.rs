@@ -636,7 +636,7 @@ mod tests {
     #[test]
     fn on_the_shared_simulator() {
         use crate::sim::{Link, Rng, Sim};
-        for seed in 0..300u64 {
+        for seed in 0..2000u64 {
             let mut rng = Rng::new(seed);
             let n = 2 + (seed % 6) as usize;
             let parents: Vec<Option<NodeId>> =
