@@ -560,10 +560,9 @@ pub mod explore {
     /// Every node requests once at the start; explores every schedule up to `depth`
     /// steps. Returns the number of distinct states seen; panics on a safety violation,
     /// or if a schedule ends (nothing in flight, nobody inside) with a request ungranted.
-    pub fn all_schedules<P: Protocol + Clone>(nodes: Vec<P>, depth: u32) -> usize
+    pub fn all_schedules<P>(nodes: Vec<P>, depth: u32) -> usize
     where
-        P: std::fmt::Debug,
-        P::Msg: std::fmt::Debug,
+        P: Protocol + Clone + std::fmt::Debug,
     {
         let n = nodes.len();
         let mut s = State { nodes, links: BTreeMap::new(), granted: vec![0; n], steps: 0 };
