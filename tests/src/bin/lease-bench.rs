@@ -19,7 +19,8 @@ struct Tree {
 }
 
 impl Tree {
-    fn new(n: u32) -> Tree {
+    /// Raymond's tree (`mutex` "raymond"), or `n` peers running another algorithm.
+    fn new(n: u32, mutex: &str) -> Tree {
         let dir = tempfile::tempdir().unwrap();
         let addr = |i: u32| dir.path().join(format!("n{i}")).display().to_string();
         let mut nodes = Vec::new();
@@ -27,7 +28,11 @@ impl Tree {
             let (id, listen) = (i.to_string(), addr(i));
             let mut args = vec!["node", "--id", &id, "--listen", &listen];
             let parent = format!("{}@{}", i / 2, addr(i / 2));
-            if i > 1 {
+            let peers: Vec<String> = (1..=n).filter(|&j| j != i).map(|j| format!("{j}@{}", addr(j))).collect();
+            let peers = peers.join(",");
+            if mutex != "raymond" {
+                args.extend(["--mutex", mutex, "--peers", &peers]);
+            } else if i > 1 {
                 args.extend(["--parent", &parent]);
             }
             nodes.push(ClusterProc::start(&args, "node "));
@@ -146,7 +151,7 @@ fn main() {
     println!("| setup | nodes | lockers | acquisitions/s | messages per acquisition |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     for n in [1u32, 3, 7] {
-        let tree = Tree::new(n);
+        let tree = Tree::new(n, "raymond");
         let clients = Arc::new(tree.clients.clone());
         let acq: Arc<dyn Fn(usize) + Send + Sync> = {
             let c = clients.clone();
@@ -185,6 +190,30 @@ fn main() {
         std::thread::sleep(Duration::from_millis(300));
         let m3 = tree.messages();
         println!("| Raymond, full contention | {n} | {n} | {rate:.0} | {:.2} |", (m3 - m2) as f64 / count as f64);
+    }
+    // The other algorithms as processes (`cluster node --mutex`), every node's client
+    // looping at once; messages are all the algorithm's (a ring's idle circling too).
+    for mutex in ["central", "ring", "lamport", "maekawa"] {
+        for n in [4u32, 9] {
+            let tree = Tree::new(n, mutex);
+            let clients = Arc::new(tree.clients.clone());
+            let acq: Arc<dyn Fn(usize) + Send + Sync> = {
+                let c = clients.clone();
+                Arc::new(move |i| {
+                    c[i].acquire(KEY, true).expect("granted");
+                })
+            };
+            let rel: Arc<dyn Fn(usize) + Send + Sync> = {
+                let c = clients.clone();
+                Arc::new(move |i| c[i].release(KEY))
+            };
+            let m0 = tree.messages();
+            let all: Vec<usize> = (0..n as usize).collect();
+            let (rate, count) = hammer(acq, rel, &all, secs);
+            std::thread::sleep(Duration::from_millis(300));
+            let m1 = tree.messages();
+            println!("| {mutex}, full contention | {n} | {n} | {rate:.0} | {:.2} |", (m1 - m0) as f64 / count as f64);
+        }
     }
     let dir = tempfile::tempdir().unwrap();
     let (ep, stop, msgs) = central(dir.path());
