@@ -318,6 +318,31 @@ fn bad_node_options_get_one_line() {
     }
 }
 
+/// Two nodes of one cluster started with different algorithms: the one that gets the
+/// other's message drops it and says so (counted in its status, logged once), and keeps
+/// serving its own clients.
+#[test]
+fn nodes_of_different_algorithms_refuse_each_other() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let addr = |i: u32| dir.path().join(format!("n{i}")).display().to_string();
+    let (p1, p2) = (format!("2@{}", addr(2)), format!("1@{}", addr(1)));
+    let (a1, a2) = (addr(1), addr(2));
+    let _n1 =
+        ClusterProc::start(&["node", "--id", "1", "--listen", &a1, "--mutex", "central", "--peers", &p1], "node ");
+    let _n2 =
+        ClusterProc::start(&["node", "--id", "2", "--listen", &a2, "--mutex", "lamport", "--peers", &p2], "node ");
+    let c2 = cluster::lease::LeaseClient::connect(&a2).unwrap();
+    // Node 2 asks node 1 (Lamport's request); node 1 runs central and drops it.
+    assert_eq!(c2.acquire(b"k", false), None, "never granted across algorithms");
+    let c1 = cluster::lease::LeaseClient::connect(&a1).unwrap();
+    tests::wait_until(Duration::from_secs(20), "node 1 dropped a foreign message", || {
+        c1.status(Duration::from_secs(5)).is_some_and(|s| s.contains("foreign messages dropped 1"))
+    });
+    // Node 1 (the coordinator) still serves its own client.
+    assert!(c1.acquire(b"other", true).is_some());
+}
+
 /// Spool watchers on two mounts claim jobs under leases; the watcher running a long job
 /// is killed, its node lets the job's lease go, and the other watcher takes the job over
 /// at once (the claim timeout is set far out of reach) and finishes it, whole.

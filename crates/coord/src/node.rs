@@ -751,8 +751,8 @@ impl Node {
         }
         let c = &self.counters;
         s += &format!(
-            "token messages sent {}, grants {}, regenerated {}, dead neighbours {}\n",
-            c.token_messages, c.grants, c.regenerated, c.dead_neighbours
+            "token messages sent {}, grants {}, regenerated {}, dead neighbours {}, foreign messages dropped {}\n",
+            c.token_messages, c.grants, c.regenerated, c.dead_neighbours, c.foreign
         );
         s
     }

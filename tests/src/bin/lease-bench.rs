@@ -150,7 +150,7 @@ fn main() {
     let secs: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2.0);
     println!("| setup | nodes | lockers | acquisitions/s | messages per acquisition |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    for n in [1u32, 3, 7] {
+    for n in [1u32, 3, 4, 7, 9] {
         let tree = Tree::new(n, "raymond");
         let clients = Arc::new(tree.clients.clone());
         let acq: Arc<dyn Fn(usize) + Send + Sync> = {

@@ -152,6 +152,18 @@ mod tests {
         }
     }
 
+    /// A node that dies without the token leaves the ring: the others go on.
+    #[test]
+    fn a_dead_node_without_the_token_leaves_the_ring() {
+        for seed in 0..50 {
+            let mut sim = cluster(4, seed, Link::default());
+            sim.kill(2);
+            sim.run_workload(3, 4, 60, 1_000_000);
+            assert_eq!(&sim.granted[..2], &sim.requested[..2], "seed {seed}");
+            assert_eq!(sim.granted[3], sim.requested[3], "seed {seed}");
+        }
+    }
+
     /// Mutant: a ring that does not drop duplicated tokens has two tokens, and the
     /// simulator sees two nodes inside.
     #[test]
