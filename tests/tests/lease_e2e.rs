@@ -30,6 +30,8 @@ impl LeaseRig {
         let server = ServerProc::start(&p("export"), &p("state"), "127.0.0.1:0", &["--no-root-squash"]);
         let nodes = match mutex {
             "raymond" => (1..=3).map(|i| Self::node(dir.path(), i)).collect(),
+            // Raymond with the tree derived from the peers' ids.
+            "raymond-by-peers" => (1..=3).map(|i| Self::peer(dir.path(), i, 3, "raymond")).collect(),
             _ => {
                 let n = if mutex == "maekawa" { 4 } else { 3 };
                 (1..=n).map(|i| Self::peer(dir.path(), i, n, mutex)).collect()
@@ -165,7 +167,7 @@ fn three_mounts_count_to_600_under_flock_and_fcntl() {
 #[test]
 fn every_algorithm_counts_to_600() {
     let _w = Watchdog::new(Duration::from_secs(300));
-    for mutex in ["central", "ring", "lamport", "maekawa"] {
+    for mutex in ["central", "ring", "lamport", "maekawa", "raymond-by-peers"] {
         let rig = LeaseRig::with(mutex);
         rig.count(200, "flock");
         assert_eq!(rig.read_export(), 600, "{mutex}: no update lost");
@@ -304,7 +306,7 @@ fn bad_node_options_get_one_line() {
         (&["--mutex", "maekawa", "--peers", &three], "square number of nodes"),
         (&["--mutex", "lamport"], "needs --peers"),
         (&["--mutex", "central", "--peers", &two, "--parent", &other], "takes --peers"),
-        (&["--peers", &two], "give --parent, not --peers"),
+        (&["--peers", &two, "--parent", &other], "not both"),
         (&["--mutex", "ring", "--peers", "x@y"], "not a number"),
     ];
     for (extra, want) in cases {

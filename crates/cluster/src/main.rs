@@ -301,7 +301,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "--parent is for raymond; --mutex {} takes --peers",
                 mutex.name()
             );
-            anyhow::ensure!(!raymond || peers.is_empty(), "raymond runs on a tree: give --parent, not --peers");
+            anyhow::ensure!(parent.is_none() || peers.is_empty(), "give --parent or --peers, not both");
             anyhow::ensure!(
                 heartbeat_ms > 0 && liveness_ms > heartbeat_ms,
                 "--liveness-ms must exceed --heartbeat-ms > 0"
@@ -323,6 +323,18 @@ fn run(args: Args) -> anyhow::Result<()> {
                 },
                 None => None,
             };
+            let (mut parent, mut peers) = (parent, peers);
+            if raymond && !peers.is_empty() {
+                // Raymond among named peers: the tree comes from the ids (in id order, the
+                // node at position i has the one at (i-1)/2 as its parent).
+                let mut ids = peers.clone();
+                ids.push((id, listen.clone()));
+                ids.sort_by_key(|p| p.0);
+                anyhow::ensure!(ids.windows(2).all(|w| w[0].0 != w[1].0), "--peers names a node twice (or this one)");
+                let pos = ids.iter().position(|p| p.0 == id).expect("added above");
+                parent = (pos > 0).then(|| (Some(ids[(pos - 1) / 2].0), ids[(pos - 1) / 2].1.clone()));
+                peers.clear();
+            }
             let cfg = node::NodeConfig {
                 id,
                 listen: listen.clone(),
