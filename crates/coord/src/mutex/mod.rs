@@ -101,7 +101,7 @@ impl Peered {
     pub fn new(algo: Algorithm, me: NodeId, members: &[NodeId]) -> Result<Peered, String> {
         Ok(match algo {
             Algorithm::Central => Peered::Central(central::Central::new(me, members)),
-            Algorithm::Ring => Peered::Ring(ring::Ring::new(me, members)),
+            Algorithm::Ring => Peered::Ring(ring::Ring::lazy(me, members)),
             Algorithm::Lamport => Peered::Lamport(lamport::Lamport::new(me, members)),
             Algorithm::Maekawa => Peered::Maekawa(maekawa::Maekawa::new(me, members, true)?),
             Algorithm::Raymond => return Err("raymond runs on a tree (--parent), not among peers".into()),
