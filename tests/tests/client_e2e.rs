@@ -394,8 +394,14 @@ fn server_crash_mid_transfer_loses_nothing() {
     let mut gate = std::fs::OpenOptions::new().read(true).write(true).open(l.join("gate")).unwrap();
     std::io::Write::write_all(&mut gate, b"go\ngo\n").unwrap();
     assert!(len(&rig.export("dest")) <= half, "nothing of the second half reached the server before the kill");
-    // Down for a moment, as a crashed server is.
-    std::thread::sleep(Duration::from_millis(1000));
+    // The server comes back once both programs have passed the gate (the FIFO is
+    // drained): their second halves are then under way against a dead server.
+    tests::wait_until(Duration::from_secs(30), "both programs past the gate", || {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer.
+        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&gate), libc::FIONREAD, &mut queued) };
+        rc == 0 && queued == 0
+    });
     rig.start_server_again();
     assert!(writer.wait().unwrap().success(), "the writer saw no error");
     assert!(reader.wait().unwrap().success(), "the reader saw no error");

@@ -403,12 +403,7 @@ impl Node {
                 back = true;
             }
             if back && self.cfg.mutex != Algorithm::Raymond {
-                let now = self.millis();
-                let keys: Vec<Vec<u8>> = self.peered.keys().cloned().collect();
-                for key in keys {
-                    let outs = self.peered(&key).peer_up(now, from);
-                    self.apply_peered(&key, outs)?;
-                }
+                self.each_peered(|p, now| p.peer_up(now, from))?;
             }
         }
         match body {
@@ -453,10 +448,16 @@ impl Node {
         if self.cfg.mutex == Algorithm::Raymond {
             return Ok(());
         }
+        self.each_peered(|p, now| p.tick(now))
+    }
+
+    /// Gives every key's peer-algorithm state the same event (a tick, a peer down or
+    /// back) and carries out what comes of it.
+    fn each_peered(&mut self, event: impl Fn(&mut Peered, u64) -> Vec<Out<PeerMsg>>) -> anyhow::Result<()> {
         let now = self.millis();
         let keys: Vec<Vec<u8>> = self.peered.keys().cloned().collect();
         for key in keys {
-            let outs = self.peered(&key).tick(now);
+            let outs = event(self.peered(&key), now);
             self.apply_peered(&key, outs)?;
         }
         Ok(())
@@ -683,13 +684,7 @@ impl Node {
 
     fn neighbour_died(&mut self, n: NodeId, is_child: bool) -> anyhow::Result<()> {
         if self.cfg.mutex != Algorithm::Raymond {
-            let now = self.millis();
-            let keys: Vec<Vec<u8>> = self.peered.keys().cloned().collect();
-            for key in keys {
-                let outs = self.peered(&key).peer_down(now, n);
-                self.apply_peered(&key, outs)?;
-            }
-            return Ok(());
+            return self.each_peered(|p, now| p.peer_down(now, n));
         }
         let keys: Vec<Vec<u8>> = self.tokens.keys().cloned().collect();
         for key in keys {

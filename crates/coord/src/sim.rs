@@ -305,6 +305,16 @@ impl<P: Protocol> Sim<P> {
         self.cut.remove(&(b, a));
     }
 
+    /// The algorithms' common check: 3 requests per node, 4 ms inside, starts spread
+    /// over `spread` ms; every request granted by `limit`, and the audit of the run clean.
+    /// `what` names the schedule in a failure.
+    #[cfg(test)]
+    pub fn run_checked(&mut self, spread: Millis, limit: Millis, what: &str) {
+        self.run_workload(3, 4, spread, limit);
+        assert_eq!(self.granted, self.requested, "{what}");
+        crate::audit::audit(&self.log).unwrap_or_else(|v| panic!("{what}: {v}"));
+    }
+
     /// Delivers everything in flight (and what that sends), up to `limit` steps.
     pub fn settle(&mut self, limit: u32) {
         for _ in 0..limit {

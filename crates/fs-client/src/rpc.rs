@@ -297,8 +297,10 @@ mod tests {
         // A server that accepts and never answers.
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         std::thread::spawn(move || {
-            let _conn = listener.accept();
-            std::thread::sleep(Duration::from_secs(5));
+            // Reads (and answers nothing) until the client goes away.
+            if let Ok((mut conn, _)) = listener.accept() {
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            }
         });
         let cfg = RpcConfig { addr: Addr::Unix(path), soft: false, timeo: Duration::from_secs(1), retrans: 0 };
         let rpc = Rpc::connect(cfg, 7, Duration::from_secs(5)).unwrap();

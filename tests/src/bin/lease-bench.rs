@@ -42,6 +42,33 @@ impl Tree {
         Tree { clients, _nodes: nodes, _dir: dir }
     }
 
+    /// Acquire and release through client i (for [`hammer`]).
+    #[allow(clippy::type_complexity)]
+    fn lockers(&self) -> (Arc<dyn Fn(usize) + Send + Sync>, Arc<dyn Fn(usize) + Send + Sync>) {
+        let clients = Arc::new(self.clients.clone());
+        let c = clients.clone();
+        let acq: Arc<dyn Fn(usize) + Send + Sync> = Arc::new(move |i| {
+            c[i].acquire(KEY, true).expect("granted");
+        });
+        let rel: Arc<dyn Fn(usize) + Send + Sync> = Arc::new(move |i| clients[i].release(KEY));
+        (acq, rel)
+    }
+
+    /// The message counter once the last releases have travelled: read until two
+    /// readings 50 ms apart agree (up to 5 s).
+    fn settled_messages(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = self.messages();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.messages();
+            if now == last || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// Token messages sent by all nodes so far.
     fn messages(&self) -> u64 {
         self.clients
@@ -152,17 +179,7 @@ fn main() {
     println!("| --- | ---: | ---: | ---: | ---: |");
     for n in [1u32, 3, 4, 7, 9] {
         let tree = Tree::new(n, "raymond");
-        let clients = Arc::new(tree.clients.clone());
-        let acq: Arc<dyn Fn(usize) + Send + Sync> = {
-            let c = clients.clone();
-            Arc::new(move |i| {
-                c[i].acquire(KEY, true).expect("granted");
-            })
-        };
-        let rel: Arc<dyn Fn(usize) + Send + Sync> = {
-            let c = clients.clone();
-            Arc::new(move |i| c[i].release(KEY))
-        };
+        let (acq, rel) = tree.lockers();
         // No contention: the deepest node alone, again and again (the token stays).
         let deepest = n as usize - 1;
         let m0 = tree.messages();
@@ -186,9 +203,7 @@ fn main() {
         let m2 = tree.messages();
         let all: Vec<usize> = (0..n as usize).collect();
         let (rate, count) = hammer(acq, rel, &all, secs);
-        // Let the last releases travel before counting.
-        std::thread::sleep(Duration::from_millis(300));
-        let m3 = tree.messages();
+        let m3 = tree.settled_messages();
         println!("| Raymond, full contention | {n} | {n} | {rate:.0} | {:.2} |", (m3 - m2) as f64 / count as f64);
     }
     // The other algorithms as processes (`cluster node --mutex`), every node's client
@@ -196,22 +211,11 @@ fn main() {
     for mutex in ["central", "ring", "lamport", "maekawa"] {
         for n in [4u32, 9] {
             let tree = Tree::new(n, mutex);
-            let clients = Arc::new(tree.clients.clone());
-            let acq: Arc<dyn Fn(usize) + Send + Sync> = {
-                let c = clients.clone();
-                Arc::new(move |i| {
-                    c[i].acquire(KEY, true).expect("granted");
-                })
-            };
-            let rel: Arc<dyn Fn(usize) + Send + Sync> = {
-                let c = clients.clone();
-                Arc::new(move |i| c[i].release(KEY))
-            };
+            let (acq, rel) = tree.lockers();
             let m0 = tree.messages();
             let all: Vec<usize> = (0..n as usize).collect();
             let (rate, count) = hammer(acq, rel, &all, secs);
-            std::thread::sleep(Duration::from_millis(300));
-            let m1 = tree.messages();
+            let m1 = tree.settled_messages();
             println!("| {mutex}, full contention | {n} | {n} | {rate:.0} | {:.2} |", (m1 - m0) as f64 / count as f64);
         }
     }

@@ -181,15 +181,12 @@ mod tests {
         for seed in 0..2000 {
             let n = 2 + (seed % 6) as u32;
             let mut sim = cluster(n, seed, Link { delay: (1, 20), ..Link::default() });
-            sim.run_workload(3, 4, 60, 1_000_000);
-            assert_eq!(sim.granted, sim.requested, "seed {seed}");
-            crate::audit::audit(&sim.log).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+            sim.run_checked(60, 1_000_000, &format!("seed {seed}"));
             sim.settle(100_000);
             let remote: u64 = sim.granted[1..].iter().map(|&g| g as u64).sum();
             assert_eq!(sim.messages, 3 * remote, "seed {seed}: the coordinator's own entries cost nothing");
             let mut dup = cluster(n, seed, Link { delay: (1, 20), dup: 0.3, fifo: false, ..Link::default() });
-            dup.run_workload(3, 4, 60, 1_000_000);
-            assert_eq!(dup.granted, dup.requested, "seed {seed}, duplicates");
+            dup.run_checked(60, 1_000_000, &format!("seed {seed}, duplicates"));
         }
     }
 

@@ -147,17 +147,14 @@ mod tests {
         for seed in 0..2000 {
             let n = 2 + (seed % 6) as u32;
             let mut sim = cluster(n, seed, Link { delay: (1, 20), ..Link::default() });
-            sim.run_workload(3, 4, 60, 1_000_000);
-            assert_eq!(sim.granted, sim.requested, "seed {seed}");
-            crate::audit::audit(&sim.log).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+            sim.run_checked(60, 1_000_000, &format!("seed {seed}"));
             // (A node may enter before its request reached everyone: any later message
             // from a peer will do. The answers still come.)
             sim.settle(100_000);
             let entries: u64 = sim.granted.iter().map(|&g| g as u64).sum();
             assert_eq!(sim.messages, 3 * (n as u64 - 1) * entries, "seed {seed}");
             let mut dup = cluster(n, seed, Link { delay: (1, 20), dup: 0.3, ..Link::default() });
-            dup.run_workload(3, 4, 60, 1_000_000);
-            assert_eq!(dup.granted, dup.requested, "seed {seed}, duplicates");
+            dup.run_checked(60, 1_000_000, &format!("seed {seed}, duplicates"));
         }
     }
 

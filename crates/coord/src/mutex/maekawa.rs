@@ -300,9 +300,7 @@ mod tests {
         for seed in 0..1000 {
             let n = [4, 9, 16][seed as usize % 3];
             let mut sim = cluster(n, seed, true);
-            sim.run_workload(3, 4, 30, 2_000_000);
-            assert_eq!(sim.granted, sim.requested, "seed {seed}");
-            crate::audit::audit(&sim.log).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+            sim.run_checked(30, 2_000_000, &format!("seed {seed}"));
         }
     }
 

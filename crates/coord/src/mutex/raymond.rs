@@ -643,9 +643,7 @@ mod tests {
                 (0..n).map(|i| (i > 0).then(|| rng.range(0, i as u64 - 1) as NodeId)).collect();
             let nodes = (0..n).map(|i| RaymondNode::new(i as NodeId, parents[i])).collect();
             let mut sim = Sim::new(nodes, seed, Link { delay: (1, 20), ..Link::default() });
-            sim.run_workload(3, 4, 60, 1_000_000);
-            assert_eq!(sim.granted, sim.requested, "seed {seed}");
-            crate::audit::audit(&sim.log).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+            sim.run_checked(60, 1_000_000, &format!("seed {seed}"));
         }
     }
 }

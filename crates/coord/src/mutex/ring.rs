@@ -154,9 +154,7 @@ mod tests {
         for seed in 0..2000 {
             let n = 2 + (seed % 6) as u32;
             let mut sim = cluster(n, seed, Link { delay: (1, 20), dup: 0.2, ..Link::default() });
-            sim.run_workload(3, 4, 60, 1_000_000);
-            assert_eq!(sim.granted, sim.requested, "seed {seed}");
-            crate::audit::audit(&sim.log).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+            sim.run_checked(60, 1_000_000, &format!("seed {seed}"));
         }
     }
 
@@ -168,8 +166,7 @@ mod tests {
             let ids: Vec<NodeId> = (0..4).collect();
             let nodes = ids.iter().map(|&i| Ring::lazy(i, &ids)).collect();
             let mut sim = Sim::new(nodes, seed, Link { delay: (1, 20), ..Link::default() });
-            sim.run_workload(3, 4, 60, 1_000_000);
-            assert_eq!(sim.granted, sim.requested, "seed {seed}");
+            sim.run_checked(60, 1_000_000, &format!("seed {seed}"));
         }
     }
 

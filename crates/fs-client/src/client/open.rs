@@ -80,13 +80,6 @@ impl Client {
         Ok(Opened { fh: self.new_open(ino, cred), keep_cache: unchanged && !atime_due, attrs_changed: !unchanged })
     }
 
-    /// A read that must reach the server for the access time's sake (see [`Client::open`]):
-    /// true once after an open found the access time due.
-    pub(super) fn take_atime_due(&self, ino: u64) -> bool {
-        let mut t = self.inodes.lock().unwrap();
-        t.get_mut(ino).is_some_and(|n| std::mem::take(&mut n.atime_due))
-    }
-
     /// CREATE and open in one step (the kernel's `create`).
     pub async fn create(
         &self,

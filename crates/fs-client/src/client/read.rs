@@ -20,10 +20,12 @@ impl Client {
         let epoch = self.cache.lock().unwrap().epoch(ino);
         self.writeback(ino).await?;
         let bs = self.opts.block_size as u64;
-        let (file, change, file_size, atime) = {
-            let t = self.inodes.lock().unwrap();
-            let n = t.get(ino).ok_or(Errno::ESTALE)?;
-            (n.fh.clone(), n.data_change, n.attr.size, n.attr.atime)
+        // (One look at the node: the fields, and whether this read is the one that must
+        // reach the server for the access time, see `Client::open`.)
+        let (file, change, file_size, atime, due) = {
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(Errno::ESTALE)?;
+            (n.fh.clone(), n.data_change, n.attr.size, n.attr.atime, size > 0 && std::mem::take(&mut n.atime_due))
         };
         let (cred, ahead, random) = {
             let mut o = self.opens.lock().unwrap();
@@ -36,7 +38,6 @@ impl Client {
         }
         let first = offset / bs;
         let last = (offset + size as u64 - 1) / bs;
-        let due = self.take_atime_due(ino);
         if due || (random && !self.cached(ino, change, first..last + 1)) {
             // A random reader gets what it asked for, not whole blocks: a 4 KiB read
             // that fetched 128 KiB cost the server 32 times the disk reads (measured:
