@@ -30,7 +30,7 @@ impl LeaseRig {
         let server = ServerProc::start(&p("export"), &p("state"), "127.0.0.1:0", &["--no-root-squash"]);
         let nodes = match mutex {
             "raymond" => (1..=3).map(|i| Self::node(dir.path(), i)).collect(),
-            // Raymond with the tree derived from the peers' ids.
+            // Raymond on the tree echo waves find among the peers.
             "raymond-by-peers" => (1..=3).map(|i| Self::peer(dir.path(), i, 3, "raymond")).collect(),
             _ => {
                 let n = if mutex == "maekawa" { 4 } else { 3 };
@@ -431,4 +431,112 @@ fn spool_claims_under_leases_are_taken_over_when_a_watcher_dies() {
         let n = lines.iter().filter(|l| l.starts_with(&format!("done s{i}:"))).count();
         assert_eq!(n, 1, "s{i} ran once: {lines:?}");
     }
+}
+
+/// The neighbours of node `i` in a ring of seven with the chords 1-4 and 2-6.
+fn ring_with_chords(i: u32) -> Vec<u32> {
+    let mut n = vec![(i + 5) % 7 + 1, i % 7 + 1];
+    for (a, b) in [(1, 4), (2, 6)] {
+        if i == a {
+            n.push(b);
+        } else if i == b {
+            n.push(a);
+        }
+    }
+    n
+}
+
+/// `cluster status` through node `addr`: its output (it must succeed: one token per lease).
+fn cluster_status(addr: &str) -> String {
+    let (ok, text, err) = tests::run_with_timeout(
+        command(&bin_path("cluster")).args(["status", "--node", addr]),
+        Duration::from_secs(30),
+    );
+    assert!(ok.success(), "{text}{err}");
+    text
+}
+
+/// The demonstration of echo waves: seven nodes that know only their neighbours
+/// (a ring with chords) find their tree; three mounts count under `flock`; an interior
+/// node (one with children in the tree, and no mount) is SIGKILLed during the count: the
+/// survivors rebuild the tree without it, the count ends at exactly 600, the vector-clock
+/// audit of the survivors is clean, and `cluster status` answers for six nodes with one
+/// token and exactly two wave messages per live edge.
+#[test]
+fn seven_nodes_find_their_tree_and_rebuild_it_when_an_interior_node_dies() {
+    let _w = Watchdog::new(Duration::from_secs(300));
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s);
+    for d in ["export", "state", "m2", "m4", "m6"] {
+        std::fs::create_dir(p(d)).unwrap();
+    }
+    let addr = |i: u32| p(&format!("n{i}")).display().to_string();
+    let mut nodes: Vec<ClusterProc> = (1..=7)
+        .map(|i| {
+            let peers: Vec<String> = ring_with_chords(i).iter().map(|&j| format!("{j}@{}", addr(j))).collect();
+            let (id, listen, peers) = (i.to_string(), addr(i), peers.join(","));
+            ClusterProc::start(&["node", "--id", &id, "--listen", &listen, "--peers", &peers], "node ")
+        })
+        .collect();
+    let server = ServerProc::start(&p("export"), &p("state"), "127.0.0.1:0", &["--no-root-squash"]);
+    let mounts: Vec<MountProc> = [2, 4, 6]
+        .iter()
+        .map(|&i| MountProc::start(&server.addr, &p(&format!("m{i}")), &format!("leases={}", addr(i))))
+        .collect();
+
+    // The tree the waves found: every node, one root, 9 edges, 18 wave messages.
+    let mut status = String::new();
+    tests::wait_until(Duration::from_secs(30), "a tree of seven nodes", || {
+        status = cluster_status(&addr(3));
+        status.contains("7 nodes answered") && status.contains("the tree is whole")
+    });
+    assert!(status.contains("18 wave messages on 9 edges"), "{status}");
+    let parent_of = |text: &str, i: u32| -> Option<u32> {
+        let line = text.lines().find(|l| l.starts_with(&format!("node {i} ")))?;
+        line.split(" parent ").nth(1)?.split(' ').next()?.parse().ok()
+    };
+    // An interior node without a mount: one that is some node's parent (not the root, if
+    // there is a choice).
+    let interior: Vec<u32> =
+        [1, 3, 5, 7].into_iter().filter(|&c| (1..=7).any(|i| parent_of(&status, i) == Some(c))).collect();
+    let victim =
+        *interior.iter().find(|&&c| parent_of(&status, c).is_some()).or(interior.first()).expect("an interior node");
+
+    std::fs::write(mounts[0].path("counter"), format!("{:020}\n", 0)).unwrap();
+    let counter = |m: &MountProc| m.path("counter").display().to_string();
+    let mut kids: Vec<_> = mounts
+        .iter()
+        .map(|m| command(&bin_path("lock-counter")).args([&counter(m), "200", "flock"]).spawn().unwrap())
+        .collect();
+    let read = || -> u64 { std::fs::read_to_string(p("export/counter")).unwrap().trim().parse().unwrap_or(0) };
+    tests::wait_until(Duration::from_secs(120), "a third of the count", || read() >= 200);
+    nodes[victim as usize - 1].kill();
+    for k in &mut kids {
+        assert!(k.wait().unwrap().success(), "lock-counter failed");
+    }
+    assert_eq!(read(), 600, "no update lost (node {victim} was killed during the count)");
+
+    let status = cluster_status(&addr(if victim == 3 { 5 } else { 3 }));
+    assert!(status.contains("6 nodes answered"), "{status}");
+    assert!(!status.contains(&format!("node {victim} ")), "{status}");
+    assert!(status.lines().any(|l| l.starts_with("lease ") && l.contains(": 1 token")), "{status}");
+    let (messages, edges) = status
+        .lines()
+        .next()
+        .and_then(|l| {
+            let m = l.split(", ").nth(1)?;
+            let mut w = m.split(' ');
+            Some((w.next()?.parse::<u32>().ok()?, w.nth(3)?.parse::<u32>().ok()?))
+        })
+        .expect("wave line");
+    assert_eq!(messages, 2 * edges, "{status}");
+    // Vector time: the 600 critical sections of the survivors' logs are ordered.
+    let mut cmd = command(&bin_path("cluster"));
+    cmd.args(["lease", "audit"]);
+    for i in (1..=7).filter(|&i| i != victim) {
+        cmd.arg("--node").arg(addr(i));
+    }
+    let (ok, text, err) = tests::run_with_timeout(&mut cmd, Duration::from_secs(30));
+    assert!(ok.success() && text.contains("600 critical sections of 1 leases on 6 nodes"), "{text}{err}");
+    drop(mounts);
 }

@@ -123,13 +123,16 @@ enum Cmd {
         /// HOST:PORT or a path (ipc://).
         #[arg(long, value_name = "ADDR")]
         listen: String,
-        /// The parent's address (its id is learnt from it), or ID@ADDR (raymond only).
+        /// The parent's address (its id is learnt from it), or ID@ADDR (raymond only: a
+        /// tree given by hand; with --peers instead, echo waves find the tree).
         #[arg(long, value_name = "ADDR")]
         parent: Option<String>,
         /// raymond (default), central, ring, lamport or maekawa.
         #[arg(long, default_value = "raymond", value_name = "NAME")]
         mutex: String,
-        /// The other members, ID@ADDR,ID@ADDR,... (every algorithm but raymond).
+        /// The neighbours, ID@ADDR,ID@ADDR,...: for raymond any connected graph (echo
+        /// waves build the tree on it, and rebuild it when a node dies); for the other
+        /// algorithms every other member.
         #[arg(long, value_name = "ID@ADDR,...", value_delimiter = ',')]
         peers: Vec<String>,
         #[arg(long, default_value_t = 250)]
@@ -137,6 +140,15 @@ enum Cmd {
         /// A neighbour or client silent this long (milliseconds) is dead.
         #[arg(long, default_value_t = 3000)]
         liveness_ms: u64,
+    },
+    /// The whole lease cluster in one answer: the node starts an echo wave that gathers
+    /// every reachable node's state (one line per node, starting `node ID`).
+    Status {
+        #[arg(long, value_name = "ADDR")]
+        node: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 20)]
+        timeout_s: u64,
     },
     /// Leases: `cluster lease status --node ADDR`.
     Lease {
@@ -323,18 +335,6 @@ fn run(args: Args) -> anyhow::Result<()> {
                 },
                 None => None,
             };
-            let (mut parent, mut peers) = (parent, peers);
-            if raymond && !peers.is_empty() {
-                // Raymond among named peers: the tree comes from the ids (in id order, the
-                // node at position i has the one at (i-1)/2 as its parent).
-                let mut ids = peers.clone();
-                ids.push((id, listen.clone()));
-                ids.sort_by_key(|p| p.0);
-                anyhow::ensure!(ids.windows(2).all(|w| w[0].0 != w[1].0), "--peers names a node twice (or this one)");
-                let pos = ids.iter().position(|p| p.0 == id).expect("added above");
-                parent = (pos > 0).then(|| (Some(ids[(pos - 1) / 2].0), ids[(pos - 1) / 2].1.clone()));
-                peers.clear();
-            }
             let cfg = node::NodeConfig {
                 id,
                 listen: listen.clone(),
@@ -347,6 +347,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             let mut n = node::Node::bind(&ctx, cfg)?;
             println!("node {id} listening on {listen}");
             n.run()?;
+        }
+        Cmd::Status { node, timeout_s } => {
+            let c = cluster::lease::LeaseClient::connect(&node)?;
+            let text = c
+                .cluster_status(Duration::from_secs(timeout_s))
+                .ok_or_else(|| anyhow::anyhow!("node at {node} did not answer within {timeout_s} s"))?;
+            print!("{text}");
+            if text.contains("(must be 1)") {
+                eprintln!("cluster: a lease does not have exactly one token (see above)");
+                std::process::exit(2);
+            }
         }
         Cmd::Lease { cmd: LeaseCmd::Audit { nodes } } => {
             let mut events = Vec::new();

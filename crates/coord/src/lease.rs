@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 enum Cmd {
     Acquire { key: Vec<u8>, wait: bool, reply: mpsc::Sender<Option<Fence>> },
     Release { key: Vec<u8> },
-    Status { reply: mpsc::Sender<String> },
+    Status { reply: mpsc::Sender<String>, wave: bool },
     Audit { reply: mpsc::Sender<Vec<crate::audit::Event>> },
 }
 
@@ -126,7 +126,16 @@ impl LeaseClient {
     /// The node's status text, or None if it does not answer within `timeout`.
     pub fn status(&self, timeout: Duration) -> Option<String> {
         let (reply, rx) = mpsc::channel();
-        self.tx.send(Cmd::Status { reply }).ok()?;
+        self.tx.send(Cmd::Status { reply, wave: false }).ok()?;
+        self.wake.ring();
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// The whole cluster's state, gathered by a wave the node starts (`cluster status`),
+    /// or None if no answer comes within `timeout`.
+    pub fn cluster_status(&self, timeout: Duration) -> Option<String> {
+        let (reply, rx) = mpsc::channel();
+        self.tx.send(Cmd::Status { reply, wave: true }).ok()?;
         self.wake.ring();
         rx.recv_timeout(timeout).ok()
     }
@@ -147,9 +156,9 @@ fn serve(s: zmq::Socket, rx: mpsc::Receiver<Cmd>, wake: &Wake) {
                 Ok(Cmd::Release { key }) => {
                     let _ = s.send(encode(&Wire::Release { key }), 0);
                 }
-                Ok(Cmd::Status { reply }) => {
+                Ok(Cmd::Status { reply, wave }) => {
                     status.push(reply);
-                    let _ = s.send(encode(&Wire::Status), 0);
+                    let _ = s.send(encode(if wave { &Wire::StatusWave } else { &Wire::Status }), 0);
                 }
                 Ok(Cmd::Audit { reply }) => {
                     audits.push(reply);

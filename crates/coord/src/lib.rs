@@ -24,4 +24,5 @@ pub mod mutex;
 pub mod node;
 pub mod protocol;
 pub mod sim;
+pub mod tree;
 pub mod util;

@@ -70,6 +70,12 @@ impl Raymond {
         Raymond { me, holder: parent.unwrap_or(me), using: false, asked: false, queue: BTreeSet::new(), fence: 0 }
     }
 
+    /// A node on a rebuilt tree (see [`crate::tree`]): `holder` is itself or the
+    /// neighbour toward the token; with the token here, `using` and its `fence` carry on.
+    pub fn placed(me: NodeId, holder: NodeId, using: bool, fence: Fence) -> Raymond {
+        Raymond { me, holder, using: using && holder == me, asked: false, queue: BTreeSet::new(), fence }
+    }
+
     /// The local node wants the critical section (request stamped `ts`).
     pub fn request(&mut self, ts: u64) -> Vec<Action> {
         if self.using || self.queue.iter().any(|q| q.from == self.me) {

@@ -7,11 +7,17 @@
 //! their node's ROUTER. Every node-to-node message carries the sender's Lamport time and
 //! vector clock.
 //!
-//! Failures: neighbours beat every `heartbeat`; one silent for `liveness` is dead. A dead
+//! Raymond with `--peers` (graph mode, [`graph`]): the nodes name their neighbours in
+//! any connected graph, and echo waves find the tree, rebuild it when a node dies or
+//! joins, and gather `cluster status`.
+//!
+//! Failures (with `--parent`): neighbours beat every `heartbeat`; one silent for `liveness` is dead. A dead
 //! child toward which a token lay is replaced: the token is regenerated here with a new
 //! fencing epoch (see `Raymond::neighbour_died`), and the event is logged and counted. A
 //! dead parent cannot be replaced safely: requests wait for it to return. A client silent
 //! for `liveness` (a mount that died) loses its leases, which pass on.
+
+mod graph;
 
 use crate::clock::{Lamport, NodeId, VectorClock, VectorStamp};
 use crate::mutex::raymond::{Action, Fence, Message, Raymond};
@@ -60,6 +66,9 @@ pub enum Wire {
     AuditLog {
         events: Vec<crate::audit::Event>,
     },
+    /// Client -> node: start a wave that gathers every reachable node's state (answered
+    /// with `StatusText`).
+    StatusWave,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
@@ -75,6 +84,15 @@ pub enum PeerBody {
         key: Vec<u8>,
         msg: PeerMsg,
     },
+    /// Raymond's messages on a tree found by waves, with the tree's epoch (a message of
+    /// an older tree is dropped).
+    TreeToken {
+        tree: u64,
+        key: Vec<u8>,
+        msg: Message,
+    },
+    /// The echo algorithm's messages.
+    Wave(crate::echo::Msg<crate::tree::NodeState, crate::tree::Decision>),
 }
 
 const LIMIT: usize = 1 << 20;
@@ -154,6 +172,10 @@ pub struct Counters {
     pub dead_neighbours: u64,
     /// Messages from nodes of another algorithm (or not members), dropped.
     pub foreign: u64,
+    /// Waves started here, trees rebuilt, token messages of an older tree dropped.
+    pub waves: u64,
+    pub rebuilds: u64,
+    pub stale: u64,
 }
 
 pub struct Node {
@@ -182,6 +204,8 @@ pub struct Node {
     log: VecDeque<crate::audit::Event>,
     log_seq: u64,
     pub counters: Counters,
+    /// Raymond with `--peers`: the tree from echo waves.
+    graph: Option<graph::Graph>,
 }
 
 /// Events of the audit log kept, and sent in one answer (well under the 1 MiB limit).
@@ -222,7 +246,8 @@ impl Node {
         let mut members: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
         members.push(cfg.id);
         members.sort_unstable();
-        if cfg.mutex != Algorithm::Raymond {
+        let graph = cfg.mutex == Algorithm::Raymond && !cfg.peers.is_empty();
+        if cfg.mutex != Algorithm::Raymond || graph {
             anyhow::ensure!(
                 cfg.parent.is_none(),
                 "--parent is for raymond; --mutex {} takes --peers",
@@ -234,7 +259,9 @@ impl Node {
                 members.windows(2).find(|w| w[0] == w[1]).map_or(0, |w| w[0])
             );
             // The structure the algorithm needs (Maekawa's grid) is checked once here.
-            Peered::new(cfg.mutex, cfg.id, &members).map_err(|e| anyhow::anyhow!(e))?;
+            if !graph {
+                Peered::new(cfg.mutex, cfg.id, &members).map_err(|e| anyhow::anyhow!(e))?;
+            }
             for (id, addr) in &cfg.peers {
                 let ep = endpoint(addr)?;
                 let s = util::socket(ctx, zmq::DEALER)?;
@@ -242,10 +269,10 @@ impl Node {
                 s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
                 dealers.insert(*id, s);
             }
-        } else {
-            anyhow::ensure!(cfg.peers.is_empty(), "raymond runs on a tree: give --parent, not --peers");
         }
+        let graph = graph.then(|| graph::Graph::new(cfg.id, cfg.peers.iter().map(|p| p.0)));
         Ok(Node {
+            graph,
             boot,
             parent,
             peered: HashMap::new(),
@@ -276,6 +303,7 @@ impl Node {
 
     /// Serves until the stop flag is set.
     pub fn run(&mut self) -> anyhow::Result<()> {
+        let _span = tracing::info_span!("node", id = self.cfg.id).entered();
         let mut next_beat = Instant::now();
         while !util::stopping() {
             let now = Instant::now();
@@ -284,6 +312,7 @@ impl Node {
                 self.beat(now)?;
             }
             self.tick_peered()?;
+            self.graph_tick()?;
             let mut wait = next_beat.saturating_duration_since(Instant::now()).as_millis().max(1) as i64;
             if self.cfg.mutex == Algorithm::Ring {
                 wait = wait.min(RING_TICK_MS); // idle tokens move on at each tick
@@ -355,6 +384,7 @@ impl Node {
                 let text = self.status();
                 self.to_route(route, &Wire::StatusText { text });
             }
+            Wire::StatusWave => self.status_wave(route)?,
             Wire::Audit => {
                 let skip = self.log.len().saturating_sub(LOG_SENT);
                 let events = self.log.iter().skip(skip).cloned().collect();
@@ -390,6 +420,7 @@ impl Node {
                 back = true;
             }
             back |= self.absent.remove(&from);
+            let new = !self.children.contains_key(&from);
             let n = self.children.entry(from).or_insert_with(|| {
                 tracing::info!(child = from, "child connected");
                 Neighbour { route: route.to_vec(), boot, last_seen: Instant::now(), alive: true }
@@ -402,12 +433,16 @@ impl Node {
                 n.alive = true;
                 back = true;
             }
-            if back && self.cfg.mutex != Algorithm::Raymond {
+            if (back || new) && self.graph.is_some() {
+                self.graph_contact(from, back)?;
+            } else if back && self.cfg.mutex != Algorithm::Raymond {
                 self.each_peered(|p, now| p.peer_up(now, from))?;
             }
         }
         match body {
-            PeerBody::Token { key, msg } if self.cfg.mutex == Algorithm::Raymond => {
+            PeerBody::TreeToken { tree, key, msg } if self.graph.is_some() => self.tree_token(from, tree, key, msg)?,
+            PeerBody::Wave(msg) if self.graph.is_some() => self.wave_message(from, msg)?,
+            PeerBody::Token { key, msg } if self.cfg.mutex == Algorithm::Raymond && self.graph.is_none() => {
                 let actions = self.token(&key).receive(from, msg);
                 self.apply(&key, actions)?;
             }
@@ -480,6 +515,9 @@ impl Node {
 
     /// The local request for the lock of `key` (whichever algorithm).
     fn request_lock(&mut self, key: &[u8]) -> anyhow::Result<()> {
+        if self.graph.as_ref().is_some_and(|g| !g.may_request(key, &self.tokens)) {
+            return Ok(()); // asked for once the tree is there (see `graph`)
+        }
         let ts = self.lamport.tick();
         self.vector.tick();
         if self.cfg.mutex == Algorithm::Raymond {
@@ -506,7 +544,10 @@ impl Node {
 
     fn token(&mut self, key: &[u8]) -> &mut Raymond {
         let (id, parent) = (self.cfg.id, self.parent_id());
-        self.tokens.entry(key.to_vec()).or_insert_with(|| Raymond::new(id, parent))
+        match &self.graph {
+            Some(g) => self.tokens.entry(key.to_vec()).or_insert_with(|| g.fresh(id)),
+            None => self.tokens.entry(key.to_vec()).or_insert_with(|| Raymond::new(id, parent)),
+        }
     }
 
     fn acquire(&mut self, route: &[u8], key: Vec<u8>, wait: bool) -> anyhow::Result<()> {
@@ -518,6 +559,7 @@ impl Node {
         }
         lease.waiters.push_back(route.to_vec());
         let first_wait = lease.holder.is_none() && lease.waiters.len() == 1;
+        tracing::debug!(key = %hex(&key), first_wait, waiters = lease.waiters.len(), "acquire");
         if first_wait {
             self.request_lock(&key)?;
         }
@@ -554,8 +596,17 @@ impl Node {
         for a in actions {
             match a {
                 Action::Send { to, msg } => {
+                    tracing::debug!(key = %hex(key), to, ?msg, "token message");
+                    let body = match &mut self.graph {
+                        Some(g) if g.frozen() => {
+                            g.defer(key, to, msg);
+                            continue;
+                        }
+                        Some(g) => PeerBody::TreeToken { tree: g.epoch(), key: key.to_vec(), msg },
+                        None => PeerBody::Token { key: key.to_vec(), msg },
+                    };
                     self.counters.token_messages += 1;
-                    let w = self.stamp(PeerBody::Token { key: key.to_vec(), msg });
+                    let w = self.stamp(body);
                     self.to_node(to, &w);
                 }
                 Action::Enter { fence } => self.entered(key, fence)?,
@@ -569,6 +620,7 @@ impl Node {
     /// grants here again unless a local request is queued, and none is.
     fn entered(&mut self, key: &[u8], fence: Fence) -> anyhow::Result<()> {
         let lease = self.leases.entry(key.to_vec()).or_default();
+        tracing::debug!(key = %hex(key), fence, waiters = lease.waiters.len(), "entered");
         match lease.waiters.pop_front() {
             Some(route) => {
                 self.counters.grants += 1;
@@ -683,6 +735,9 @@ impl Node {
     }
 
     fn neighbour_died(&mut self, n: NodeId, is_child: bool) -> anyhow::Result<()> {
+        if self.graph.is_some() {
+            return self.graph_peer_down(n);
+        }
         if self.cfg.mutex != Algorithm::Raymond {
             return self.each_peered(|p, now| p.peer_down(now, n));
         }
@@ -744,11 +799,20 @@ impl Node {
                 r.waiting()
             );
         }
+        if let Some(g) = &self.graph {
+            s += &g.status();
+        }
         let c = &self.counters;
         s += &format!(
             "token messages sent {}, grants {}, regenerated {}, dead neighbours {}, foreign messages dropped {}\n",
             c.token_messages, c.grants, c.regenerated, c.dead_neighbours, c.foreign
         );
+        if self.graph.is_some() {
+            s += &format!(
+                "waves started here {}, trees rebuilt {}, token messages of older trees dropped {}\n",
+                c.waves, c.rebuilds, c.stale
+            );
+        }
         s
     }
 }
@@ -835,6 +899,20 @@ mod tests {
         assert_eq!(encode(&Wire::Granted { key: vec![9], fence: 4 }), [5, 1, 9, 4]);
         assert_eq!(encode(&Wire::ClientBeat), [3]);
         assert_eq!(encode(&Wire::Audit), [9]);
+        assert_eq!(encode(&Wire::StatusWave), [11]);
+        let wave = crate::echo::WaveId { number: 2, initiator: 5 };
+        let explore = PeerBody::Wave(crate::echo::Msg::Explore { wave });
+        // Peer from 1, then PeerBody::Wave (4), Msg::Explore (0), number 2, initiator 5.
+        assert_eq!(
+            encode(&Wire::Peer { from: 1, boot: 0, lamport: 0, vector: vec![], body: explore }),
+            [0, 1, 0, 0, 0, 4, 0, 2, 5]
+        );
+        let token = PeerBody::TreeToken { tree: 3, key: vec![7], msg: Message::Privilege { fence: 1 } };
+        // PeerBody::TreeToken (3), tree 3, key [7], Message::Privilege (1), fence 1.
+        assert_eq!(
+            encode(&Wire::Peer { from: 1, boot: 0, lamport: 0, vector: vec![], body: token }),
+            [0, 1, 0, 0, 0, 3, 3, 1, 7, 1, 1]
+        );
         let event = crate::audit::Event {
             node: 2,
             seq: 5,
