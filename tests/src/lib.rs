@@ -402,6 +402,8 @@ pub struct Rig {
     pub server: ServerProc,
     pub dirs: tempfile::TempDir,
     squash: Squash,
+    /// More server arguments (kept for restarts).
+    server_extra: Vec<String>,
 }
 
 /// The ordinary user the root-squash runs act as, and the folder of the export it owns.
@@ -417,6 +419,11 @@ impl Rig {
     /// With [`Squash::Root`], the export also holds [`USER_DIR`], owned by [`USER`] with
     /// mode 0755, for tests that act as that user.
     pub fn with(opts: &str, squash: Squash) -> Rig {
+        Rig::with_server(opts, squash, &[])
+    }
+
+    /// With more server arguments (`extra`).
+    pub fn with_server(opts: &str, squash: Squash, extra: &[&str]) -> Rig {
         let dirs = tempfile::tempdir().expect("tempdir");
         for d in ["export", "state", "mnt"] {
             std::fs::create_dir(dirs.path().join(d)).unwrap();
@@ -429,16 +436,27 @@ impl Rig {
             std::fs::create_dir(&user).unwrap();
             std::os::unix::fs::chown(&user, Some(USER), Some(USER)).unwrap();
         }
-        let server = ServerProc::start(&export, &dirs.path().join("state"), "127.0.0.1:0", Rig::server_args(squash));
+        let server_extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let args = Rig::server_args(squash, &server_extra);
+        let server = ServerProc::start(&export, &dirs.path().join("state"), "127.0.0.1:0", &args);
         let mount = MountProc::start(&server.addr, &dirs.path().join("mnt"), opts);
-        Rig { mount, server, dirs, squash }
+        Rig { mount, server, dirs, squash, server_extra }
     }
 
-    fn server_args(squash: Squash) -> &'static [&'static str] {
-        match squash {
-            Squash::Root => &[],
-            Squash::None => &["--no-root-squash"],
+    fn server_args(squash: Squash, extra: &[String]) -> Vec<&str> {
+        let mut args: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+        if squash == Squash::None {
+            args.push("--no-root-squash");
         }
+        args
+    }
+
+    /// Kills the server and starts it again on the same address with other extra
+    /// arguments.
+    pub fn restart_server_with(&mut self, extra: &[&str]) {
+        self.server.kill();
+        self.server_extra = extra.iter().map(|s| s.to_string()).collect();
+        self.start_server_again();
     }
 
     pub fn export(&self, rel: &str) -> PathBuf {
@@ -460,7 +478,7 @@ impl Rig {
                     &self.dirs.path().join("export"),
                     &self.dirs.path().join("state"),
                     &addr,
-                    Rig::server_args(self.squash),
+                    &Rig::server_args(self.squash, &self.server_extra),
                 )
             });
             match try_start {
@@ -480,6 +498,19 @@ impl Rig {
         std::fs::create_dir_all(&mp).unwrap();
         MountProc::start(&self.server.addr, &mp, opts)
     }
+}
+
+/// What `fs-client status` prints for the mount at `mountpoint` (read the same way: the
+/// mount's root answers the extended attribute `user.fs-client.status` itself).
+pub fn mount_status(mountpoint: &Path) -> String {
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: the names are NUL-terminated; buf is writable for its length.
+    let n =
+        unsafe { libc::getxattr(c.as_ptr(), c"user.fs-client.status".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(n >= 0, "status of {}: {}", mountpoint.display(), std::io::Error::last_os_error());
+    buf.truncate(n as usize);
+    String::from_utf8(buf).unwrap()
 }
 
 /// A description of a tree for comparing two trees: per path (sorted), the type, the

@@ -529,3 +529,108 @@ fn regression_background_commit_does_not_hide_another_clients_write() {
     }
     panic!("the other mount's write never landed before the COMMIT in five tries");
 }
+
+/// Nanoseconds from `S.NNNNNNNNN` (with a sign).
+fn nanos(s: &str) -> i128 {
+    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+    let (whole, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let n = whole.parse::<i128>().unwrap() * 1_000_000_000 + format!("{frac:0<9}")[..9].parse::<i128>().unwrap();
+    if neg {
+        -n
+    } else {
+        n
+    }
+}
+
+/// From a mount's status: the line starting `key` and its first number (nanoseconds),
+/// and for `clock offset X ± B` the bound too.
+fn status_number(status: &str, key: &str) -> Option<(i128, Option<i128>)> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let mut words = line[key.len()..].split_whitespace();
+    let x = nanos(words.next()?);
+    let bound = (words.next() == Some("±")).then(|| words.next().map(nanos)).flatten();
+    Some((x, bound))
+}
+
+/// Cristian's clock: with the server's clock an hour ahead or behind (and right, for
+/// comparison), the mount's measured offset is within its error bound of the truth, and
+/// attribute timeouts behave as on an unskewed pair: a file changed just now is asked
+/// again after `acregmin` (behind by an hour, the ages came out an hour too long and it
+/// was trusted for `acregmax`), and one unchanged for 20 minutes is trusted for longer
+/// (ahead by an hour, every age came out as zero).
+#[test]
+fn the_mount_measures_the_server_clock_and_ages_files_by_it() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    for skew in [-3600i64, 3600, 0] {
+        let arg = skew.to_string();
+        let rig = Rig::with_server("acregmin=1,acregmax=30", Squash::None, &["--test-clock-skew", &arg]);
+        let status = tests::mount_status(&rig.mnt(""));
+        let (offset, bound) = status_number(&status, "clock offset").expect("an offset line");
+        let bound = bound.expect("a bound");
+        assert!((offset - i128::from(skew) * 1_000_000_000).abs() <= bound, "skew {skew}: {status}");
+        let size = |name: &str| std::fs::metadata(rig.mnt(name)).unwrap().len();
+
+        // Changed just now: the new size is seen within a few seconds.
+        std::fs::write(rig.mnt("fresh"), b"1").unwrap();
+        assert_eq!(size("fresh"), 1);
+        std::fs::write(rig.export("fresh"), b"12").unwrap();
+        tests::wait_until(Duration::from_secs(10), &format!("skew {skew}: the fresh file's new size"), || {
+            size("fresh") == 2
+        });
+
+        // Unchanged for 20 minutes: its attributes are trusted (acregmax) for the next
+        // three seconds, even though the file changes under the mount's feet.
+        std::fs::write(rig.export("old"), b"1").unwrap();
+        sh(&rig.export(""), "touch -d '20 minutes ago' old");
+        assert_eq!(size("old"), 1);
+        let cached = std::time::Instant::now();
+        std::fs::write(rig.export("old"), b"12").unwrap();
+        sh(&rig.export(""), "touch -d '20 minutes ago' old");
+        while cached.elapsed() < Duration::from_secs(3) {
+            assert_eq!(size("old"), 1, "skew {skew}: a file unchanged for 20 minutes is trusted longer");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A backwards correction of the server's clock is slewed, never stepped: the server
+/// comes back two seconds behind where it was; sampled every 10 ms, the mount's view of
+/// server time never runs backwards, and the offset it applies moves toward the new
+/// measurement by at most 1% of the time passed.
+#[test]
+fn a_backwards_clock_correction_is_slewed() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let mut rig = Rig::with_server("clock_check=1", Squash::None, &["--test-clock-skew", "3600"]);
+    let s = 1_000_000_000i128;
+    let offset = |st: &str| status_number(st, "clock offset").unwrap().0;
+    assert!((offset(&tests::mount_status(&rig.mnt(""))) - 3600 * s).abs() < s / 10);
+    rig.restart_server_with(&["--test-clock-skew", "3598"]);
+    let (mut last_view, mut last_applied) = (0i128, 3600 * s);
+    let mut last_at = std::time::Instant::now();
+    let mut measured_at = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut slewing_seen = 0;
+    loop {
+        let st = tests::mount_status(&rig.mnt(""));
+        let now = std::time::Instant::now();
+        let view = status_number(&st, "server time").unwrap().0;
+        assert!(view >= last_view, "the view ran backwards by {} ns:\n{st}", last_view - view);
+        let applied = status_number(&st, "clock slewing: applied offset").map_or(offset(&st), |(a, _)| a);
+        let allowed = (now - last_at).as_nanos() as i128 / 100 + 1_000_000;
+        assert!((last_applied - applied).abs() <= allowed, "stepped by {} ns:\n{st}", last_applied - applied);
+        if st.contains("clock slewing") {
+            slewing_seen += 1;
+        }
+        (last_view, last_applied, last_at) = (view, applied, now);
+        if measured_at.is_none() && (offset(&st) - 3598 * s).abs() < s / 10 {
+            measured_at = Some(now);
+        }
+        if measured_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+            assert!(applied > 3598 * s && applied < 3600 * s, "slewing toward the new offset:\n{st}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new offset was never measured:\n{st}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(slewing_seen > 100, "the mount said it was slewing ({slewing_seen} samples)");
+}

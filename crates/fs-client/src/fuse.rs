@@ -17,6 +17,11 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+const ROOT_INO: u64 = crate::inodes::ROOT;
+/// The extended attribute of the mount's root that `fs-client status` reads: the mount
+/// answers it itself (it never reaches the server, and is not listed).
+pub const STATUS_XATTR: &[u8] = b"user.fs-client.status";
+
 pub struct Fs {
     client: Arc<Client>,
     rt: tokio::runtime::Handle,
@@ -600,7 +605,12 @@ impl Filesystem for Fs {
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
         let work = async move {
-            let v = cl.getxattr(c, ino.0, &name).await?;
+            // `fs-client status`: the mount's own vitals, answered here (not listed).
+            let v = if ino.0 == ROOT_INO && name == STATUS_XATTR {
+                cl.status_text().into_bytes()
+            } else {
+                cl.getxattr(c, ino.0, &name).await?
+            };
             if size != 0 && v.len() > size as usize {
                 return Err(Errno::ERANGE);
             }

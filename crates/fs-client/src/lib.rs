@@ -24,6 +24,7 @@ pub mod options;
 pub mod pagecache;
 pub mod readahead;
 pub mod rpc;
+pub mod srvclock;
 pub mod writeback;
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ enum Cmd {
         #[arg(short = 'o', value_name = "OPTS", default_value = "")]
         options: String,
     },
+    /// What the mount at MOUNTPOINT is doing: its server and connection, and the server's
+    /// clock as the mount sees it (offset, server minus client, ± its error bound).
+    Status { mountpoint: PathBuf },
     /// Unmount MOUNTPOINT.
     Unmount {
         mountpoint: PathBuf,
@@ -44,6 +47,7 @@ fn main() {
     let result = match args.cmd {
         Cmd::Mount { addr, mountpoint, options } => fs_client::mount::mount(&addr, &mountpoint, &options),
         Cmd::Unmount { mountpoint, lazy } => fs_client::mount::unmount(&mountpoint, lazy),
+        Cmd::Status { mountpoint } => fs_client::mount::status(&mountpoint).map(|text| print!("{text}")),
     };
     if let Err(e) = result {
         eprintln!("fs-client: {e:#}");

@@ -73,8 +73,29 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
             .await
             .map_err(|_| anyhow!("server {addr} did not answer MOUNT"))?
             .map_err(|e| anyhow!("server {addr} refused the mount: {e}"))?;
+        // The server's clock before anything is cached (ages of files are measured by it).
+        match tokio::time::timeout(Duration::from_secs(10), client.measure_clock()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!("the server did not tell its time ({e}); file ages use this machine's clock for now")
+            }
+            Err(_) => {
+                tracing::warn!("the server did not tell its time in 10 s; file ages use this machine's clock for now")
+            }
+        }
         anyhow::Ok(Arc::new(client))
     })?;
+    // And again every `clock_check` (slewed, never stepped: see `srvclock`).
+    let c = client.clone();
+    let every = opts.clock_check;
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = c.measure_clock().await {
+                tracing::debug!("TIME: {e}");
+            }
+        }
+    });
     let mut mount_opts = vec![
         fuser::MountOption::FSName(format!("fs:{addr}")),
         fuser::MountOption::Subtype("fs".into()),
@@ -127,6 +148,22 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     rt.block_on(client.quiesce(Duration::from_secs(5)));
     rt.shutdown_timeout(Duration::from_millis(200));
     result.map_err(|e| anyhow!("FUSE session ended: {e}"))
+}
+
+/// `fs-client status`: the mount's vitals, read from its root (see `fuse::STATUS_XATTR`).
+pub fn status(mountpoint: &Path) -> anyhow::Result<String> {
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(|_| anyhow!("bad mount point {}", mountpoint.display()))?;
+    let name = std::ffi::CString::new(crate::fuse::STATUS_XATTR).expect("no NUL");
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: c and name are NUL-terminated; buf is writable for its length.
+    let n = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("{} is not an fs-client mount ({e})", mountpoint.display());
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf).map_err(|_| anyhow!("{}: not an fs-client mount", mountpoint.display()))
 }
 
 /// `fs-client unmount`: unmounts, lazily with `lazy`.

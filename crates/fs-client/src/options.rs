@@ -29,6 +29,9 @@ pub struct MountOptions {
     /// `noatime`: reads do not update access times (no read is sent to the server for
     /// that alone). The default is `relatime`, as a local file system's.
     pub noatime: bool,
+    /// `clock_check=SECS`: how often the server's clock is measured (Cristian's
+    /// algorithm, see `srvclock`), besides at mount time.
+    pub clock_check: Duration,
 }
 
 impl Default for MountOptions {
@@ -47,6 +50,7 @@ impl Default for MountOptions {
             allow_other: true,
             leases: None,
             noatime: false,
+            clock_check: Duration::from_secs(60),
         }
     }
 }
@@ -105,6 +109,12 @@ impl MountOptions {
                 }
                 "actimeo" => o.attr = AttrTimeouts::all(secs(key, need()?)?),
                 "acregmin" => o.attr.reg_min = secs(key, need()?)?,
+                "clock_check" => {
+                    o.clock_check = secs(key, need()?)?;
+                    if o.clock_check.is_zero() {
+                        return Err(OptionError::BadValue(key.into(), "must be at least 1 (seconds)".into()));
+                    }
+                }
                 "acregmax" => o.attr.reg_max = secs(key, need()?)?,
                 "acdirmin" => o.attr.dir_min = secs(key, need()?)?,
                 "acdirmax" => o.attr.dir_max = secs(key, need()?)?,

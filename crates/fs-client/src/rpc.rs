@@ -157,6 +157,14 @@ impl Rpc {
     }
 
     /// One call; waits for its reply (see the module doc for hard and soft).
+    /// The server's address, and whether a connection to it is up (with the number of
+    /// calls awaiting replies).
+    pub fn describe(&self) -> String {
+        let st = self.inner.state.lock().unwrap();
+        let state = if st.conn.is_some() { "connected" } else { "NOT CONNECTED (reconnecting)" };
+        format!("{} {state}, {} calls outstanding", self.inner.cfg.addr, st.pending.len())
+    }
+
     pub async fn call(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
         let xid = self.inner.next_xid.fetch_add(1, Ordering::Relaxed);
         let call = Call { xid, client: self.inner.client, cred: cred.clone(), req };

@@ -28,6 +28,10 @@ struct Args {
     /// Let root on the client act as root here (by default it is mapped to nobody).
     #[arg(long)]
     no_root_squash: bool,
+    /// For tests only: act as a server whose clock is off by SECS (every time it
+    /// reports or is given is shifted), to test the mounts' clock comparison.
+    #[arg(long, value_name = "SECS", hide = true, allow_hyphen_values = true)]
+    test_clock_skew: Option<i64>,
 }
 
 /// Turns raw arguments into a validated configuration (the one-line reasons live here).
@@ -46,6 +50,10 @@ fn config(args: Args) -> anyhow::Result<(Config, Addr)> {
     let mut cfg = Config::new(export.clone(), state_dir);
     cfg.read_only = args.read_only;
     cfg.root_squash = !args.no_root_squash;
+    if let Some(s) = args.test_clock_skew {
+        eprintln!("fs-server: TEST ONLY: acting as if this machine's clock were {s} s off");
+        fs_server::ops::set_clock_skew(s);
+    }
     Ok((cfg, addr))
 }
 

@@ -19,8 +19,20 @@ pub type OpResult = Result<Response, Errno>;
 /// Largest extended attribute value accepted (the Linux VFS limit).
 const MAX_XATTR: usize = 64 * 1024;
 
+/// Seconds every time this server reports is shifted by, and every time it is given is
+/// shifted back (`--test-clock-skew`: a server with a wrong clock, for tests).
+static CLOCK_SKEW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub fn set_clock_skew(secs: i64) {
+    CLOCK_SKEW.store(secs, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn skew() -> i64 {
+    CLOCK_SKEW.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn ts(sec: i64, nsec: i64) -> Timespec {
-    Timespec { sec, nsec: nsec as u32 }
+    Timespec { sec: sec + skew(), nsec: nsec as u32 }
 }
 
 fn kind_of(mode: u32) -> FileKind {
@@ -174,7 +186,7 @@ fn set_time(t: SetTime) -> libc::timespec {
     match t {
         SetTime::DontChange => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
         SetTime::ServerNow => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        SetTime::Set(t) => libc::timespec { tv_sec: t.sec, tv_nsec: i64::from(t.nsec.min(999_999_999)) },
+        SetTime::Set(t) => libc::timespec { tv_sec: t.sec - skew(), tv_nsec: i64::from(t.nsec.min(999_999_999)) },
     }
 }
 
@@ -667,7 +679,7 @@ impl Server {
 
     pub(crate) fn op_time(&self) -> OpResult {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|_| Errno::EIO)?;
-        Ok(Response::Time { now: Timespec { sec: now.as_secs() as i64, nsec: now.subsec_nanos() } })
+        Ok(Response::Time { now: Timespec { sec: now.as_secs() as i64 + skew(), nsec: now.subsec_nanos() } })
     }
 }
 

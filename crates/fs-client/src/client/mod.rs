@@ -124,6 +124,11 @@ pub struct Client {
     /// Background commits running, and a wake-up when one ends.
     background: AtomicU64,
     quiet: Notify,
+    /// The server's clock as this mount sees it (Cristian's algorithm), and the start of
+    /// the monotonic time it is slewed by.
+    clock: Mutex<crate::srvclock::ServerClock>,
+    started: Instant,
+    clock_warned: std::sync::atomic::AtomicBool,
 }
 
 fn unexpected(r: Response) -> Errno {
@@ -154,6 +159,9 @@ impl Client {
             atime_kept_by_server: std::sync::atomic::AtomicBool::new(true),
             background: AtomicU64::new(0),
             quiet: Notify::new(),
+            clock: Mutex::new(Default::default()),
+            started: Instant::now(),
+            clock_warned: std::sync::atomic::AtomicBool::new(false),
             opts,
         })
     }
@@ -202,7 +210,67 @@ impl Client {
     }
 
     pub fn attr_ttl(&self, attr: &Attr) -> Duration {
-        self.timeouts().timeout(attr, SystemTime::now())
+        self.timeouts().timeout(attr, self.server_now())
+    }
+
+    fn local_now(&self) -> crate::srvclock::Now {
+        let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        crate::srvclock::Now { wall, mono: self.started.elapsed().as_nanos() as i128 }
+    }
+
+    /// The server's time now, as this mount sees it: what every age of a server
+    /// timestamp is measured against.
+    pub fn server_now(&self) -> SystemTime {
+        let v = self.clock.lock().unwrap().view(self.local_now());
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(v.max(0) as u64)
+    }
+
+    /// Cristian's algorithm: asks the server's time five times, keeps the answer with
+    /// the shortest round trip. Warns once when the clocks differ by over a second.
+    pub async fn measure_clock(&self) -> Result<crate::srvclock::Estimate, Errno> {
+        let cred = Cred { uid: 0, gid: 0, groups: vec![] };
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            let server = match self.rpc.call(&cred, Request::Time).await? {
+                Response::Time { now } => i128::from(now.sec) * 1_000_000_000 + i128::from(now.nsec),
+                r => return Err(unexpected(r)),
+            };
+            let rtt = t0.elapsed().as_nanos() as i128;
+            samples.push(crate::srvclock::Sample { rtt, received: self.local_now().wall, server });
+        }
+        let e = crate::srvclock::estimate(&samples).ok_or(Errno::EIO)?;
+        self.clock.lock().unwrap().update(e, self.local_now());
+        if e.offset.abs() > 1_000_000_000 && !self.clock_warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "the server's clock is {} s ahead of this machine's (± {} s); ages of files are measured by the server's clock, but programs that compare file times with the local clock (make) will see skew",
+                crate::srvclock::seconds(e.offset),
+                crate::srvclock::seconds(e.bound)
+            );
+        }
+        Ok(e)
+    }
+
+    /// What `fs-client status` prints.
+    pub fn status_text(&self) -> String {
+        let mut s = format!("server {}\n", self.rpc.describe());
+        let (measured, applied) = {
+            let c = self.clock.lock().unwrap();
+            (c.measured(), c.applied())
+        };
+        let view = self.server_now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        use crate::srvclock::seconds;
+        match measured {
+            Some(e) => {
+                s += &format!("clock offset {} ± {}\n", seconds(e.offset), seconds(e.bound));
+                if applied != e.offset {
+                    s += &format!("clock slewing: applied offset {}\n", seconds(applied));
+                }
+            }
+            None => s += "clock offset unknown (the server has not answered TIME)\n",
+        }
+        s += &format!("server time {}\n", seconds(view));
+        s
     }
 
     /// Replaces the cached attributes of `fh`, if we know it.

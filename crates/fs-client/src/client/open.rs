@@ -60,7 +60,7 @@ impl Client {
             r => return Err(unexpected(r)),
         };
         self.note_attr(&fh, &attr);
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let now = self.server_now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let (unchanged, atime_due) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(Errno::ESTALE)?;
