@@ -347,7 +347,11 @@ impl<T: Clone, D: Clone> Echo<T, D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::Rng;
+    use crate::sim::{random_connected_graph as graph, Rng};
+
+    fn pick(rng: &mut Rng, n: usize) -> NodeId {
+        rng.pick(n)
+    }
 
     type E = Echo<u32, u64>;
 
@@ -474,29 +478,6 @@ mod tests {
         fn live_edges(&self, among: &BTreeSet<NodeId>) -> u64 {
             self.edges.iter().filter(|(a, b)| among.contains(a) && among.contains(b)).count() as u64
         }
-    }
-
-    /// Uniform in `0..n`.
-    fn pick(rng: &mut Rng, n: usize) -> NodeId {
-        rng.range(0, n as u64 - 1) as NodeId
-    }
-
-    /// A random connected graph: a random tree, then random chords.
-    fn graph(rng: &mut Rng, n: usize) -> BTreeSet<(NodeId, NodeId)> {
-        let chords = rng.range(0, 2 * n as u64);
-        let mut e = BTreeSet::new();
-        for i in 1..n as NodeId {
-            let p = rng.range(0, i as u64 - 1) as NodeId;
-            e.insert((p, i));
-        }
-        for _ in 0..chords {
-            let a = pick(rng, n);
-            let b = pick(rng, n);
-            if a != b {
-                e.insert((a.min(b), a.max(b)));
-            }
-        }
-        e
     }
 
     /// The report's tree: every node but the root has a parent that is a graph

@@ -25,4 +25,5 @@ pub mod node;
 pub mod protocol;
 pub mod sim;
 pub mod tree;
+pub mod treelock;
 pub mod util;

@@ -34,11 +34,34 @@ impl Rng {
         lo + self.next_u64() % (hi - lo + 1)
     }
 
+    /// Uniform in `0..n` (`n` > 0).
+    pub fn pick(&mut self, n: usize) -> crate::clock::NodeId {
+        self.range(0, n as u64 - 1) as crate::clock::NodeId
+    }
+
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
         let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         p > 0.0 && unit < p
     }
+}
+
+/// A random connected graph on nodes `0..n`, as edges `(a, b)` with `a < b`: a random
+/// tree, then up to `2n` random chords.
+pub fn random_connected_graph(rng: &mut Rng, n: usize) -> std::collections::BTreeSet<(NodeId, NodeId)> {
+    let chords = rng.range(0, 2 * n as u64);
+    let mut e = std::collections::BTreeSet::new();
+    for i in 1..n as NodeId {
+        let p = rng.pick(i as usize);
+        e.insert((p, i));
+    }
+    for _ in 0..chords {
+        let (a, b) = (rng.pick(n), rng.pick(n));
+        if a != b {
+            e.insert((a.min(b), a.max(b)));
+        }
+    }
+    e
 }
 
 /// How a link treats messages.

@@ -43,6 +43,8 @@ pub struct NodeState {
     pub lamport: u64,
     /// Live neighbours in the graph.
     pub neighbours: Vec<NodeId>,
+    /// How many nodes its tree has.
+    pub members: u32,
     pub keys: Vec<KeyState>,
 }
 
@@ -64,10 +66,13 @@ pub struct Rebuild {
     pub tokens: Vec<Placed>,
 }
 
-/// What a wave's initiator decides: keep the tree (`None`), or this new one.
+/// What a wave's initiator decides: keep the tree (`rebuild` is `None`), or this new
+/// one; or, when the wave reached no majority of the last tree's members (`no_quorum`:
+/// how many answered, of how many), wait.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct Decision {
     pub rebuild: Option<Rebuild>,
+    pub no_quorum: Option<(u32, u32)>,
 }
 
 /// Where one lease's tokens are, by the answers.
@@ -125,6 +130,7 @@ pub fn tokens(r: &Report<NodeState>) -> BTreeMap<Vec<u8>, Tokens> {
 pub fn whole(r: &Report<NodeState>) -> bool {
     old_root(r).is_some()
         && r.dead.is_empty()
+        && r.nodes.values().all(|(_, s)| s.members as usize == r.nodes.len())
         && r.nodes.values().all(|(_, s)| s.parent.is_none_or(|p| r.nodes.contains_key(&p)))
         && tokens(r).values().all(|t| t.count() == 1)
 }
@@ -132,7 +138,17 @@ pub fn whole(r: &Report<NodeState>) -> bool {
 /// The initiator's decision for `wave` from its answers.
 pub fn decide(wave: WaveId, r: &Report<NodeState>) -> Decision {
     if whole(r) {
-        return Decision { rebuild: None };
+        return Decision { rebuild: None, no_quorum: None };
+    }
+    // The last tree: the highest epoch answered. A majority of its members must be here,
+    // or a token it still holds elsewhere would be made again.
+    let last = r.nodes.values().map(|(_, s)| s.tree).max().unwrap_or(0);
+    if last > 0 {
+        let members = r.nodes.values().filter(|(_, s)| s.tree == last).map(|(_, s)| s.members).max().unwrap_or(0);
+        let answered = r.nodes.values().filter(|(_, s)| s.tree == last).count() as u32;
+        if answered * 2 <= members {
+            return Decision { rebuild: None, no_quorum: Some((answered, members)) };
+        }
     }
     let epoch = wave.number.max(r.nodes.values().map(|(_, s)| s.tree + 1).max().unwrap_or(0));
     let placed = tokens(r)
@@ -155,6 +171,7 @@ pub fn decide(wave: WaveId, r: &Report<NodeState>) -> Decision {
             parents: r.nodes.iter().map(|(&id, (p, _))| (id, *p)).collect(),
             tokens: placed,
         }),
+        no_quorum: None,
     }
 }
 
@@ -191,6 +208,7 @@ mod tests {
             parent,
             lamport: 0,
             neighbours: Vec::new(),
+            members: 3,
             keys: keys
                 .iter()
                 .map(|&(k, token, using, fence)| KeyState {
@@ -231,7 +249,7 @@ mod tests {
             &[],
         );
         assert!(whole(&r));
-        assert_eq!(decide(WAVE, &r), Decision { rebuild: None });
+        assert_eq!(decide(WAVE, &r), Decision { rebuild: None, no_quorum: None });
         // A key nobody holds, that the root has not made: its token is at the root.
         let r = report(
             vec![state(3, None, &[]), state(3, Some(1), &[("b", false, false, 0)]), state(3, Some(1), &[])],

@@ -1,97 +1,62 @@
-//! Graph mode (`cluster node --peers` with Raymond): the tree Raymond's algorithm runs on
-//! is found by echo waves ([`crate::echo`]), and rebuilt by them ([`crate::tree`]).
-//!
-//! A wave starts at start-up; when a neighbour dies, comes back, or first appears after
-//! the tree was built; when no decision came here within twice `liveness` of joining a
-//! wave (a lost message, a dead initiator); and for `cluster status`. From joining a wave
-//! until a decision for it (or a later one) arrives, this node sends no token messages
-//! (they wait in `deferred`) and makes no new key's state: that makes every wave a
-//! consistent cut of the tokens. A decision that keeps the tree lets the waiting
-//! messages go; one that rebuilds drops them, sets every lease's Raymond state on the new
-//! tree, and every lease with local waiters asks again.
+//! Graph mode (`cluster node --peers` with Raymond): the node runs
+//! [`crate::treelock::TreeLock`] (Raymond on the trees echo waves find) and carries its
+//! messages; this is the glue: sockets, the lease table, logs and `cluster status`.
 
 use super::{hex, Node, PeerBody, Wire};
 use crate::clock::NodeId;
-use crate::echo::{self, Echo, Report, WaveId};
-use crate::mutex::raymond::{Message, Raymond};
-use crate::tree::{self, Decision, KeyState, NodeState, Rebuild};
-use std::collections::{BTreeMap, HashMap};
+use crate::echo::{Report, WaveId};
+use crate::tree::{self, Decision, NodeState};
+use crate::treelock::{Event, Local, Msg, Out, TreeLock};
 use std::time::Instant;
 
-type Out = echo::Out<NodeState, Decision>;
-
 pub(super) struct Graph {
-    echo: Echo<NodeState, Decision>,
-    /// The tree's epoch (0: no tree yet) and every member's parent in it.
-    epoch: u64,
-    parents: BTreeMap<NodeId, Option<NodeId>>,
-    /// Since when this node waits for a decision (joined a wave, or has no tree yet).
-    frozen: Option<Instant>,
-    deferred: Vec<(Vec<u8>, NodeId, Message)>,
+    pub(super) lock: TreeLock,
     /// Clients waiting for a status wave's answer.
     status_waiters: Vec<Vec<u8>>,
-    last_start: Option<Instant>,
-    /// The last wave completed here: (wave, messages, nodes).
-    last_complete: Option<(WaveId, u64, usize)>,
+    started: Instant,
 }
 
 impl Graph {
-    pub(super) fn new(me: NodeId, neighbours: impl IntoIterator<Item = NodeId>) -> Graph {
+    pub(super) fn new(
+        me: NodeId,
+        neighbours: impl IntoIterator<Item = NodeId>,
+        patience: std::time::Duration,
+    ) -> Graph {
         Graph {
-            echo: Echo::new(me, neighbours),
-            epoch: 0,
-            parents: BTreeMap::new(),
-            frozen: Some(Instant::now()),
-            deferred: Vec::new(),
+            lock: TreeLock::new(me, neighbours, patience.as_millis() as u64),
             status_waiters: Vec::new(),
-            last_start: None,
-            last_complete: None,
+            started: Instant::now(),
         }
     }
 
-    pub(super) fn frozen(&self) -> bool {
-        self.frozen.is_some()
-    }
-
-    pub(super) fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    pub(super) fn defer(&mut self, key: &[u8], to: NodeId, msg: Message) {
-        self.deferred.push((key.to_vec(), to, msg));
-    }
-
-    /// Whether a request for `key` may go to Raymond now: not without a tree, nor for a
-    /// key with no state here during a wave (the root would make a token the wave did
-    /// not count).
-    pub(super) fn may_request(&self, key: &[u8], tokens: &HashMap<Vec<u8>, Raymond>) -> bool {
-        self.epoch > 0 && (!self.frozen() || tokens.contains_key(key))
-    }
-
-    /// A key's first state here: toward the parent, or the token at the root, its fence
-    /// in the tree's epoch (above every fence of earlier trees).
-    pub(super) fn fresh(&self, me: NodeId) -> Raymond {
-        match self.parents.get(&me).copied().flatten() {
-            Some(p) => Raymond::placed(me, p, false, 0),
-            None => Raymond::placed(me, me, false, self.epoch << 32),
-        }
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     pub(super) fn status(&self) -> String {
-        let me = self.echo.me();
-        let children: Vec<NodeId> = self.parents.iter().filter(|(_, p)| **p == Some(me)).map(|(id, _)| *id).collect();
-        let mut s = match self.parents.get(&me) {
-            _ if self.epoch == 0 => "tree: none yet (waiting for a wave)\n".to_string(),
-            Some(Some(p)) => format!("tree {}: parent {p}, children {children:?}\n", self.epoch),
-            _ => format!("tree {}: root, children {children:?}\n", self.epoch),
+        let l = &self.lock;
+        let mut s = match l.parent() {
+            _ if l.epoch() == 0 => "tree: none yet (waiting for a wave)\n".to_string(),
+            Some(p) => format!("tree {}: parent {p}, children {:?}\n", l.epoch(), l.children()),
+            None => format!("tree {}: root, children {:?}\n", l.epoch(), l.children()),
         };
-        s += &format!("neighbours {:?}", self.echo.neighbours());
-        s += &match (self.echo.current(), self.frozen()) {
+        s += &format!("neighbours {:?}", l.neighbours());
+        s += &match (l.current_wave(), l.frozen()) {
             (Some(w), true) => format!("; in wave {} of node {}\n", w.number, w.initiator),
             _ => "\n".to_string(),
         };
-        if let Some((w, messages, nodes)) = self.last_complete {
+        if let Some((w, messages, nodes)) = l.last_complete {
             s += &format!("last wave from here: {} ({nodes} nodes, {messages} messages)\n", w.number);
+        }
+        for (key, r) in l.tokens() {
+            let state = if r.using() {
+                "HELD here".to_string()
+            } else if r.holds_token() {
+                "token here, idle".to_string()
+            } else {
+                format!("token toward node {}{}", r.holder(), if r.asked() { " (asked)" } else { "" })
+            };
+            s += &format!("lease {}: {state}; fence {:#x}; queue {:?}\n", hex(key), r.fence(), r.waiting());
         }
         s
     }
@@ -102,64 +67,43 @@ impl Node {
         self.graph.as_mut().expect("graph mode")
     }
 
-    /// Time-driven waves: at start-up, and when a wave was not decided in time.
     pub(super) fn graph_tick(&mut self) -> anyhow::Result<()> {
-        let limit = self.cfg.liveness * 2;
-        let Some(g) = &self.graph else { return Ok(()) };
-        match (g.last_start, g.frozen) {
-            (None, _) => self.start_wave("start-up"),
-            (Some(s), Some(f)) if f.elapsed() > limit && s.elapsed() > limit => {
-                self.start_wave("no decision came in time")
-            }
-            _ => Ok(()),
-        }
+        let Some(g) = &mut self.graph else { return Ok(()) };
+        let now = g.now();
+        let outs = g.lock.tick(now);
+        self.graph_outs(outs)
     }
 
-    fn start_wave(&mut self, why: &str) -> anyhow::Result<()> {
-        self.counters.waves += 1;
-        let g = self.g();
-        g.last_start = Some(Instant::now());
-        let outs = g.echo.start();
-        tracing::info!(wave = g.echo.highest(), "{why}: starting a wave");
-        self.echo_outs(outs)
+    pub(super) fn graph_request(&mut self, key: &[u8], ts: u64) -> anyhow::Result<()> {
+        let outs = self.g().lock.request(key, ts);
+        self.graph_outs(outs)
+    }
+
+    pub(super) fn graph_release(&mut self, key: &[u8]) -> anyhow::Result<()> {
+        let outs = self.g().lock.release(key);
+        self.graph_outs(outs)
     }
 
     pub(super) fn graph_peer_down(&mut self, n: NodeId) -> anyhow::Result<()> {
-        let outs = self.g().echo.peer_down(n);
-        self.echo_outs(outs)?;
-        self.start_wave(&format!("neighbour {n} died"))
+        let g = self.g();
+        let now = g.now();
+        let outs = g.lock.peer_down(now, n);
+        self.graph_outs(outs)
     }
 
     /// A neighbour came back (`back`) or was heard from for the first time.
     pub(super) fn graph_contact(&mut self, n: NodeId, back: bool) -> anyhow::Result<()> {
         let g = self.g();
-        g.echo.peer_up(n);
-        if back || (g.epoch > 0 && !g.parents.contains_key(&n) && !g.echo.in_wave()) {
-            self.start_wave(&format!("neighbour {n} is not in the tree"))?;
-        }
-        Ok(())
+        let now = g.now();
+        let outs = g.lock.peer_contact(now, n, back);
+        self.graph_outs(outs)
     }
 
-    pub(super) fn wave_message(&mut self, from: NodeId, msg: echo::Msg<NodeState, Decision>) -> anyhow::Result<()> {
-        let outs = self.g().echo.receive(from, msg);
-        self.echo_outs(outs)
-    }
-
-    /// A token message of the tree of epoch `tree`: one of an older tree (from a node
-    /// cut off or declared dead, arriving after the wave passed) is dropped.
-    pub(super) fn tree_token(&mut self, from: NodeId, tree: u64, key: Vec<u8>, msg: Message) -> anyhow::Result<()> {
-        if tree != self.g().epoch {
-            self.counters.stale += 1;
-            tracing::warn!(from, tree, ours = self.g().epoch, key = %hex(&key), ?msg, "token message of another tree dropped");
-            return Ok(());
-        }
-        if !self.tokens.contains_key(&key) && self.g().frozen() {
-            // A request for a key new here, during a wave: the requester asks again
-            // after the decision.
-            return Ok(());
-        }
-        let actions = self.token(&key).receive(from, msg);
-        self.apply(&key, actions)
+    pub(super) fn graph_receive(&mut self, from: NodeId, msg: Msg) -> anyhow::Result<()> {
+        let g = self.g();
+        let now = g.now();
+        let outs = g.lock.receive(now, from, msg);
+        self.graph_outs(outs)
     }
 
     /// A client asks for the cluster's state.
@@ -169,138 +113,95 @@ impl Node {
             self.to_route(route, &Wire::StatusText { text });
             return Ok(());
         }
-        self.g().status_waiters.push(route.to_vec());
-        if !self.g().echo.in_wave() {
-            self.start_wave("status asked")?;
+        let g = self.g();
+        g.status_waiters.push(route.to_vec());
+        if !g.lock.in_wave() {
+            let now = g.now();
+            let outs = g.lock.start_wave(now, "status asked");
+            self.graph_outs(outs)?;
         }
         Ok(())
     }
 
-    fn echo_outs(&mut self, outs: Vec<Out>) -> anyhow::Result<()> {
+    fn graph_outs(&mut self, outs: Vec<Out>) -> anyhow::Result<()> {
         for o in outs {
             match o {
-                echo::Out::Send { to, msg } => {
-                    let w = self.stamp(PeerBody::Wave(msg));
+                Out::Send { to, msg } => {
+                    let body = match msg {
+                        Msg::Token { tree, key, msg } => {
+                            self.counters.token_messages += 1;
+                            PeerBody::TreeToken { tree, key, msg }
+                        }
+                        Msg::Wave(m) => PeerBody::Wave(m),
+                    };
+                    let w = self.stamp(body);
                     self.to_node(to, &w);
                 }
-                echo::Out::Joined { .. } => self.g().frozen = Some(Instant::now()),
-                echo::Out::Ready { wave } => {
-                    let state = self.node_state();
-                    let outs = self.g().echo.finish(wave, state);
-                    self.echo_outs(outs)?;
-                }
-                echo::Out::Complete { wave, report } => {
-                    let decision = tree::decide(wave, &report);
+                Out::Granted { key, fence } => self.entered(&key, fence)?,
+                Out::Ready { wave } => {
+                    let local: Local = self
+                        .leases
+                        .iter()
+                        .filter(|(_, l)| l.holder.is_some() || !l.waiters.is_empty())
+                        .map(|(k, l)| {
+                            let holder = l.holder.as_ref().map(|(r, _)| String::from_utf8_lossy(r).into_owned());
+                            (k.clone(), (holder, l.waiters.len() as u32))
+                        })
+                        .collect();
+                    let lamport = self.lamport.now();
                     let g = self.g();
-                    g.last_complete = Some((wave, report.messages, report.nodes.len()));
-                    if !g.status_waiters.is_empty() {
+                    let now = g.now();
+                    let outs = g.lock.finish(now, wave, &local, lamport);
+                    self.graph_outs(outs)?;
+                }
+                Out::Complete { wave, report, decision } => {
+                    let waiters = std::mem::take(&mut self.g().status_waiters);
+                    if !waiters.is_empty() {
                         let text = status_text(wave, &report, &decision);
-                        for route in std::mem::take(&mut self.g().status_waiters) {
+                        for route in waiters {
                             self.to_route(&route, &Wire::StatusText { text: text.clone() });
                         }
                     }
-                    let outs = self.g().echo.decide(wave, decision);
-                    self.echo_outs(outs)?;
                 }
-                echo::Out::Decided { wave, decision } => self.decided(wave, decision)?,
+                Out::Event(e) => self.graph_event(e),
             }
         }
-        Ok(())
-    }
-
-    fn decided(&mut self, wave: WaveId, decision: Decision) -> anyhow::Result<()> {
-        if let Some(r) = decision.rebuild {
-            self.rebuild(r);
-        }
+        // A status asked during someone else's wave: ours once that one is decided.
         let g = self.g();
-        if g.echo.current().is_some_and(|c| c > wave) || g.epoch == 0 {
-            return Ok(()); // a later wave runs: still frozen
-        }
-        g.frozen = None;
-        for (key, to, msg) in std::mem::take(&mut g.deferred) {
-            self.apply(&key, vec![crate::mutex::raymond::Action::Send { to, msg }])?;
-        }
-        let waiting: Vec<Vec<u8>> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.holder.is_none() && !l.waiters.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in waiting {
-            tracing::debug!(key = %hex(&key), "asking again after the wave");
-            self.request_lock(&key)?;
-        }
-        if !self.g().status_waiters.is_empty() {
-            self.start_wave("status asked during another wave")?;
+        if !g.status_waiters.is_empty() && !g.lock.in_wave() && !g.lock.frozen() {
+            let now = g.now();
+            let outs = g.lock.start_wave(now, "status asked during another wave");
+            self.graph_outs(outs)?;
         }
         Ok(())
     }
 
-    /// The tree of a decision: every lease's token where the decision puts it, every
-    /// other node's `holder` toward it; queued requests are asked again by the caller.
-    fn rebuild(&mut self, r: Rebuild) {
-        let me = self.cfg.id;
-        self.counters.rebuilds += 1;
-        let g = self.g();
-        g.epoch = r.epoch;
-        g.echo.observe(r.epoch);
-        g.parents = r.parents.into_iter().collect();
-        g.deferred.clear();
-        let parents = g.parents.clone();
-        let old = std::mem::take(&mut self.tokens);
-        for p in r.tokens {
-            let here = p.at == me;
-            let Some(holder) = (if here { Some(me) } else { tree::next_hop(&parents, me, p.at) }) else { continue };
-            let using = here && old.get(&p.key).is_some_and(|o| o.using());
-            if here && p.anew {
+    fn graph_event(&mut self, e: Event) {
+        match e {
+            Event::WaveStarted { number, why } => {
+                self.counters.waves += 1;
+                tracing::info!(wave = number, "{why}: starting a wave");
+            }
+            Event::Rebuilt { tree, parent } => {
+                self.counters.rebuilds += 1;
+                tracing::info!(tree, ?parent, "tree rebuilt");
+            }
+            Event::MadeAnew { key, fence } => {
                 self.counters.regenerated += 1;
-                tracing::warn!(key = %hex(&p.key), fence = format!("{:#x}", p.fence), "the token was lost: made anew here");
+                tracing::warn!(key = %hex(&key), fence = format!("{fence:#x}"), "the token was lost: made anew here");
             }
-            if !here && old.get(&p.key).is_some_and(|o| o.using()) {
-                tracing::error!(key = %hex(&p.key), "a second token, in use here, lost to one elsewhere; its holder keeps a lower fence");
+            Event::Superseded { key } => {
+                tracing::error!(key = %hex(&key), "two tokens were found; the one in use here lost, its holder keeps a lower fence");
             }
-            self.tokens.insert(p.key, Raymond::placed(me, holder, using, if here { p.fence } else { 0 }));
-        }
-        let parent = parents.get(&me).copied().flatten();
-        tracing::info!(tree = r.epoch, ?parent, "tree rebuilt");
-    }
-
-    fn node_state(&self) -> NodeState {
-        let g = self.graph.as_ref().expect("graph mode");
-        let mut keys: BTreeMap<&Vec<u8>, KeyState> = BTreeMap::new();
-        for (key, lease) in &self.leases {
-            let r = self.tokens.get(key);
-            if r.is_none() && lease.waiters.is_empty() && lease.holder.is_none() {
-                continue;
+            Event::NoQuorum { answered, members } => tracing::error!(
+                answered,
+                members,
+                "the wave reached no majority of the tree's members: no token is made and nothing is granted until more come back"
+            ),
+            Event::Stale { from, tree, key } => {
+                self.counters.stale += 1;
+                tracing::warn!(from, tree, key = %hex(&key), "token message of another tree dropped");
             }
-            keys.insert(
-                key,
-                KeyState {
-                    key: key.clone(),
-                    token: r.is_some_and(|r| r.holds_token()),
-                    using: r.is_some_and(|r| r.using()),
-                    fence: r.map_or(0, |r| r.fence()),
-                    holder: lease.holder.as_ref().map(|(route, _)| String::from_utf8_lossy(route).into_owned()),
-                    waiters: lease.waiters.len() as u32,
-                },
-            );
-        }
-        for (key, r) in &self.tokens {
-            keys.entry(key).or_insert_with(|| KeyState {
-                key: key.clone(),
-                token: r.holds_token(),
-                using: r.using(),
-                fence: r.fence(),
-                holder: None,
-                waiters: 0,
-            });
-        }
-        NodeState {
-            tree: g.epoch,
-            parent: g.parents.get(&self.cfg.id).copied().flatten(),
-            lamport: self.lamport.now(),
-            neighbours: g.echo.neighbours().iter().copied().collect(),
-            keys: keys.into_values().collect(),
         }
     }
 }
@@ -360,6 +261,10 @@ fn status_text(wave: WaveId, r: &Report<NodeState>, d: &Decision) -> String {
         s += "\n";
     }
     s += &match &d.rebuild {
+        None if d.no_quorum.is_some() => {
+            let (a, m) = d.no_quorum.unwrap_or_default();
+            format!("decision: NO QUORUM: {a} of the tree's {m} members answered; nothing is granted until a majority is back\n")
+        }
         None => format!(
             "decision: the tree is whole; it stays (epoch {})\n",
             r.nodes.values().next().map_or(0, |(_, s)| s.tree)

@@ -270,7 +270,7 @@ impl Node {
                 dealers.insert(*id, s);
             }
         }
-        let graph = graph.then(|| graph::Graph::new(cfg.id, cfg.peers.iter().map(|p| p.0)));
+        let graph = graph.then(|| graph::Graph::new(cfg.id, cfg.peers.iter().map(|p| p.0), cfg.liveness * 2));
         Ok(Node {
             graph,
             boot,
@@ -440,8 +440,10 @@ impl Node {
             }
         }
         match body {
-            PeerBody::TreeToken { tree, key, msg } if self.graph.is_some() => self.tree_token(from, tree, key, msg)?,
-            PeerBody::Wave(msg) if self.graph.is_some() => self.wave_message(from, msg)?,
+            PeerBody::TreeToken { tree, key, msg } if self.graph.is_some() => {
+                self.graph_receive(from, crate::treelock::Msg::Token { tree, key, msg })?
+            }
+            PeerBody::Wave(msg) if self.graph.is_some() => self.graph_receive(from, crate::treelock::Msg::Wave(msg))?,
             PeerBody::Token { key, msg } if self.cfg.mutex == Algorithm::Raymond && self.graph.is_none() => {
                 let actions = self.token(&key).receive(from, msg);
                 self.apply(&key, actions)?;
@@ -515,11 +517,11 @@ impl Node {
 
     /// The local request for the lock of `key` (whichever algorithm).
     fn request_lock(&mut self, key: &[u8]) -> anyhow::Result<()> {
-        if self.graph.as_ref().is_some_and(|g| !g.may_request(key, &self.tokens)) {
-            return Ok(()); // asked for once the tree is there (see `graph`)
-        }
         let ts = self.lamport.tick();
         self.vector.tick();
+        if self.graph.is_some() {
+            return self.graph_request(key, ts);
+        }
         if self.cfg.mutex == Algorithm::Raymond {
             let actions = self.token(key).request(ts);
             self.apply(key, actions)
@@ -532,7 +534,9 @@ impl Node {
 
     /// The local release of the lock of `key`.
     fn release_lock(&mut self, key: &[u8]) -> anyhow::Result<()> {
-        if self.cfg.mutex == Algorithm::Raymond {
+        if self.graph.is_some() {
+            self.graph_release(key)
+        } else if self.cfg.mutex == Algorithm::Raymond {
             let actions = self.token(key).release();
             self.apply(key, actions)
         } else {
@@ -544,10 +548,7 @@ impl Node {
 
     fn token(&mut self, key: &[u8]) -> &mut Raymond {
         let (id, parent) = (self.cfg.id, self.parent_id());
-        match &self.graph {
-            Some(g) => self.tokens.entry(key.to_vec()).or_insert_with(|| g.fresh(id)),
-            None => self.tokens.entry(key.to_vec()).or_insert_with(|| Raymond::new(id, parent)),
-        }
+        self.tokens.entry(key.to_vec()).or_insert_with(|| Raymond::new(id, parent))
     }
 
     fn acquire(&mut self, route: &[u8], key: Vec<u8>, wait: bool) -> anyhow::Result<()> {
@@ -597,16 +598,8 @@ impl Node {
             match a {
                 Action::Send { to, msg } => {
                     tracing::debug!(key = %hex(key), to, ?msg, "token message");
-                    let body = match &mut self.graph {
-                        Some(g) if g.frozen() => {
-                            g.defer(key, to, msg);
-                            continue;
-                        }
-                        Some(g) => PeerBody::TreeToken { tree: g.epoch(), key: key.to_vec(), msg },
-                        None => PeerBody::Token { key: key.to_vec(), msg },
-                    };
                     self.counters.token_messages += 1;
-                    let w = self.stamp(body);
+                    let w = self.stamp(PeerBody::Token { key: key.to_vec(), msg });
                     self.to_node(to, &w);
                 }
                 Action::Enter { fence } => self.entered(key, fence)?,
