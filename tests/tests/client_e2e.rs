@@ -320,6 +320,18 @@ fn bad_input_gets_a_one_line_reason() {
         (vec!["mount".into(), rig.server.addr.clone(), "/no/such/dir".into()], "does not exist"),
         (vec!["mount".into(), rig.server.addr.clone(), rig.mnt("").display().to_string()], "in use"),
         (vec!["unmount".into(), fresh.display().to_string()], "not a mount point"),
+        (
+            vec![
+                "mount".into(),
+                rig.server.addr.clone(),
+                fresh.display().to_string(),
+                "-o".into(),
+                "clock_check=0".into(),
+            ],
+            "clock_check",
+        ),
+        (vec!["status".into(), fresh.display().to_string()], "is not an fs-client mount"),
+        (vec!["status".into(), "/no/such/dir".into()], "is not an fs-client mount"),
     ];
     for (args, want) in cases {
         let (status, _, err) =

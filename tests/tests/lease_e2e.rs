@@ -318,6 +318,16 @@ fn bad_node_options_get_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "{extra:?}: {err}");
         assert!(err.contains(want), "{extra:?}: {err:?} lacks {want:?}");
     }
+    // `cluster status` of a bad address, and of a node nobody runs.
+    for (node, want) in [("nonsense", "HOST:PORT"), (me.as_str(), "did not answer")] {
+        let (status, _, err) = tests::run_with_timeout(
+            command(&bin_path("cluster")).args(["status", "--node", node, "--timeout-s", "2"]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(status.code(), Some(1), "{node}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{node}: {err}");
+        assert!(err.contains(want), "{node}: {err:?} lacks {want:?}");
+    }
 }
 
 /// Two nodes of one cluster started with different algorithms: the one that gets the
