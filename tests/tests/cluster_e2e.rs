@@ -368,3 +368,56 @@ fn a_resent_request_is_acknowledged_again_but_done_once() {
     }
     assert_eq!((numbers, done), (1, 3), "published once, tested once");
 }
+
+/// Publications carry sequence numbers per stream: a broker told to leave out every
+/// fourth publication (a test switch), a sink counting the numbers of one source run:
+/// the sink names every gap (one publication each, from which number) and the total,
+/// and writes exactly the numbers that did arrive. A gap shows when the next publication
+/// of its stream arrives: the last one left out (number 99) has none after it.
+#[test]
+fn a_sink_reports_the_publications_it_missed() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let p = Pipeline::new(0, &["--test-drop-every", "4"], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("numbers");
+    let out_s = out.display().to_string();
+    let mut sink = tests::command(&tests::bin_path("cluster"))
+        .args(["sink", "--broker", &p.addr, "--tag", "n", "--out", &out_s, "--count", "750"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(sink.stdout.take().unwrap()), &mut first).unwrap();
+    assert!(first.starts_with("sink subscribed"), "{first}");
+    // A subscription takes effect a moment after connecting: ask until a source's run
+    // is seen whole (numbers 1..1000 in 100 publications of 10; 25 are left out).
+    let (st, _, err) = tests::run_with_timeout(
+        tests::command(&tests::bin_path("cluster")).args(["source", "--broker", &p.addr, "--batch", "10", "1..1000"]),
+        Duration::from_secs(60),
+    );
+    assert!(st.success(), "{err}");
+    let (status, _, err) = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = sink.try_wait().unwrap() {
+                let mut e = String::new();
+                std::io::Read::read_to_string(&mut sink.stderr.take().unwrap(), &mut e).unwrap();
+                break (s, (), e);
+            }
+            assert!(Instant::now() < deadline, "the sink never counted 750 numbers");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(status.success(), "{err}");
+    let gaps: Vec<&str> = err.lines().filter(|l| l.starts_with("sink: missed 1 publications of job")).collect();
+    assert_eq!(gaps.len(), 24, "{err}");
+    assert!(err.contains("sink: 24 publications missed in all"), "{err}");
+    assert!(gaps[0].contains("(numbers 3 to 3)"), "the fourth publication is number 3: {err}");
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written.lines().count(), 750);
+    // What arrived is whole batches: no number of a missed publication, no duplicate.
+    let got: HashSet<i64> = written.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(got.len(), 750);
+    assert!(!got.contains(&31) && got.contains(&41), "publication 3 held 31..40");
+}

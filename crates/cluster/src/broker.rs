@@ -26,6 +26,8 @@ pub struct BrokerConfig {
     pub liveness: Duration,
     /// Push mode: an item not done this long after it was pushed is pushed again.
     pub redispatch: Duration,
+    /// For tests only: publish nothing of every K-th publication (its number is used).
+    pub test_drop_every: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -36,9 +38,13 @@ impl BrokerConfig {
             heartbeat: Duration::from_millis(500),
             liveness: Duration::from_millis(2500),
             redispatch: Duration::from_secs(30),
+            test_drop_every: None,
         }
     }
 }
+
+/// Publication streams whose numbers are kept (three per job: numbers, primes, done).
+const STREAMS: usize = 100_000;
 
 pub struct Broker {
     cfg: BrokerConfig,
@@ -47,6 +53,10 @@ pub struct Broker {
     res: zmq::Socket,
     publ: zmq::Socket,
     d: Dispatcher,
+    /// The next sequence number of each publication stream (tag and job), for the
+    /// newest streams.
+    seqs: lru::LruCache<(u8, u64), u64>,
+    published: u64,
 }
 
 impl Broker {
@@ -83,6 +93,8 @@ impl Broker {
             res: bind(zmq::ROUTER, Role::Results)?,
             publ: bind(zmq::PUB, Role::Publish)?,
             d: Dispatcher::new(cfg.liveness, cfg.redispatch),
+            seqs: lru::LruCache::new(std::num::NonZeroUsize::new(STREAMS).expect("not zero")),
+            published: 0,
             cfg,
         })
     }
@@ -153,7 +165,18 @@ impl Broker {
         Ok(())
     }
 
-    fn publish(&self, m: &Msg) -> anyhow::Result<()> {
+    /// Numbers the publication in its stream, and sends it (unless the test switch
+    /// drops it: the number is used all the same, so subscribers see the gap).
+    fn publish(&mut self, mut m: Msg) -> anyhow::Result<()> {
+        if let Some((key, _)) = m.stream() {
+            let n = self.seqs.get(&key).copied().unwrap_or(0);
+            self.seqs.put(key, n + 1);
+            m.set_seq(n);
+        }
+        self.published += 1;
+        if self.cfg.test_drop_every.is_some_and(|k| self.published.is_multiple_of(k)) {
+            return Ok(());
+        }
         self.publ.send(m.encode(), 0)?;
         Ok(())
     }
@@ -188,14 +211,14 @@ impl Broker {
         Ok(match m {
             Msg::Submit { source, seq, job, batch, values } => {
                 let item = crate::dispatch::Item { job, batch, values };
-                let numbers = Msg::Numbers { job, batch, values: item.values.clone() };
+                let numbers = Msg::Numbers { job, seq: 0, batch, values: item.values.clone() };
                 if let Submitted::Queued(_) = self.d.submit(source, seq, item) {
-                    self.publish(&numbers)?;
+                    self.publish(numbers)?;
                 }
                 Msg::Ack { seq }
             }
             Msg::Ping { seq, nonce, .. } => {
-                self.publish(&Msg::Hello { nonce })?;
+                self.publish(Msg::Hello { nonce, seq: 0 })?;
                 Msg::Ack { seq }
             }
             other => bad(format!("a source cannot send {}", kind(&other))),
@@ -208,10 +231,10 @@ impl Broker {
                 if let Some(done) = self.d.result(worker, work, now) {
                     let (job, batch) = (done.item.job, done.item.batch);
                     if !primes.is_empty() {
-                        self.publish(&Msg::Primes { job, batch, primes })?;
+                        self.publish(Msg::Primes { job, seq: 0, batch, primes })?;
                     }
                     let count = done.item.values.len() as u32;
-                    self.publish(&Msg::Done { job, batch, count, worker })?;
+                    self.publish(Msg::Done { job, seq: 0, batch, count, worker })?;
                 }
                 Msg::Taken { work }
             }

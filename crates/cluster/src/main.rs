@@ -34,6 +34,9 @@ enum Cmd {
         /// A worker silent this long (milliseconds) is dead; its work goes to others.
         #[arg(long, default_value_t = 2500)]
         liveness_ms: u64,
+        /// For tests only: leave out every K-th publication (subscribers see the gap).
+        #[arg(long, value_name = "K", hide = true)]
+        test_drop_every: Option<u64>,
     },
     /// Test numbers for primality.
     Worker {
@@ -192,7 +195,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     util::install_stop_handler();
     let ctx = zmq::Context::new();
     match args.cmd {
-        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms } => {
+        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms, test_drop_every } => {
             let addr = broker_addr(&listen)?;
             anyhow::ensure!(
                 heartbeat_ms > 0 && liveness_ms > heartbeat_ms,
@@ -202,6 +205,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             cfg.dispatch = dispatch;
             cfg.heartbeat = Duration::from_millis(heartbeat_ms);
             cfg.liveness = Duration::from_millis(liveness_ms);
+            if let Some(k) = test_drop_every {
+                anyhow::ensure!(k > 0, "--test-drop-every must be at least 1");
+                eprintln!("broker: TEST ONLY: every {k}th publication is left out");
+                cfg.test_drop_every = Some(k);
+            }
             let broker = Broker::bind(&ctx, cfg)?;
             println!("broker listening on {addr} ({dispatch:?} dispatch)");
             broker.run()?;
@@ -260,7 +268,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             if out.is_some() {
                 println!("sink subscribed to {addr} tag {tag}");
             }
-            sink::run(&sub, which, &mut w, count)?;
+            let (_, missed) = sink::run(&sub, which, &mut w, count, &mut std::io::stderr())?;
+            if missed > 0 {
+                eprintln!("sink: {missed} publications missed in all");
+            }
         }
         Cmd::Spool { dir, broker, id, batch, window, claim_timeout_s, stall_s, settle_ms, progress, leases, once } => {
             anyhow::ensure!(dir.is_dir(), "spool folder {} does not exist", dir.display());

@@ -3,7 +3,7 @@
 
 use crate::endpoint::{BrokerAddr, Role};
 use crate::util::{self, sock_err};
-use crate::wire::{tag, Msg};
+use crate::wire::{tag, Msg, Seen, Stream};
 use std::io::Write;
 
 /// A SUB socket for the given prefixes, never dropping (high-water mark 0).
@@ -19,22 +19,47 @@ pub fn subscribe(ctx: &zmq::Context, addr: &BrokerAddr, prefixes: &[&[u8]]) -> a
 }
 
 /// Writes the values of every `tag` message to `out` until stopped or, with `limit`,
-/// until that many values were written. Returns how many were written.
-pub fn run(sub: &zmq::Socket, which: u8, out: &mut dyn Write, limit: Option<u64>) -> anyhow::Result<u64> {
+/// until that many values were written. Publications missed (by their sequence numbers)
+/// are reported on `report` as they are noticed, and so is a stream joined late.
+/// Returns how many values were written, and how many publications were missed.
+pub fn run(
+    sub: &zmq::Socket,
+    which: u8,
+    out: &mut dyn Write,
+    limit: Option<u64>,
+    report: &mut dyn Write,
+) -> anyhow::Result<(u64, u64)> {
     let mut written = 0u64;
+    let mut streams = Stream::default();
     while !util::stopping() && limit.is_none_or(|l| written < l) {
         if sub.poll(zmq::POLLIN, 200).unwrap_or(0) == 0 {
             continue;
         }
         let body = sub.recv_bytes(0)?;
-        let values = match Msg::decode(&body) {
-            Ok(Msg::Primes { primes, .. }) if which == tag::PRIMES => primes,
-            Ok(Msg::Numbers { values, .. }) if which == tag::NUMBERS => values,
-            Ok(_) => continue,
+        let msg = match Msg::decode(&body) {
+            Ok(m) => m,
             Err(e) => {
                 tracing::warn!("malformed publication dropped: {e}");
                 continue;
             }
+        };
+        let what = if which == tag::PRIMES { "primes" } else { "numbers" };
+        let job = msg.stream().map_or(0, |((_, job), _)| job);
+        match streams.see(&msg) {
+            Seen::Gap { from, missed } => writeln!(
+                report,
+                "sink: missed {missed} publications of job {job:016x}'s {what} (numbers {from} to {})",
+                from + missed - 1
+            )?,
+            Seen::First { at } if at > 0 => {
+                writeln!(report, "sink: joined job {job:016x}'s {what} at publication {at} (started late)")?
+            }
+            _ => {}
+        }
+        let values = match msg {
+            Msg::Primes { primes, .. } if which == tag::PRIMES => primes,
+            Msg::Numbers { values, .. } if which == tag::NUMBERS => values,
+            _ => continue,
         };
         let mut text = String::with_capacity(values.len() * 12);
         for v in values.iter() {
@@ -45,5 +70,5 @@ pub fn run(sub: &zmq::Socket, which: u8, out: &mut dyn Write, limit: Option<u64>
         out.flush()?;
         written += values.len() as u64;
     }
-    Ok(written)
+    Ok((written, streams.missed))
 }

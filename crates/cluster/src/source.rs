@@ -74,7 +74,9 @@ impl<'a> Source<'a> {
     pub fn wait_subscribed(&mut self, sub: &zmq::Socket, nonce: u64) -> Result<(), SourceError> {
         loop {
             self.ping(nonce)?;
-            if sub.poll(zmq::POLLIN, 100)? > 0 && Msg::decode(&sub.recv_bytes(0)?) == Ok(Msg::Hello { nonce }) {
+            if sub.poll(zmq::POLLIN, 100)? > 0
+                && matches!(Msg::decode(&sub.recv_bytes(0)?), Ok(Msg::Hello { nonce: n, .. }) if n == nonce)
+            {
                 return Ok(());
             }
         }

@@ -13,10 +13,13 @@
 //! | `W` | broker -> worker | work u64, job u64, batch u32, value i64 * k |
 //! | `X` | worker -> broker | worker u64, work u64, prime i64 * k (result) |
 //! | `K` | broker -> worker | work u64 (result taken) |
-//! | `n` | published | job u64, batch u32, value i64 * k (numbers received) |
-//! | `p` | published | job u64, batch u32, prime i64 * k (primes of one work item) |
-//! | `d` | published | job u64, batch u32, count u32, worker u64 (work item done) |
-//! | `h` | published | nonce u64 (answer to `Q`: the subscriber is connected) |
+//! | `n` | published | job u64, seq u64, batch u32, value i64 * k (numbers received) |
+//! | `p` | published | job u64, seq u64, batch u32, prime i64 * k (primes of one work item) |
+//! | `d` | published | job u64, seq u64, batch u32, count u32, worker u64 (work item done) |
+//! | `h` | published | nonce u64, seq u64 (answer to `Q`: the subscriber is connected) |
+//!
+//! A publication's `seq` counts the broker's publications of its stream (its tag and
+//! job, or tag and nonce) from 0, so a subscriber knows what it missed ([`Stream`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -73,10 +76,10 @@ pub enum Msg {
     Work { work: u64, job: u64, batch: u32, values: Values },
     Result { worker: u64, work: u64, primes: Values },
     Taken { work: u64 },
-    Numbers { job: u64, batch: u32, values: Values },
-    Primes { job: u64, batch: u32, primes: Values },
-    Done { job: u64, batch: u32, count: u32, worker: u64 },
-    Hello { nonce: u64 },
+    Numbers { job: u64, seq: u64, batch: u32, values: Values },
+    Primes { job: u64, seq: u64, batch: u32, primes: Values },
+    Done { job: u64, seq: u64, batch: u32, count: u32, worker: u64 },
+    Hello { nonce: u64, seq: u64 },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -147,28 +150,28 @@ impl Msg {
                 b.push(b'K');
                 put(&mut b, &[*work]);
             }
-            Msg::Numbers { job, batch, values } => {
+            Msg::Numbers { job, seq, batch, values } => {
                 b.push(tag::NUMBERS);
-                put(&mut b, &[*job]);
+                put(&mut b, &[*job, *seq]);
                 b.extend_from_slice(&batch.to_be_bytes());
                 put_values(&mut b, values);
             }
-            Msg::Primes { job, batch, primes } => {
+            Msg::Primes { job, seq, batch, primes } => {
                 b.push(tag::PRIMES);
-                put(&mut b, &[*job]);
+                put(&mut b, &[*job, *seq]);
                 b.extend_from_slice(&batch.to_be_bytes());
                 put_values(&mut b, primes);
             }
-            Msg::Done { job, batch, count, worker } => {
+            Msg::Done { job, seq, batch, count, worker } => {
                 b.push(tag::DONE);
-                put(&mut b, &[*job]);
+                put(&mut b, &[*job, *seq]);
                 b.extend_from_slice(&batch.to_be_bytes());
                 b.extend_from_slice(&count.to_be_bytes());
                 put(&mut b, &[*worker]);
             }
-            Msg::Hello { nonce } => {
+            Msg::Hello { nonce, seq } => {
                 b.push(tag::HELLO);
-                put(&mut b, &[*nonce]);
+                put(&mut b, &[*nonce, *seq]);
             }
         }
         b
@@ -206,21 +209,81 @@ impl Msg {
             }
             b'K' => Msg::Taken { work: r.end_u64()? },
             tag::NUMBERS => {
-                let (job, batch) = (r.u64()?, r.u32()?);
-                Msg::Numbers { job, batch, values: r.values()? }
+                let (job, seq, batch) = (r.u64()?, r.u64()?, r.u32()?);
+                Msg::Numbers { job, seq, batch, values: r.values()? }
             }
             tag::PRIMES => {
-                let (job, batch) = (r.u64()?, r.u32()?);
-                Msg::Primes { job, batch, primes: r.values()? }
+                let (job, seq, batch) = (r.u64()?, r.u64()?, r.u32()?);
+                Msg::Primes { job, seq, batch, primes: r.values()? }
             }
             tag::DONE => {
-                let (job, batch, count) = (r.u64()?, r.u32()?, r.u32()?);
-                Msg::Done { job, batch, count, worker: r.end_u64()? }
+                let (job, seq, batch, count) = (r.u64()?, r.u64()?, r.u32()?, r.u32()?);
+                Msg::Done { job, seq, batch, count, worker: r.end_u64()? }
             }
-            tag::HELLO => Msg::Hello { nonce: r.end_u64()? },
+            tag::HELLO => Msg::Hello { nonce: r.u64()?, seq: r.end_u64()? },
             other => return Err(WireError::UnknownTag(other)),
         };
         Ok(m)
+    }
+}
+
+impl Msg {
+    /// A publication's stream (tag and job, or tag and nonce) and sequence number.
+    pub fn stream(&self) -> Option<((u8, u64), u64)> {
+        match self {
+            Msg::Numbers { job, seq, .. } => Some(((tag::NUMBERS, *job), *seq)),
+            Msg::Primes { job, seq, .. } => Some(((tag::PRIMES, *job), *seq)),
+            Msg::Done { job, seq, .. } => Some(((tag::DONE, *job), *seq)),
+            Msg::Hello { nonce, seq } => Some(((tag::HELLO, *nonce), *seq)),
+            _ => None,
+        }
+    }
+
+    /// Sets a publication's sequence number.
+    pub fn set_seq(&mut self, n: u64) {
+        match self {
+            Msg::Numbers { seq, .. } | Msg::Primes { seq, .. } | Msg::Done { seq, .. } | Msg::Hello { seq, .. } => {
+                *seq = n
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a subscriber learns from a publication's sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// The next of its stream.
+    InOrder,
+    /// The first seen of its stream, which had `at` publications before it (a
+    /// subscriber started late, when `at` > 0).
+    First { at: u64 },
+    /// `missed` publications of the stream never arrived, from number `from` on.
+    Gap { from: u64, missed: u64 },
+}
+
+/// A subscriber's view of the broker's streams: which number it expects next of each.
+#[derive(Debug, Default)]
+pub struct Stream {
+    next: std::collections::HashMap<(u8, u64), u64>,
+    /// Publications known missed, in total.
+    pub missed: u64,
+}
+
+impl Stream {
+    pub fn see(&mut self, m: &Msg) -> Seen {
+        let Some((key, seq)) = m.stream() else { return Seen::InOrder };
+        let seen = match self.next.get(&key) {
+            None => Seen::First { at: seq },
+            Some(&n) if seq == n => Seen::InOrder,
+            Some(&n) if seq > n => Seen::Gap { from: n, missed: seq - n },
+            Some(_) => Seen::InOrder, // a repeat or a restarted broker: nothing missed
+        };
+        if let Seen::Gap { missed, .. } = seen {
+            self.missed += missed;
+        }
+        self.next.insert(key, seq + 1);
+        seen
     }
 }
 
@@ -253,12 +316,13 @@ impl Reader<'_> {
         let want = match self.tag {
             'S' => "29 + 8k",
             'Q' => "25",
-            'A' | 'H' | 'K' | 'h' => "9",
+            'A' | 'H' | 'K' => "9",
+            'h' => "17",
             'R' => "13",
             'W' => "21 + 8k",
             'X' => "17 + 8k",
-            'n' | 'p' => "13 + 8k",
-            'd' => "25",
+            'n' | 'p' => "21 + 8k",
+            'd' => "33",
             _ => "?",
         };
         WireError::BadLength { tag: self.tag, len: self.len, want: want.into() }
@@ -318,11 +382,12 @@ mod tests {
 
     #[test]
     fn golden_bytes() {
-        // tag 'p', job 1, batch 2, primes [3, -1]
-        let m = Msg::Primes { job: 1, batch: 2, primes: vec![3, -1].into() };
+        // tag 'p', job 1, publication 5 of its stream, batch 2, primes [3, -1]
+        let m = Msg::Primes { job: 1, seq: 5, batch: 2, primes: vec![3, -1].into() };
         let want: Vec<u8> = [
             &b"p"[..],
             &[0, 0, 0, 0, 0, 0, 0, 1],                         // job
+            &[0, 0, 0, 0, 0, 0, 0, 5],                         // seq
             &[0, 0, 0, 2],                                     // batch
             &[0, 0, 0, 0, 0, 0, 0, 3],                         // 3
             &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // -1
@@ -330,8 +395,28 @@ mod tests {
         .concat();
         assert_eq!(m.encode(), want);
         assert_eq!(Msg::decode(&want), Ok(m));
-        assert!(Msg::Primes { job: 1, batch: 0, primes: Values::default() }.encode().starts_with(&job_prefix(b'p', 1)));
+        assert!(Msg::Primes { job: 1, seq: 0, batch: 0, primes: Values::default() }
+            .encode()
+            .starts_with(&job_prefix(b'p', 1)));
+        assert_eq!(Msg::Hello { nonce: 1, seq: 2 }.encode(), [b'h', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
         assert_eq!(Msg::Ack { seq: 258 }.encode(), [b'A', 0, 0, 0, 0, 0, 0, 1, 2]);
+    }
+
+    /// A subscriber's view of the streams: in order, a gap (how many, from which), a
+    /// stream joined late, streams of other jobs apart, a repeat missing nothing.
+    #[test]
+    fn sequence_numbers_show_what_was_missed() {
+        let p = |job, seq| Msg::Primes { job, seq, batch: 0, primes: Values::default() };
+        let mut s = Stream::default();
+        assert_eq!(s.see(&p(1, 0)), Seen::First { at: 0 });
+        assert_eq!(s.see(&p(1, 1)), Seen::InOrder);
+        assert_eq!(s.see(&p(1, 4)), Seen::Gap { from: 2, missed: 2 });
+        assert_eq!(s.see(&p(2, 7)), Seen::First { at: 7 }, "joined job 2 late");
+        assert_eq!(s.see(&p(1, 5)), Seen::InOrder);
+        assert_eq!(s.see(&p(1, 5)), Seen::InOrder, "a repeat");
+        let d = Msg::Done { job: 1, seq: 0, batch: 0, count: 0, worker: 0 };
+        assert_eq!(s.see(&d), Seen::First { at: 0 }, "another tag is another stream");
+        assert_eq!(s.missed, 2);
     }
 
     #[test]
@@ -374,15 +459,17 @@ mod tests {
                 primes
             }),
             any::<u64>().prop_map(|work| Msg::Taken { work }),
-            (any::<u64>(), any::<u32>(), vals.clone()).prop_map(|(job, batch, values)| Msg::Numbers {
+            (any::<u64>(), any::<u64>(), any::<u32>(), vals.clone())
+                .prop_map(|(job, seq, batch, values)| { Msg::Numbers { job, seq, batch, values } }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), vals).prop_map(|(job, seq, batch, primes)| Msg::Primes {
                 job,
+                seq,
                 batch,
-                values
+                primes
             }),
-            (any::<u64>(), any::<u32>(), vals).prop_map(|(job, batch, primes)| Msg::Primes { job, batch, primes }),
-            (any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>())
-                .prop_map(|(job, batch, count, worker)| Msg::Done { job, batch, count, worker }),
-            any::<u64>().prop_map(|nonce| Msg::Hello { nonce }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>())
+                .prop_map(|(job, seq, batch, count, worker)| Msg::Done { job, seq, batch, count, worker }),
+            (any::<u64>(), any::<u64>()).prop_map(|(nonce, seq)| Msg::Hello { nonce, seq }),
         ]
     }
 
