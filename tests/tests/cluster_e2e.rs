@@ -421,3 +421,206 @@ fn a_sink_reports_the_publications_it_missed() {
     assert_eq!(got.len(), 750);
     assert!(!got.contains(&31) && got.contains(&41), "publication 3 held 31..40");
 }
+
+/// Plain ZeroMQ clients of the lecture's 9-byte format, knowing nothing of our crate:
+/// a source (REQ, waits for each acknowledgement), workers (PULL numbers, REQ primes
+/// back) and a sink (SUB by tag).
+mod classic_clients {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    pub fn msg(tag: u8, v: i64) -> Vec<u8> {
+        let mut b = vec![tag];
+        b.extend_from_slice(&v.to_be_bytes());
+        b
+    }
+
+    fn value(b: &[u8]) -> (u8, i64) {
+        assert_eq!(b.len(), 9, "a classic message is 9 bytes");
+        (b[0], i64::from_be_bytes(b[1..].try_into().unwrap()))
+    }
+
+    fn is_prime(n: i64) -> bool {
+        n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    }
+
+    pub fn primes_to(n: i64) -> BTreeSet<i64> {
+        (2..=n).filter(|&k| is_prime(k)).collect()
+    }
+
+    /// Sends one request and returns the reply.
+    pub fn request(s: &zmq::Socket, body: &[u8]) -> Vec<u8> {
+        s.send(body, 0).unwrap();
+        assert!(s.poll(zmq::POLLIN, 10_000).unwrap() > 0, "no reply in 10 s");
+        s.recv_bytes(0).unwrap()
+    }
+
+    pub fn source(ctx: &zmq::Context, ep: &str) -> zmq::Socket {
+        let s = ctx.socket(zmq::REQ).unwrap();
+        s.set_linger(0).unwrap();
+        s.connect(ep).unwrap();
+        s
+    }
+
+    /// A worker thread: tests each number it pulls, sends each prime back, until `stop`.
+    pub fn worker(
+        ctx: &zmq::Context,
+        work: &str,
+        results: &str,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let pull = ctx.socket(zmq::PULL).unwrap();
+        pull.set_linger(0).unwrap();
+        pull.connect(work).unwrap();
+        let req = source(ctx, results);
+        std::thread::spawn(move || loop {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            if pull.poll(zmq::POLLIN, 100).unwrap_or(0) == 0 {
+                continue;
+            }
+            let Ok(b) = pull.recv_bytes(0) else { return };
+            let (tag, n) = value(&b);
+            assert_eq!(tag, b'n');
+            if is_prime(n) {
+                assert_eq!(request(&req, &msg(b'p', n)), msg(b'p', n), "acknowledged");
+            }
+        })
+    }
+
+    /// A sink subscribed to `n` and `p`; `probe` makes the source send a number until
+    /// the sink sees it published (the subscription is in place), then the caller sends.
+    pub struct Sink {
+        pub sub: zmq::Socket,
+        pub numbers: BTreeSet<i64>,
+        pub primes: BTreeSet<i64>,
+    }
+
+    impl Sink {
+        pub fn new(ctx: &zmq::Context, ep: &str) -> Sink {
+            let sub = ctx.socket(zmq::SUB).unwrap();
+            sub.set_linger(0).unwrap();
+            sub.set_subscribe(b"n").unwrap();
+            sub.set_subscribe(b"p").unwrap();
+            sub.connect(ep).unwrap();
+            Sink { sub, numbers: BTreeSet::new(), primes: BTreeSet::new() }
+        }
+
+        fn drain(&mut self, wait_ms: i64) {
+            if self.sub.poll(zmq::POLLIN, wait_ms).unwrap() == 0 {
+                return;
+            }
+            while let Ok(b) = self.sub.recv_bytes(zmq::DONTWAIT) {
+                match value(&b) {
+                    (b'n', v) => self.numbers.insert(v),
+                    (b'p', v) => self.primes.insert(v),
+                    other => panic!("unexpected {other:?}"),
+                };
+            }
+        }
+
+        pub fn probe(&mut self, src: &zmq::Socket, n: i64) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !self.numbers.contains(&n) {
+                assert!(Instant::now() < deadline, "the sink never saw the probe");
+                assert_eq!(request(src, &msg(b'n', n)), msg(b'n', n));
+                self.drain(100);
+            }
+        }
+
+        pub fn wait_for(&mut self, primes: &BTreeSet<i64>) {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !primes.is_subset(&self.primes) {
+                assert!(
+                    Instant::now() < deadline,
+                    "missing primes: {:?}",
+                    primes.difference(&self.primes).take(5).collect::<Vec<_>>()
+                );
+                self.drain(100);
+            }
+        }
+    }
+}
+
+/// The lecture's pipeline against our broker: a classic source, two classic workers and
+/// a classic sink exchanging 9-byte messages get exactly the primes of the numbers sent;
+/// malformed messages get an error reply and the broker keeps serving.
+#[test]
+fn classic_clients_get_exactly_the_primes() {
+    use classic_clients::*;
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let cdir = tempfile::tempdir().unwrap();
+    let caddr = cdir.path().join("classic").display().to_string();
+    let p = Pipeline::new(0, &["--classic", &caddr], &[]);
+    let ep = |s: &str| format!("ipc://{caddr}.{s}");
+    let ctx = zmq::Context::new();
+    let mut sink = Sink::new(&ctx, &ep("pub"));
+    let src = source(&ctx, &ep("src"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..2).map(|_| worker(&ctx, &ep("work"), &ep("res"), stop.clone())).collect();
+    sink.probe(&src, 1);
+    for n in 2..=3000 {
+        assert_eq!(request(&src, &msg(b'n', n)), msg(b'n', n), "acknowledged");
+    }
+    let want = primes_to(3000);
+    sink.wait_for(&want);
+    assert_eq!(sink.primes, want, "exactly the primes");
+    assert!((1..=3000).all(|n| sink.numbers.contains(&n)), "every number published");
+    // Malformed: a short message, an unknown tag, a prime sent to the sources' endpoint.
+    for bad in [&b"n1234567"[..], &msg(b'x', 5), &msg(b'p', 7)] {
+        let reply = request(&src, bad);
+        assert_eq!(reply[0], b'E', "{:?}", String::from_utf8_lossy(&reply));
+    }
+    let results = source(&ctx, &ep("res"));
+    assert_eq!(request(&results, &msg(b'n', 4))[0], b'E');
+    assert_eq!(request(&src, &msg(b'n', 3001)), msg(b'n', 3001), "still serving");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(p);
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+/// Classic and batched clients share one broker: a classic source's numbers are tested
+/// by our batched workers, the classic sink and a batched subscriber both see the
+/// primes, and a batched job's primes reach the classic sink too.
+#[test]
+fn classic_and_batched_clients_share_the_broker() {
+    use classic_clients::*;
+    use cluster::wire::{job_prefix, tag};
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let cdir = tempfile::tempdir().unwrap();
+    let caddr = cdir.path().join("classic").display().to_string();
+    let p = Pipeline::new(2, &["--classic", &caddr], &[]);
+    let ep = |s: &str| format!("ipc://{caddr}.{s}");
+    let ctx = zmq::Context::new();
+    let mut sink = Sink::new(&ctx, &ep("pub"));
+    let src = source(&ctx, &ep("src"));
+    let addr = BrokerAddr::parse(&p.addr).unwrap();
+    let ours = cluster::sink::subscribe(&ctx, &addr, &[&job_prefix(tag::PRIMES, cluster::classic::JOB)]).unwrap();
+    sink.probe(&src, 1);
+    for n in 2..=2000 {
+        assert_eq!(request(&src, &msg(b'n', n)), msg(b'n', n));
+    }
+    let want = primes_to(2000);
+    sink.wait_for(&want);
+    assert_eq!(sink.primes, want);
+    // The batched subscriber saw them too (tested by our workers, published both ways).
+    let mut batched = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while batched != want {
+        assert!(Instant::now() < deadline, "the batched subscriber saw {} of {}", batched.len(), want.len());
+        if ours.poll(zmq::POLLIN, 100).unwrap() > 0 {
+            if let Ok(Msg::Primes { primes, .. }) = Msg::decode(&ours.recv_bytes(0).unwrap()) {
+                batched.extend(primes.iter());
+            }
+        }
+    }
+    // A batched job's primes reach the classic sink.
+    let values: Vec<i64> = (100_000..100_500).collect();
+    let c = run_job(&p.addr, &values, 50, Duration::ZERO, |_| {});
+    let big: std::collections::BTreeSet<i64> = c.primes.iter().copied().collect();
+    assert!(!big.is_empty());
+    sink.wait_for(&big);
+}

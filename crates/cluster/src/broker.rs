@@ -28,6 +28,8 @@ pub struct BrokerConfig {
     pub redispatch: Duration,
     /// For tests only: publish nothing of every K-th publication (its number is used).
     pub test_drop_every: Option<u64>,
+    /// The lecture's 9-byte endpoints too (`--classic ADDR`, see `classic`).
+    pub classic: Option<BrokerAddr>,
 }
 
 impl BrokerConfig {
@@ -39,6 +41,7 @@ impl BrokerConfig {
             liveness: Duration::from_millis(2500),
             redispatch: Duration::from_secs(30),
             test_drop_every: None,
+            classic: None,
         }
     }
 }
@@ -57,6 +60,9 @@ pub struct Broker {
     /// newest streams.
     seqs: lru::LruCache<(u8, u64), u64>,
     published: u64,
+    classic: Option<crate::classic::Classic>,
+    /// Classic numbers received so far (each is one item of the job `classic::JOB`).
+    classic_numbers: u32,
 }
 
 impl Broker {
@@ -95,6 +101,11 @@ impl Broker {
             d: Dispatcher::new(cfg.liveness, cfg.redispatch),
             seqs: lru::LruCache::new(std::num::NonZeroUsize::new(STREAMS).expect("not zero")),
             published: 0,
+            classic: match &cfg.classic {
+                Some(a) => Some(crate::classic::Classic::bind(ctx, a)?),
+                None => None,
+            },
+            classic_numbers: 0,
             cfg,
         })
     }
@@ -107,7 +118,7 @@ impl Broker {
             self.dispatch(now)?;
             let push_blocked = self.cfg.dispatch == Dispatch::Push && self.d.queued() > 0;
             let timeout = next_beat.saturating_duration_since(now).as_millis() as i64;
-            let mut items = [
+            let mut items = vec![
                 self.src.as_poll_item(zmq::POLLIN),
                 self.res.as_poll_item(zmq::POLLIN),
                 self.work.as_poll_item(match (self.cfg.dispatch, push_blocked) {
@@ -116,11 +127,24 @@ impl Broker {
                     (Dispatch::Push, false) => zmq::PollEvents::empty(),
                 }),
             ];
+            if let Some(c) = &self.classic {
+                items.push(c.src.as_poll_item(zmq::POLLIN));
+                items.push(c.res.as_poll_item(zmq::POLLIN));
+            }
             match zmq::poll(&mut items, timeout.max(1)) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
             let (src_in, res_in, work_in) = (items[0].is_readable(), items[1].is_readable(), items[2].is_readable());
+            let classic_in =
+                (items.get(3).is_some_and(|i| i.is_readable()), items.get(4).is_some_and(|i| i.is_readable()));
+            drop(items);
+            if classic_in.0 {
+                self.serve_classic(true)?;
+            }
+            if classic_in.1 {
+                self.serve_classic(false)?;
+            }
             let now = Instant::now();
             if res_in {
                 self.serve_requests(Req::Results, now, Self::on_result)?;
@@ -213,6 +237,9 @@ impl Broker {
                 let item = crate::dispatch::Item { job, batch, values };
                 let numbers = Msg::Numbers { job, seq: 0, batch, values: item.values.clone() };
                 if let Submitted::Queued(_) = self.d.submit(source, seq, item) {
+                    if let (Some(c), Msg::Numbers { values, .. }) = (&self.classic, &numbers) {
+                        values.iter().for_each(|v| c.publish(crate::classic::NUMBER, v));
+                    }
                     self.publish(numbers)?;
                 }
                 Msg::Ack { seq }
@@ -231,6 +258,9 @@ impl Broker {
                 if let Some(done) = self.d.result(worker, work, now) {
                     let (job, batch) = (done.item.job, done.item.batch);
                     if !primes.is_empty() {
+                        if let Some(c) = &self.classic {
+                            primes.iter().for_each(|p| c.publish(crate::classic::PRIME, p));
+                        }
                         self.publish(Msg::Primes { job, seq: 0, batch, primes })?;
                     }
                     let count = done.item.values.len() as u32;
@@ -240,6 +270,55 @@ impl Broker {
             }
             other => bad(format!("a worker cannot send {} as a result", kind(&other))),
         })
+    }
+
+    /// The classic REP sockets: numbers from sources (`sources`), or primes from
+    /// workers. Every request gets one reply: its own 9 bytes back, or `E` and a reason
+    /// (the message is dropped).
+    fn serve_classic(&mut self, sources: bool) -> anyhow::Result<()> {
+        use crate::classic::{self, JOB, NUMBER, PRIME};
+        for _ in 0..256 {
+            let Some(c) = &self.classic else { return Ok(()) };
+            let sock = if sources { &c.src } else { &c.res };
+            let Ok(body) = sock.recv_bytes(zmq::DONTWAIT) else { break };
+            let want = if sources { NUMBER } else { PRIME };
+            let parsed = classic::decode(&body).and_then(|(t, v)| {
+                if t == want {
+                    Ok(v)
+                } else {
+                    Err(format!("this endpoint takes '{}' messages, not '{}'", want as char, t as char))
+                }
+            });
+            let v = match parsed {
+                Ok(v) => {
+                    let _ = sock.send(&body[..], 0);
+                    v
+                }
+                Err(reason) => {
+                    tracing::warn!("malformed classic message dropped: {reason}");
+                    let _ = sock.send(format!("E{reason}").as_bytes(), 0);
+                    continue;
+                }
+            };
+            if sources {
+                c.publish(NUMBER, v);
+                let batch = self.classic_numbers;
+                self.classic_numbers = self.classic_numbers.wrapping_add(1);
+                let values = crate::wire::Values::from_slice(&[v]);
+                self.publish(Msg::Numbers { job: JOB, seq: 0, batch, values: values.clone() })?;
+                // Tracked by our workers when there are any; else to classic workers
+                // (untracked, as the notes' pipeline); with neither, queued for ours.
+                let c = self.classic.as_ref().expect("checked");
+                if self.d.workers() > 0 || !c.push(v) {
+                    self.d.submit(JOB, u64::from(batch) + 1, crate::dispatch::Item { job: JOB, batch, values });
+                }
+            } else {
+                c.publish(PRIME, v);
+                let primes = crate::wire::Values::from_slice(&[v]);
+                self.publish(Msg::Primes { job: JOB, seq: 0, batch: u32::MAX, primes })?;
+            }
+        }
+        Ok(())
     }
 
     /// Worker control over the credit ROUTER: [identity, body] from a DEALER.

@@ -240,6 +240,11 @@ impl Dispatcher {
         self.workers.values().map(|w| w.route.as_slice())
     }
 
+    /// Workers known alive.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     pub fn queued(&self) -> usize {
         self.queue.len()
     }

@@ -20,6 +20,7 @@
 //! old names.
 
 pub mod broker;
+pub mod classic;
 pub mod dispatch;
 pub mod endpoint;
 pub mod job;

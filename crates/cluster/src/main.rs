@@ -37,6 +37,10 @@ enum Cmd {
         /// For tests only: leave out every K-th publication (subscribers see the gap).
         #[arg(long, value_name = "K", hide = true)]
         test_drop_every: Option<u64>,
+        /// Also the lecture's 9-byte endpoints, at HOST:PORT (PORT sources REP, PORT+1
+        /// work PUSH, PORT+2 results REP, PORT+3 publications PUB) or a path.
+        #[arg(long, value_name = "ADDR")]
+        classic: Option<String>,
     },
     /// Test numbers for primality.
     Worker {
@@ -195,7 +199,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     util::install_stop_handler();
     let ctx = zmq::Context::new();
     match args.cmd {
-        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms, test_drop_every } => {
+        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms, test_drop_every, classic } => {
             let addr = broker_addr(&listen)?;
             anyhow::ensure!(
                 heartbeat_ms > 0 && liveness_ms > heartbeat_ms,
@@ -209,6 +213,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 anyhow::ensure!(k > 0, "--test-drop-every must be at least 1");
                 eprintln!("broker: TEST ONLY: every {k}th publication is left out");
                 cfg.test_drop_every = Some(k);
+            }
+            if let Some(c) = &classic {
+                let c = broker_addr(c)?;
+                anyhow::ensure!(c != addr, "--classic needs its own address, not the broker's");
+                cfg.classic = Some(c);
             }
             let broker = Broker::bind(&ctx, cfg)?;
             println!("broker listening on {addr} ({dispatch:?} dispatch)");
