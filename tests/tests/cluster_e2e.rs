@@ -20,6 +20,30 @@ fn primes_up_to_a_million_equal_a_sieve() {
     assert_eq!(c.workers.len(), 2, "both workers took part");
 }
 
+/// The notes' third transport: a broker with two workers as threads of its own process
+/// (`--workers 2`, over `inproc://`) gives exactly the sieve's primes to a job sent over
+/// ipc, both in-process workers taking part; an outside worker can still join; a broker
+/// told to listen on `inproc://` alone says why not.
+#[test]
+fn a_broker_with_in_process_workers() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let p = Pipeline::new(0, &["--workers", "2"], &[]);
+    let values: Vec<i64> = (1..=300_000).collect();
+    let c = run_job(&p.addr, &values, 1000, Duration::from_secs(1), |_| {});
+    assert_eq!(c.done_numbers, values.len() as u64);
+    assert_eq!(c.primes, sieve(1, 300_000));
+    assert_eq!(c.workers.len(), 2, "both in-process workers took part");
+    let _outside = Pipeline::worker(&p.addr, &[]);
+    let c = run_job(&p.addr, &values, 1000, Duration::from_secs(1), |_| {});
+    assert_eq!(c.primes, sieve(1, 300_000));
+    let (st, _, err) = tests::run_with_timeout(
+        tests::command(&tests::bin_path("cluster")).args(["broker", "--listen", "inproc://x"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("reaches only this process") && err.trim().lines().count() == 1, "{err}");
+}
+
 #[test]
 fn chosen_large_primes_and_composites_one_message_per_number() {
     let _w = Watchdog::new(Duration::from_secs(60));

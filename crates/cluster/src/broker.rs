@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     pub test_drop_every: Option<u64>,
     /// The lecture's 9-byte endpoints too (`--classic ADDR`, see `classic`).
     pub classic: Option<BrokerAddr>,
+    /// Also listen at this `inproc://` name (workers in the broker's process).
+    pub inproc: Option<String>,
 }
 
 impl BrokerConfig {
@@ -42,6 +44,7 @@ impl BrokerConfig {
             redispatch: Duration::from_secs(30),
             test_drop_every: None,
             classic: None,
+            inproc: None,
         }
     }
 }
@@ -87,6 +90,10 @@ impl Broker {
                 }
             }
             s.bind(&ep).map_err(|e| sock_err("listen on", &ep, e))?;
+            if let Some(name) = &cfg.inproc {
+                let ep = BrokerAddr::Inproc { name: name.clone() }.endpoint(role);
+                s.bind(&ep).map_err(|e| sock_err("listen on", &ep, e))?;
+            }
             Ok(s)
         };
         let work_kind = match cfg.dispatch {

@@ -11,8 +11,18 @@ pub const DEFAULT_PORT: u16 = 5555;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerAddr {
-    Tcp { host: String, port: u16 },
-    Ipc { path: String },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Ipc {
+        path: String,
+    },
+    /// `inproc://NAME`: threads of one process (the notes' third transport), sharing one
+    /// ZeroMQ context.
+    Inproc {
+        name: String,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -39,6 +49,12 @@ impl BrokerAddr {
         let s = s.trim();
         if s.is_empty() {
             return Err(AddrError::Empty);
+        }
+        if let Some(name) = s.strip_prefix("inproc://") {
+            if name.is_empty() {
+                return Err(AddrError::Empty);
+            }
+            return Ok(BrokerAddr::Inproc { name: name.to_string() });
         }
         let tcp = s.strip_prefix("tcp://");
         if tcp.is_none() && s.contains('/') {
@@ -86,6 +102,7 @@ impl BrokerAddr {
         match self {
             BrokerAddr::Tcp { host, port } => format!("tcp://{host}:{}", port + offset),
             BrokerAddr::Ipc { path } => format!("ipc://{path}.{suffix}"),
+            BrokerAddr::Inproc { name } => format!("inproc://{name}.{suffix}"),
         }
     }
 }
@@ -95,6 +112,7 @@ impl fmt::Display for BrokerAddr {
         match self {
             BrokerAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
             BrokerAddr::Ipc { path } => f.write_str(path),
+            BrokerAddr::Inproc { name } => write!(f, "inproc://{name}"),
         }
     }
 }
@@ -113,6 +131,10 @@ mod tests {
         assert_eq!(BrokerAddr::parse("[::1]:7000").unwrap().endpoint(Role::Results), "tcp://[::1]:7002");
         assert_eq!(BrokerAddr::parse("/tmp/b").unwrap().endpoint(Role::Results), "ipc:///tmp/b.res");
         assert_eq!(BrokerAddr::parse("*:6000").unwrap().endpoint(Role::Sources), "tcp://*:6000");
+        let inproc = BrokerAddr::parse("inproc://b").unwrap();
+        assert_eq!(inproc.endpoint(Role::Work), "inproc://b.work");
+        assert_eq!(inproc.to_string(), "inproc://b");
+        assert_eq!(BrokerAddr::parse("inproc://"), Err(AddrError::Empty));
     }
 
     #[test]

@@ -41,6 +41,10 @@ enum Cmd {
         /// work PUSH, PORT+2 results REP, PORT+3 publications PUB) or a path.
         #[arg(long, value_name = "ADDR")]
         classic: Option<String>,
+        /// Run this many workers as threads of the broker's process, over `inproc://`
+        /// (outside workers, sources and sinks use ADDR as always).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
     /// Test numbers for primality.
     Worker {
@@ -199,7 +203,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     util::install_stop_handler();
     let ctx = zmq::Context::new();
     match args.cmd {
-        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms, test_drop_every, classic } => {
+        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms, test_drop_every, classic, workers } => {
             let addr = broker_addr(&listen)?;
             anyhow::ensure!(
                 heartbeat_ms > 0 && liveness_ms > heartbeat_ms,
@@ -219,7 +223,26 @@ fn run(args: Args) -> anyhow::Result<()> {
                 anyhow::ensure!(c != addr, "--classic needs its own address, not the broker's");
                 cfg.classic = Some(c);
             }
+            anyhow::ensure!(
+                !matches!(addr, BrokerAddr::Inproc { .. }),
+                "--listen inproc:// reaches only this process: give HOST:PORT or a path, and --workers N for workers in it"
+            );
+            let inproc = (workers > 0).then(|| format!("broker-{}", std::process::id()));
+            cfg.inproc.clone_from(&inproc);
             let broker = Broker::bind(&ctx, cfg)?;
+            if let Some(name) = inproc {
+                for _ in 0..workers {
+                    let mut wc = WorkerConfig::new(BrokerAddr::Inproc { name: name.clone() });
+                    wc.dispatch = dispatch;
+                    let ctx = ctx.clone();
+                    std::thread::spawn(move || {
+                        let run = Worker::connect(&ctx, wc).and_then(|mut w| w.run());
+                        if let Err(e) = run {
+                            tracing::error!("in-process worker: {e:#}");
+                        }
+                    });
+                }
+            }
             println!("broker listening on {addr} ({dispatch:?} dispatch)");
             broker.run()?;
         }

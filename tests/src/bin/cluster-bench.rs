@@ -83,8 +83,21 @@ fn start(dispatch: &str, slow: &[u32]) -> Run {
     Run { _workers: workers, _broker: broker, addr, _dir: dir }
 }
 
+/// The broker with its workers as threads of its own process (`--workers N`, inproc).
+fn start_inproc(workers: usize) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = dir.path().join("b").display().to_string();
+    let n = workers.to_string();
+    let broker = ClusterProc::start(&["broker", "--listen", &addr, "--workers", &n], "broker listening");
+    std::thread::sleep(Duration::from_millis(300));
+    Run { _workers: Vec::new(), _broker: broker, addr, _dir: dir }
+}
+
 fn through_pipeline(values: &[i64], batch: usize, workers: usize, repeat: usize) -> (f64, usize) {
-    let r = start("credit", &vec![1; workers]);
+    through(start("credit", &vec![1; workers]), values, batch, repeat)
+}
+
+fn through(r: Run, values: &[i64], batch: usize, repeat: usize) -> (f64, usize) {
     best_of(repeat, || {
         let c = run_job(&r.addr, values, batch, Duration::ZERO, |_| {});
         assert_eq!(c.done_numbers, values.len() as u64);
@@ -102,6 +115,8 @@ fn main() {
     let (limit, p0) = best_of(a.repeat, || in_process(&values, a.workers));
     let (batched, p1) = through_pipeline(&values, a.batch, a.workers, a.repeat);
     assert_eq!(p0, p1, "the pipeline found the same primes");
+    let (inproc, p2) = through(start_inproc(a.workers), &values, a.batch, a.repeat);
+    assert_eq!(p0, p2, "the in-process workers found the same primes");
     let single_values = &values[..a.single.min(values.len())];
     let (single, _) = through_pipeline(single_values, 1, a.workers, 1);
     println!("workers: {}, numbers: random in 2..={}, best of {} runs", a.workers, a.max, a.repeat);
@@ -109,6 +124,13 @@ fn main() {
     println!("| --- | ---: | ---: | ---: |");
     println!("| in one process, {} threads (the limit) | {} | {:.0} | 1.00x |", a.workers, a.count, limit);
     println!("| pipeline, batches of {} | {} | {:.0} | {:.2}x |", a.batch, a.count, batched, batched / limit);
+    println!(
+        "| pipeline, batches of {}, workers in the broker's process (inproc) | {} | {:.0} | {:.2}x |",
+        a.batch,
+        a.count,
+        inproc,
+        inproc / limit
+    );
     println!("| pipeline, one message per number | {} | {:.0} | {:.3}x |", single_values.len(), single, single / limit);
 
     // Dispatch with one worker 3x slower: the same job, credit against round-robin PUSH.
