@@ -648,3 +648,47 @@ fn classic_and_batched_clients_share_the_broker() {
     assert!(!big.is_empty());
     sink.wait_for(&big);
 }
+
+/// A spool job through a broker that leaves out every seventh publication (a test
+/// switch): a batch whose primes never arrived is run again at once (its completion says
+/// how many primes it had), one whose completion never arrived after the stall time; the
+/// result is exact, and the summary counts the batches run again.
+#[test]
+fn a_spool_job_is_exact_when_publications_are_lost() {
+    let _w = Watchdog::new(Duration::from_secs(180));
+    let p = Pipeline::new(2, &["--test-drop-every", "7"], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["in", "out", "failed"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    std::fs::write(dir.path().join("in/a.job"), "1..200000\n").unwrap();
+    let d = dir.path().display().to_string();
+    let (st, out, err) = tests::run_with_timeout(
+        tests::command(&tests::bin_path("cluster")).args([
+            "spool",
+            "--dir",
+            &d,
+            "--broker",
+            &p.addr,
+            "--once",
+            "--batch",
+            "1000",
+            "--stall-s",
+            "1",
+            "--settle-ms",
+            "0",
+        ]),
+        Duration::from_secs(150),
+    );
+    assert!(st.success(), "{out}{err}");
+    let got: Vec<i64> =
+        std::fs::read_to_string(dir.path().join("out/a.primes")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(got, sieve(1, 200_000), "exact despite lost publications");
+    let summary = std::fs::read_to_string(dir.path().join("out/a.summary")).unwrap();
+    let again: u64 = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("resubmitted batches: "))
+        .and_then(|n| n.parse().ok())
+        .expect("a resubmitted line");
+    assert!(again > 0, "{summary}");
+}

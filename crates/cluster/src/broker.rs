@@ -264,6 +264,7 @@ impl Broker {
             Msg::Result { worker, work, primes } => {
                 if let Some(done) = self.d.result(worker, work, now) {
                     let (job, batch) = (done.item.job, done.item.batch);
+                    let found = primes.len() as u32;
                     if !primes.is_empty() {
                         if let Some(c) = &self.classic {
                             primes.iter().for_each(|p| c.publish(crate::classic::PRIME, p));
@@ -271,7 +272,7 @@ impl Broker {
                         self.publish(Msg::Primes { job, seq: 0, batch, primes })?;
                     }
                     let count = done.item.values.len() as u32;
-                    self.publish(Msg::Done { job, seq: 0, batch, count, worker })?;
+                    self.publish(Msg::Done { job, seq: 0, batch, count, primes: found, worker })?;
                 }
                 Msg::Taken { work }
             }

@@ -362,6 +362,25 @@ impl<'a> Spool<'a> {
                         Ok(Msg::Primes { batch, primes: p, .. }) if pending.contains_key(&batch) => {
                             primes_of.insert(batch, p.to_vec());
                         }
+                        Ok(Msg::Done { batch, primes: n, .. })
+                            if pending.contains_key(&batch)
+                                && primes_of.get(&batch).map_or(0, |p| p.len()) != n as usize =>
+                        {
+                            // Its primes were lost on the way (a subscriber that
+                            // reconnected misses what was published meanwhile): never
+                            // write the batch short; run it again.
+                            tracing::warn!(
+                                job = name,
+                                batch,
+                                "the primes of a finished batch never arrived; submitting it again"
+                            );
+                            primes_of.remove(&batch);
+                            match src.submit(job_id, batch, &pending[&batch]) {
+                                Ok(()) => resubmitted += 1,
+                                Err(SourceError::Stopped) => return Ok(None),
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
                         Ok(Msg::Done { batch, count, worker, .. }) if pending.remove(&batch).is_some() => {
                             finished.insert(batch, primes_of.remove(&batch).unwrap_or_default());
                             workers.insert(worker);

@@ -15,7 +15,7 @@
 //! | `K` | broker -> worker | work u64 (result taken) |
 //! | `n` | published | job u64, seq u64, batch u32, value i64 * k (numbers received) |
 //! | `p` | published | job u64, seq u64, batch u32, prime i64 * k (primes of one work item) |
-//! | `d` | published | job u64, seq u64, batch u32, count u32, worker u64 (work item done) |
+//! | `d` | published | job u64, seq u64, batch u32, count u32, primes u32, worker u64 (work item done; `primes`: how many its `p` held) |
 //! | `h` | published | nonce u64, seq u64 (answer to `Q`: the subscriber is connected) |
 //!
 //! A publication's `seq` counts the broker's publications of its stream (its tag and
@@ -78,7 +78,7 @@ pub enum Msg {
     Taken { work: u64 },
     Numbers { job: u64, seq: u64, batch: u32, values: Values },
     Primes { job: u64, seq: u64, batch: u32, primes: Values },
-    Done { job: u64, seq: u64, batch: u32, count: u32, worker: u64 },
+    Done { job: u64, seq: u64, batch: u32, count: u32, primes: u32, worker: u64 },
     Hello { nonce: u64, seq: u64 },
 }
 
@@ -162,11 +162,12 @@ impl Msg {
                 b.extend_from_slice(&batch.to_be_bytes());
                 put_values(&mut b, primes);
             }
-            Msg::Done { job, seq, batch, count, worker } => {
+            Msg::Done { job, seq, batch, count, primes, worker } => {
                 b.push(tag::DONE);
                 put(&mut b, &[*job, *seq]);
                 b.extend_from_slice(&batch.to_be_bytes());
                 b.extend_from_slice(&count.to_be_bytes());
+                b.extend_from_slice(&primes.to_be_bytes());
                 put(&mut b, &[*worker]);
             }
             Msg::Hello { nonce, seq } => {
@@ -217,8 +218,8 @@ impl Msg {
                 Msg::Primes { job, seq, batch, primes: r.values()? }
             }
             tag::DONE => {
-                let (job, seq, batch, count) = (r.u64()?, r.u64()?, r.u32()?, r.u32()?);
-                Msg::Done { job, seq, batch, count, worker: r.end_u64()? }
+                let (job, seq, batch, count, primes) = (r.u64()?, r.u64()?, r.u32()?, r.u32()?, r.u32()?);
+                Msg::Done { job, seq, batch, count, primes, worker: r.end_u64()? }
             }
             tag::HELLO => Msg::Hello { nonce: r.u64()?, seq: r.end_u64()? },
             other => return Err(WireError::UnknownTag(other)),
@@ -322,7 +323,7 @@ impl Reader<'_> {
             'W' => "21 + 8k",
             'X' => "17 + 8k",
             'n' | 'p' => "21 + 8k",
-            'd' => "33",
+            'd' => "37",
             _ => "?",
         };
         WireError::BadLength { tag: self.tag, len: self.len, want: want.into() }
@@ -414,7 +415,7 @@ mod tests {
         assert_eq!(s.see(&p(2, 7)), Seen::First { at: 7 }, "joined job 2 late");
         assert_eq!(s.see(&p(1, 5)), Seen::InOrder);
         assert_eq!(s.see(&p(1, 5)), Seen::InOrder, "a repeat");
-        let d = Msg::Done { job: 1, seq: 0, batch: 0, count: 0, worker: 0 };
+        let d = Msg::Done { job: 1, seq: 0, batch: 0, count: 0, primes: 0, worker: 0 };
         assert_eq!(s.see(&d), Seen::First { at: 0 }, "another tag is another stream");
         assert_eq!(s.missed, 2);
     }
@@ -467,8 +468,9 @@ mod tests {
                 batch,
                 primes
             }),
-            (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>())
-                .prop_map(|(job, seq, batch, count, worker)| Msg::Done { job, seq, batch, count, worker }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+                |(job, seq, batch, count, primes, worker)| Msg::Done { job, seq, batch, count, primes, worker }
+            ),
             (any::<u64>(), any::<u64>()).prop_map(|(nonce, seq)| Msg::Hello { nonce, seq }),
         ]
     }
