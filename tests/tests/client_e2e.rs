@@ -646,3 +646,30 @@ fn a_backwards_clock_correction_is_slewed() {
     }
     assert!(slewing_seen > 100, "the mount said it was slewing ({slewing_seen} samples)");
 }
+
+/// `fs-client status` counts the calls a test made: fifty `stat`s under `noac` are at
+/// least fifty GETATTRs more, one new file is one CREATE more; the other vitals are there.
+#[test]
+fn status_counts_the_calls_a_test_made() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let rig = Rig::new("noac");
+    let calls = |op: &str| -> u64 {
+        let st = tests::mount_status(&rig.mnt(""));
+        st.lines()
+            .find_map(|l| l.strip_prefix(&format!("call {op} ")))
+            .and_then(|r| r.split(' ').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let (getattrs, creates) = (calls("GETATTR"), calls("CREATE"));
+    std::fs::create_dir(rig.mnt("d")).unwrap();
+    for _ in 0..50 {
+        std::fs::metadata(rig.mnt("d")).unwrap();
+    }
+    assert!(calls("GETATTR") >= getattrs + 50, "fifty stats, fifty GETATTRs at least");
+    std::fs::write(rig.mnt("d/f"), b"x").unwrap();
+    assert_eq!(calls("CREATE"), creates + 1);
+    let st = tests::mount_status(&rig.mnt(""));
+    for want in ["connected", "clock offset", "retransmitted calls 0", "page cache", "dirty bytes", "leases off"] {
+        assert!(st.contains(want), "{want}: {st}");
+    }
+}

@@ -603,11 +603,21 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
+        let (c, cl, name, locks) = (caller(req), self.client.clone(), bytes(name), self.locks.clone());
         let work = async move {
             // `fs-client status`: the mount's own vitals, answered here (not listed).
             let v = if ino.0 == ROOT_INO && name == STATUS_XATTR {
-                cl.status_text().into_bytes()
+                let mut text = cl.status_text();
+                text += &match &locks {
+                    None => "leases off (locks are local to this machine)\n".to_string(),
+                    Some(l) => {
+                        let (held, asking) = l.held();
+                        let list: Vec<String> =
+                            held.iter().map(|(ino, f)| format!("inode {ino} fence {f:#x}")).collect();
+                        format!("leases held {}: [{}]; being asked for {asking}\n", held.len(), list.join(", "))
+                    }
+                };
+                text.into_bytes()
             } else {
                 cl.getxattr(c, ino.0, &name).await?
             };

@@ -25,6 +25,7 @@ pub mod pagecache;
 pub mod readahead;
 pub mod rpc;
 pub mod srvclock;
+pub mod stats;
 pub mod writeback;
 
 #[cfg(test)]

@@ -112,6 +112,21 @@ impl Locks {
     }
 
     /// Whether a release by `owner` (through `fh`, if given) concerns the lock on `ino`.
+    /// Leases held here, (node id, fencing number), and how many are being asked for.
+    pub fn held(&self) -> (Vec<(u64, u64)>, usize) {
+        let t = self.table.lock().unwrap();
+        let mut held: Vec<(u64, u64)> = t
+            .iter()
+            .filter_map(|(&ino, s)| match s {
+                State::Held { fence, .. } => Some((ino, *fence)),
+                State::Asking { .. } => None,
+            })
+            .collect();
+        held.sort_unstable();
+        let asking = t.len() - held.len();
+        (held, asking)
+    }
+
     pub fn involves(&self, ino: u64, owner: u64, fh: Option<u64>) -> bool {
         self.table.lock().unwrap().get(&ino).is_some_and(|st| st.concerns(owner, fh))
     }

@@ -27,6 +27,8 @@ pub struct PageCache {
     bytes: usize,
     capacity: usize,
     block_size: usize,
+    hits: u64,
+    misses: u64,
 }
 
 impl PageCache {
@@ -37,6 +39,8 @@ impl PageCache {
             bytes: 0,
             capacity: capacity_bytes,
             block_size,
+            hits: 0,
+            misses: 0,
         }
     }
 
@@ -46,10 +50,21 @@ impl PageCache {
 
     /// The block if cached under this change attribute.
     pub fn get(&mut self, ino: u64, block: u64, change: u64) -> Option<Data> {
-        match self.lru.get(&(ino, block)) {
+        let got = match self.lru.get(&(ino, block)) {
             Some(b) if b.change == change => Some(b.data.clone()),
             _ => None,
+        };
+        if got.is_some() {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
         }
+        got
+    }
+
+    /// Lookups that found the block, and that did not, so far.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (self.hits, self.misses)
     }
 
     /// The file's invalidation epoch, to pass back to [`PageCache::insert`].

@@ -68,6 +68,7 @@ struct Inner {
     client: u64,
     next_xid: AtomicU64,
     state: Mutex<State>,
+    stats: Mutex<crate::stats::CallStats>,
 }
 
 /// A cheap handle to the shared client; clone it freely.
@@ -146,7 +147,13 @@ impl Rpc {
     /// so), then hands the connection to the connection thread, which keeps it alive.
     pub fn connect(cfg: RpcConfig, client: u64, timeout: Duration) -> io::Result<Rpc> {
         let stream = Stream::connect(&cfg.addr, timeout)?;
-        let inner = Arc::new(Inner { cfg, client, next_xid: AtomicU64::new(1), state: Mutex::new(State::default()) });
+        let inner = Arc::new(Inner {
+            cfg,
+            client,
+            next_xid: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+            stats: Mutex::new(Default::default()),
+        });
         let i = inner.clone();
         std::thread::Builder::new().name("fs-rpc".into()).spawn(move || manage(i, stream))?;
         Ok(Rpc { inner })
@@ -165,7 +172,20 @@ impl Rpc {
         format!("{} {state}, {} calls outstanding", self.inner.cfg.addr, st.pending.len())
     }
 
+    /// Calls per operation, latencies and retransmissions so far.
+    pub fn stats(&self) -> crate::stats::CallStats {
+        self.inner.stats.lock().unwrap().clone()
+    }
+
     pub async fn call(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
+        let (op, started) = (req.name(), std::time::Instant::now());
+        let result = self.call_inner(cred, req).await;
+        // Any error counts (ENOENT from a LOOKUP too: that is how misses look).
+        self.inner.stats.lock().unwrap().record(op, started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn call_inner(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
         let xid = self.inner.next_xid.fetch_add(1, Ordering::Relaxed);
         let call = Call { xid, client: self.inner.client, cred: cred.clone(), req };
         let frame: Frame = encode_frame(&call).map_err(|_| Errno::EINVAL)?.into();
@@ -218,10 +238,14 @@ impl Drop for Forget<'_> {
 /// reads replies until it breaks, then reconnects with backoff.
 fn manage(inner: Arc<Inner>, first: Stream) {
     let mut stream = Some(first);
+    let mut reconnected = false;
     loop {
         let s = match stream.take() {
             Some(s) => s,
-            None => reconnect(&inner),
+            None => {
+                reconnected = true;
+                reconnect(&inner)
+            }
         };
         let Ok(w) = s.try_clone() else { continue };
         let conn = Arc::new(Conn { w: Mutex::new(w) });
@@ -231,6 +255,10 @@ fn manage(inner: Arc<Inner>, first: Stream) {
             outstanding.sort_by_key(|(xid, _)| *xid);
             if !outstanding.is_empty() {
                 tracing::info!("resending {} outstanding calls", outstanding.len());
+                if reconnected {
+                    // (On the first connection these are calls made before it was up.)
+                    inner.stats.lock().unwrap().retransmitted += outstanding.len() as u64;
+                }
             }
             for (_, f) in outstanding {
                 conn.send(&f);

@@ -95,7 +95,7 @@ pub struct Opened {
 ///
 /// # Lock order
 /// `files` -> a [`FileState`]'s locks (`opens`, `cred`, `wb`; never two of them at
-/// once) -> `cache` -> `fetches`. `inodes`, `opens`, `silly` and `groups` are leaves:
+/// once) -> `cache` -> `fetches`. `inodes`, `opens`, `silly`, `groups` and `clock` are leaves:
 /// nothing else is taken while one is held. No lock is held across an `.await`.
 pub struct Client {
     rpc: Rpc,
@@ -270,6 +270,20 @@ impl Client {
             None => s += "clock offset unknown (the server has not answered TIME)\n",
         }
         s += &format!("server time {}\n", seconds(view));
+        s += &self.rpc.stats().render();
+        let (cached, (hits, misses)) = {
+            let c = self.cache.lock().unwrap();
+            (c.bytes(), c.hits_and_misses())
+        };
+        let ratio = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
+        s += &format!("page cache {cached} bytes, {hits} hits, {misses} misses, hit ratio {ratio:.3}\n");
+        let (mut dirty, mut unstable) = (0usize, 0usize);
+        for f in self.files.lock().unwrap().values() {
+            let wb = f.wb.lock().unwrap();
+            dirty += wb.dirty.bytes();
+            unstable += wb.unstable.bytes();
+        }
+        s += &format!("dirty bytes {dirty} not yet written, {unstable} written awaiting COMMIT\n");
         s
     }
 
