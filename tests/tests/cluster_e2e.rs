@@ -370,7 +370,7 @@ fn a_resent_request_is_acknowledged_again_but_done_once() {
     .unwrap();
     let mut src = cluster::source::Source::connect(&ctx, &addr).unwrap();
     src.wait_subscribed(&sub, job).unwrap();
-    let request = Msg::Submit { source: 42, seq: 1, job, batch: 0, values: vec![7, 8, 9].into() }.encode();
+    let request = Msg::Submit { source: 42, seq: 1, job, batch: 0, replicas: 1, values: vec![7, 8, 9].into() }.encode();
     for _ in 0..3 {
         // A fresh REQ socket each time, as Lazy Pirate does after a timeout.
         let s = ctx.socket(zmq::REQ).unwrap();
@@ -691,4 +691,101 @@ fn a_spool_job_is_exact_when_publications_are_lost() {
         .and_then(|n| n.parse().ok())
         .expect("a resubmitted line");
     assert!(again > 0, "{summary}");
+}
+
+/// Active redundancy, the voter in the client: spool jobs with `# replicas N`.
+mod replicas {
+    use super::*;
+
+    /// A job file asking for `replicas`, run by a spool watcher to the end; the summary.
+    pub fn run(addr: &str, replicas: u8, top: i64, during: impl FnOnce(&std::path::Path)) -> (Vec<i64>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["in", "out", "failed"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("in/a.job"), format!("# replicas {replicas}\n1..{top}\n")).unwrap();
+        let d = dir.path().display().to_string();
+        let mut spool = tests::command(&tests::bin_path("cluster"))
+            .args(["spool", "--dir", &d, "--broker", addr, "--once", "--settle-ms", "0", "--stall-s", "5"])
+            .spawn()
+            .unwrap();
+        during(dir.path());
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let st = loop {
+            if let Some(s) = spool.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the job did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(st.success());
+        let primes = std::fs::read_to_string(dir.path().join("out/a.primes"))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        (primes, std::fs::read_to_string(dir.path().join("out/a.summary")).unwrap())
+    }
+
+    /// The worker id a worker process announced.
+    pub fn id(w: &ClusterProc) -> String {
+        w.ready.split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    pub fn answers(summary: &str, worker: &str) -> u64 {
+        summary
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("answers: worker {worker} ")))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+}
+
+/// Four workers, one answering wrongly 5% of the time, a job of 1..2,000,000 with
+/// `# replicas 3`: the primes are exact, the faulty worker is named in the summary, and
+/// the broker gives it no more work (it answers a small share of what the others do).
+#[test]
+fn the_voter_outvotes_and_bans_a_faulty_worker() {
+    let _w = Watchdog::new(Duration::from_secs(300));
+    let mut p = Pipeline::new(3, &[], &[]);
+    p.workers.push(Pipeline::worker(&p.addr, &["--faulty", "0.05"]));
+    let faulty = replicas::id(&p.workers[3]);
+    let (primes, summary) = replicas::run(&p.addr, 3, 2_000_000, |_| {});
+    assert_eq!(primes, sieve(1, 2_000_000), "{summary}");
+    assert!(summary.contains(&format!("wrong answers: worker {faulty}")), "{summary}");
+    let honest = (0..3).map(|i| replicas::answers(&summary, &replicas::id(&p.workers[i]))).min().unwrap();
+    assert!(replicas::answers(&summary, &faulty) * 4 < honest, "the faulty worker got little work: {summary}");
+}
+
+/// Two faulty workers of five with `# replicas 3`: both are found out (their random
+/// faults rarely agree), and nothing wrong is accepted; three honest workers finish.
+/// (Of four, the job would wait for a third worker once both are banned: the broker
+/// never gives two copies of a batch to one worker.) Two wrong answers that agreed would
+/// outvote the right one: 2k+1 replicas mask k faults, no more.
+#[test]
+fn two_faulty_workers_of_five_are_caught() {
+    let _w = Watchdog::new(Duration::from_secs(300));
+    let mut p = Pipeline::new(3, &[], &[]);
+    for _ in 0..2 {
+        p.workers.push(Pipeline::worker(&p.addr, &["--faulty", "0.2"]));
+    }
+    let (primes, summary) = replicas::run(&p.addr, 3, 1_000_000, |_| {});
+    assert_eq!(primes, sieve(1, 1_000_000), "{summary}");
+    for i in 3..5 {
+        assert!(summary.contains(&format!("wrong answers: worker {}", replicas::id(&p.workers[i]))), "{summary}");
+    }
+}
+
+/// A replica's worker SIGKILLed mid-job with `# replicas 2`: its copies go to the
+/// others, and the job completes exactly.
+#[test]
+fn a_replica_worker_killed_mid_job() {
+    let _w = Watchdog::new(Duration::from_secs(300));
+    let mut p = Pipeline::new(3, &[], &[]);
+    let addr = p.addr.clone();
+    let (primes, summary) = replicas::run(&addr, 2, 2_000_000, |dir| {
+        // The job is claimed (moved out of in/): kill a worker while it runs.
+        tests::wait_until(Duration::from_secs(30), "the job claimed", || !dir.join("in/a.job").exists());
+        p.workers[0].kill();
+    });
+    assert_eq!(primes, sieve(1, 2_000_000), "{summary}");
 }

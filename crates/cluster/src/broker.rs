@@ -240,8 +240,16 @@ impl Broker {
 
     fn on_source(&mut self, m: Msg, _now: Instant) -> anyhow::Result<Msg> {
         Ok(match m {
-            Msg::Submit { source, seq, job, batch, values } => {
-                let item = crate::dispatch::Item { job, batch, values };
+            Msg::Ban { seq, worker, .. } => {
+                tracing::warn!(
+                    worker = format!("{worker:016x}"),
+                    "a voter found this worker wrong: it gets no more work"
+                );
+                self.d.ban(worker);
+                Msg::Ack { seq }
+            }
+            Msg::Submit { source, seq, job, batch, replicas, values } => {
+                let item = crate::dispatch::Item { job, batch, values, replicas };
                 let numbers = Msg::Numbers { job, seq: 0, batch, values: item.values.clone() };
                 if let Submitted::Queued(_) = self.d.submit(source, seq, item) {
                     if let (Some(c), Msg::Numbers { values, .. }) = (&self.classic, &numbers) {
@@ -318,7 +326,11 @@ impl Broker {
                 // (untracked, as the notes' pipeline); with neither, queued for ours.
                 let c = self.classic.as_ref().expect("checked");
                 if self.d.workers() > 0 || !c.push(v) {
-                    self.d.submit(JOB, u64::from(batch) + 1, crate::dispatch::Item { job: JOB, batch, values });
+                    self.d.submit(
+                        JOB,
+                        u64::from(batch) + 1,
+                        crate::dispatch::Item { job: JOB, batch, values, replicas: 1 },
+                    );
                 }
             } else {
                 c.publish(PRIME, v);

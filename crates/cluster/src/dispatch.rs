@@ -28,6 +28,8 @@ pub struct Item {
     pub job: u64,
     pub batch: u32,
     pub values: crate::wire::Values,
+    /// Copies to give to as many different workers (1: one).
+    pub replicas: u8,
 }
 
 /// What a result becomes when it is the first for its item.
@@ -49,6 +51,8 @@ struct Outstanding {
     item: Item,
     holder: Option<WorkerId>,
     sent_at: Option<Instant>,
+    /// The first copy's id, for replicated items (their copies go to different workers).
+    group: Option<WorkId>,
 }
 
 struct Worker {
@@ -66,6 +70,10 @@ pub struct Dispatcher {
     workers: HashMap<WorkerId, Worker>,
     /// Last seq acknowledged per source; bounded so forgotten sources cost nothing.
     sources: LruCache<u64, u64>,
+    /// Replicated items: the workers given a copy, and the copies not yet done.
+    groups: HashMap<WorkId, (HashSet<WorkerId>, u8)>,
+    /// Workers a voter found wrong: never given work again.
+    banned: HashSet<WorkerId>,
     pub liveness: Duration,
     pub redispatch: Duration,
     pub stats: Stats,
@@ -89,6 +97,8 @@ impl Dispatcher {
             items: HashMap::new(),
             workers: HashMap::new(),
             sources: LruCache::new(NonZeroUsize::new(65536).expect("non-zero")),
+            groups: HashMap::new(),
+            banned: HashSet::new(),
             liveness,
             redispatch,
             stats: Stats::default(),
@@ -103,17 +113,40 @@ impl Dispatcher {
             }
         }
         self.sources.put(source, seq);
-        let id = self.next_work;
-        self.next_work += 1;
-        self.items.insert(id, Outstanding { item, holder: None, sent_at: None });
-        self.queue.push_back(id);
+        let first = self.next_work;
+        let copies = item.replicas.max(1);
+        let group = (copies > 1).then_some(first);
+        if let Some(g) = group {
+            self.groups.insert(g, (HashSet::new(), copies));
+        }
+        for _ in 0..copies {
+            let id = self.next_work;
+            self.next_work += 1;
+            self.items.insert(id, Outstanding { item: item.clone(), holder: None, sent_at: None, group });
+            self.queue.push_back(id);
+        }
         self.stats.accepted += 1;
-        Submitted::Queued(id)
+        Submitted::Queued(first)
+    }
+
+    /// A voter found `worker` wrong: its work goes to others, and it gets no more.
+    pub fn ban(&mut self, worker: WorkerId) {
+        self.banned.insert(worker);
+        if let Some(w) = self.workers.remove(&worker) {
+            self.requeue(w.held);
+        }
+    }
+
+    pub fn banned(&self) -> usize {
+        self.banned.len()
     }
 
     /// A worker's hello: it holds nothing (anything we thought it held is queued again)
     /// and can take `credit` items.
     pub fn ready(&mut self, worker: WorkerId, route: Vec<u8>, credit: u32, now: Instant) {
+        if self.banned.contains(&worker) {
+            return;
+        }
         if let Some(old) = self.workers.remove(&worker) {
             self.requeue(old.held);
         }
@@ -123,6 +156,9 @@ impl Dispatcher {
     /// Any message from a worker shows it is alive. Returns false for a worker we do not
     /// know (declared dead, or the broker restarted): it must say `Ready` again.
     pub fn seen(&mut self, worker: WorkerId, now: Instant) -> bool {
+        if self.banned.contains(&worker) {
+            return true; // nothing to start over: it gets no work
+        }
         match self.workers.get_mut(&worker) {
             Some(w) => {
                 w.last_seen = now;
@@ -134,6 +170,9 @@ impl Dispatcher {
 
     /// A result. `Some` the first time for this item; `None` for a copy or an unknown id.
     pub fn result(&mut self, worker: WorkerId, work: WorkId, now: Instant) -> Option<Completed> {
+        if self.banned.contains(&worker) {
+            return None; // its copy was given to another worker
+        }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.last_seen = now;
             if w.held.remove(&work) {
@@ -148,6 +187,14 @@ impl Dispatcher {
                 // queue scanned, so a result costs O(1) on the common path.
                 if o.sent_at.is_none() {
                     self.queue.retain(|&q| q != work);
+                }
+                if let Some(g) = o.group {
+                    if let Some(e) = self.groups.get_mut(&g) {
+                        e.1 -= 1;
+                        if e.1 == 0 {
+                            self.groups.remove(&g);
+                        }
+                    }
                 }
                 self.stats.completed += 1;
                 Some(Completed { item: o.item, worker })
@@ -165,8 +212,25 @@ impl Dispatcher {
         if self.queue.is_empty() {
             return None;
         }
-        let (&wid, _) = self.workers.iter().filter(|(_, w)| w.credit > 0).max_by_key(|(id, w)| (w.credit, *id))?;
-        let id = self.queue.pop_front()?;
+        // The idlest worker first; for it, the first queued item no copy of which it had
+        // (a replicated item's copies go to different workers; with too few workers the
+        // rest waits).
+        let mut by_credit: Vec<(u32, WorkerId)> =
+            self.workers.iter().filter(|(_, w)| w.credit > 0).map(|(&id, w)| (w.credit, id)).collect();
+        by_credit.sort_unstable_by(|a, b| b.cmp(a));
+        let (wid, pos) = by_credit.iter().find_map(|&(_, wid)| {
+            let pos = self.queue.iter().position(|id| {
+                let group = self.items.get(id).and_then(|o| o.group);
+                group.is_none_or(|g| self.groups.get(&g).is_none_or(|(given, _)| !given.contains(&wid)))
+            })?;
+            Some((wid, pos))
+        })?;
+        let id = self.queue.remove(pos).expect("found above");
+        if let Some(g) = self.items.get(&id).and_then(|o| o.group) {
+            if let Some(e) = self.groups.get_mut(&g) {
+                e.0.insert(wid);
+            }
+        }
         let w = self.workers.get_mut(&wid).expect("chosen above");
         w.credit -= 1;
         w.held.insert(id);
@@ -191,6 +255,9 @@ impl Dispatcher {
                 if let Some(w) = self.workers.get_mut(&h) {
                     w.held.remove(&id);
                     w.credit += 1;
+                }
+                if let Some(g) = o.group.and_then(|g| self.groups.get_mut(&g)) {
+                    g.0.remove(&h);
                 }
             }
             o.sent_at = None;
@@ -229,6 +296,11 @@ impl Dispatcher {
         ids.sort_unstable();
         for &id in ids.iter().rev() {
             let o = self.items.get_mut(&id).expect("filtered");
+            // Its holder no longer has the copy (dead, restarted or banned): it may take a
+            // copy of that item again (a banned one never gets work anyway).
+            if let (Some(h), Some(g)) = (o.holder, o.group.and_then(|g| self.groups.get_mut(&g))) {
+                g.0.remove(&h);
+            }
             o.holder = None;
             o.sent_at = None;
             self.queue.push_front(id);
@@ -260,7 +332,44 @@ mod tests {
     use proptest::prelude::*;
 
     fn item(batch: u32) -> Item {
-        Item { job: 7, batch, values: vec![batch as i64].into() }
+        Item { job: 7, batch, values: vec![batch as i64].into(), replicas: 1 }
+    }
+
+    /// A replicated item's copies go to different workers; with fewer workers than
+    /// copies the rest waits; a banned worker's copy goes to another, and its results and
+    /// hellos are ignored.
+    #[test]
+    fn replicas_go_to_different_workers_and_a_banned_worker_gets_nothing() {
+        let now = Instant::now();
+        let mut d = Dispatcher::new(Duration::from_secs(5), Duration::from_secs(30));
+        d.submit(1, 1, Item { replicas: 3, ..item(0) });
+        d.ready(10, b"a".to_vec(), 5, now);
+        d.ready(20, b"b".to_vec(), 5, now);
+        let mut given = Vec::new();
+        while let Some((route, id, _)) = d.next_credit(now) {
+            given.push((route, id));
+        }
+        assert_eq!(given.len(), 2, "two workers, two copies; the third waits");
+        assert_ne!(given[0].0, given[1].0);
+        d.ready(30, b"c".to_vec(), 5, now);
+        let (route, third, _) = d.next_credit(now).expect("the third worker takes the third copy");
+        assert_eq!(route, b"c".to_vec());
+        assert!(d.next_credit(now).is_none());
+        // Worker 30 is banned: its copy is queued again, but 10 and 20 had copies: it waits
+        // for a fourth worker.
+        d.ban(30);
+        assert!(d.next_credit(now).is_none());
+        assert!(d.result(30, third, now).is_none(), "a banned worker's result is ignored");
+        d.ready(30, b"c".to_vec(), 5, now);
+        assert!(d.next_credit(now).is_none(), "a banned worker's hello gives it nothing");
+        d.ready(40, b"d".to_vec(), 5, now);
+        assert_eq!(d.next_credit(now).map(|(r, id, _)| (r, id)), Some((b"d".to_vec(), third)));
+        for (w, (_, id)) in [10, 20].into_iter().zip(given) {
+            assert!(d.result(w, id, now).is_some());
+        }
+        assert!(d.result(40, third, now).is_some());
+        assert_eq!(d.outstanding(), 0);
+        assert!(d.groups.is_empty());
     }
 
     fn d() -> Dispatcher {

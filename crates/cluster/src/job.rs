@@ -1,6 +1,8 @@
 //! Job files: one integer or inclusive range `A..B` per line; `#` starts a comment; blank
-//! lines are ignored. A job is kept as sorted, disjoint, inclusive intervals, so the
-//! primes come out ascending and a number named twice is tested once.
+//! lines are ignored; a comment line `# replicas N` (1 to 9) asks for active redundancy:
+//! every batch tested by N different workers, the watcher voting. A job is kept as
+//! sorted, disjoint, inclusive intervals, so the primes come out ascending and a number
+//! named twice is tested once.
 
 use thiserror::Error;
 
@@ -15,13 +17,26 @@ pub struct JobError {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Job {
     intervals: Vec<(i64, i64)>,
+    /// `# replicas N`, if the file says so.
+    pub replicas: Option<u8>,
 }
 
 impl Job {
     pub fn parse(text: &str) -> Result<Job, JobError> {
         let mut raw = Vec::new();
+        let mut replicas = None;
         for (i, line) in text.lines().enumerate() {
             let err = |what: String| JobError { line: i + 1, what };
+            if let Some(n) = line.trim().strip_prefix('#').map(str::trim).and_then(|c| c.strip_prefix("replicas")) {
+                let n: u8 = n
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=9).contains(n))
+                    .ok_or_else(|| err(format!("'# replicas' wants a number from 1 to 9, not {:?}", n.trim())))?;
+                replicas = Some(n);
+                continue;
+            }
             let body = line.split('#').next().unwrap_or("").trim();
             if body.is_empty() {
                 continue;
@@ -42,7 +57,7 @@ impl Job {
             };
             raw.push(interval);
         }
-        Ok(Job::from_intervals(raw))
+        Ok(Job { replicas, ..Job::from_intervals(raw) })
     }
 
     pub fn from_intervals(mut raw: Vec<(i64, i64)>) -> Job {
@@ -54,7 +69,7 @@ impl Job {
                 _ => intervals.push((a, b)),
             }
         }
-        Job { intervals }
+        Job { intervals, replicas: None }
     }
 
     /// How many numbers the job tests.
@@ -115,6 +130,17 @@ impl Iterator for Batches<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_replicas_directive() {
+        assert_eq!(Job::parse("# replicas 3\n1..10\n").unwrap().replicas, Some(3));
+        assert_eq!(Job::parse("#replicas 1\n5").unwrap().replicas, Some(1));
+        assert_eq!(Job::parse("# replicated, twice\n5").unwrap().replicas, None);
+        let e = Job::parse("1\n# replicas 0\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.what.contains("from 1 to 9"), "{e}");
+        assert!(Job::parse("# replicas x").is_err());
+    }
 
     #[test]
     fn numbers_ranges_comments_and_blank_lines() {

@@ -29,6 +29,7 @@ pub mod sink;
 pub mod source;
 pub mod spool;
 pub mod up;
+pub mod vote;
 pub mod wire;
 pub mod worker;
 

@@ -58,6 +58,9 @@ enum Cmd {
         /// Run every test N times (a slower worker, for benchmarks).
         #[arg(long, default_value_t = 1)]
         slow: u32,
+        /// FOR TESTS AND DEMONSTRATIONS: answer wrongly with probability P (0 to 1).
+        #[arg(long, value_name = "P", default_value_t = 0.0)]
+        faulty: f64,
     },
     /// Send numbers: arguments (numbers or ranges A..B), else --random, else stdin lines.
     Source {
@@ -125,6 +128,10 @@ enum Cmd {
         /// Run what is there once and exit.
         #[arg(long)]
         once: bool,
+        /// Have every batch tested by N different workers and take the majority's
+        /// answer (a job file's `# replicas N` line wins).
+        #[arg(long, default_value_t = 1)]
+        replicas: u8,
     },
     /// One lease node: Raymond's algorithm on a tree (the root has no parent), or another
     /// algorithm among named peers (`--mutex central|ring|lamport|maekawa --peers ...`).
@@ -246,9 +253,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("broker listening on {addr} ({dispatch:?} dispatch)");
             broker.run()?;
         }
-        Cmd::Worker { broker, dispatch, credit, slow } => {
+        Cmd::Worker { broker, dispatch, credit, slow, faulty } => {
             let mut cfg = WorkerConfig::new(broker_addr(&broker)?);
             anyhow::ensure!(credit > 0, "--credit must be at least 1");
+            anyhow::ensure!((0.0..=1.0).contains(&faulty), "--faulty must be a probability from 0 to 1");
+            if faulty > 0.0 {
+                eprintln!(
+                    "worker: FAULTY ON PURPOSE: about {:.1}% of answers will be wrong (--faulty; tests only)",
+                    faulty * 100.0
+                );
+                cfg.faulty = faulty;
+            }
             cfg.dispatch = dispatch;
             cfg.credit = credit;
             cfg.slow = slow;
@@ -305,7 +320,21 @@ fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("sink: {missed} publications missed in all");
             }
         }
-        Cmd::Spool { dir, broker, id, batch, window, claim_timeout_s, stall_s, settle_ms, progress, leases, once } => {
+        Cmd::Spool {
+            dir,
+            broker,
+            id,
+            batch,
+            window,
+            claim_timeout_s,
+            stall_s,
+            settle_ms,
+            progress,
+            leases,
+            once,
+            replicas,
+        } => {
+            anyhow::ensure!((1..=9).contains(&replicas), "--replicas must be from 1 to 9");
             anyhow::ensure!(dir.is_dir(), "spool folder {} does not exist", dir.display());
             let mut cfg = SpoolConfig::new(dir.clone(), broker_addr(&broker)?);
             if let Some(id) = id {
@@ -316,6 +345,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             cfg.claim_timeout = Duration::from_secs(claim_timeout_s.max(1));
             cfg.stall = Duration::from_secs(stall_s.max(1));
             cfg.progress = progress;
+            cfg.replicas = replicas;
             cfg.settle = Duration::from_millis(settle_ms);
             cfg.leases = leases;
             let id = cfg.id.clone();

@@ -17,6 +17,8 @@ pub struct Source<'a> {
     pub timeout: Duration,
     /// Resends before giving up; None = forever (until the stop flag).
     pub retries: Option<u32>,
+    /// How many different workers test each batch submitted (see `vote`).
+    pub replicas: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,7 @@ impl<'a> Source<'a> {
             seq: 0,
             timeout: Duration::from_millis(2500),
             retries: Some(3),
+            replicas: 1,
         })
     }
 
@@ -57,8 +60,15 @@ impl<'a> Source<'a> {
 
     pub fn submit(&mut self, job: u64, batch: u32, values: &[i64]) -> Result<(), SourceError> {
         self.seq += 1;
-        let msg = Msg::Submit { source: self.id, seq: self.seq, job, batch, values: Values::from_slice(values) };
+        let values = Values::from_slice(values);
+        let msg = Msg::Submit { source: self.id, seq: self.seq, job, batch, replicas: self.replicas, values };
         self.request(&msg.encode())
+    }
+
+    /// Tells the broker to give `worker` no more work (the voter found it wrong).
+    pub fn ban(&mut self, worker: u64) -> Result<(), SourceError> {
+        self.seq += 1;
+        self.request(&Msg::Ban { source: self.id, seq: self.seq, worker }.encode())
     }
 
     /// Asks the broker to publish `h` + nonce: once a subscriber sees it, its

@@ -26,6 +26,7 @@ use crate::job::Job;
 use crate::sink;
 use crate::source::{Source, SourceError};
 use crate::util;
+use crate::vote::Verdict;
 use crate::wire::{job_prefix, tag, Msg};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -49,6 +50,8 @@ pub struct SpoolConfig {
     /// No batch of a running job finished for this long: submit the missing ones again
     /// (the broker restarted, or its publications were lost).
     pub stall: Duration,
+    /// Workers that test each batch, the watcher voting (a job's `# replicas N` wins).
+    pub replicas: u8,
     /// A job file changed more recently than this (by the server's clock) may still be
     /// being written: it is left for the next pass. Write `.NAME.job` and rename it to
     /// skip the wait.
@@ -72,6 +75,7 @@ impl SpoolConfig {
             poll: Duration::from_millis(500),
             claim_timeout: Duration::from_secs(30),
             stall: Duration::from_secs(15),
+            replicas: 1,
             settle: Duration::from_millis(1000),
             progress: false,
             leases: None,
@@ -323,6 +327,9 @@ impl<'a> Spool<'a> {
         )?;
         let mut src = Source::connect(self.ctx, &self.cfg.addr)?;
         src.retries = None;
+        let replicas = job.replicas.unwrap_or(self.cfg.replicas).max(1);
+        src.replicas = replicas;
+        let mut votes = crate::vote::Votes::new(replicas);
         let interrupted = || util::stopping() || lost.load(Ordering::SeqCst);
         match src.wait_subscribed(&sub, job_id) {
             Ok(()) => {}
@@ -359,11 +366,14 @@ impl<'a> Spool<'a> {
             if sub.poll(zmq::POLLIN, 100).unwrap_or(0) > 0 {
                 while let Ok(b) = sub.recv_bytes(zmq::DONTWAIT) {
                     match Msg::decode(&b) {
-                        Ok(Msg::Primes { batch, primes: p, .. }) if pending.contains_key(&batch) => {
+                        // Kept for the `d` that follows it, pending or not: a late replica's
+                        // answer is still put to the vote.
+                        Ok(Msg::Primes { batch, primes: p, .. }) => {
                             primes_of.insert(batch, p.to_vec());
                         }
                         Ok(Msg::Done { batch, primes: n, .. })
                             if pending.contains_key(&batch)
+                                && n > 0
                                 && primes_of.get(&batch).map_or(0, |p| p.len()) != n as usize =>
                         {
                             // Its primes were lost on the way (a subscriber that
@@ -381,11 +391,46 @@ impl<'a> Spool<'a> {
                                 Err(e) => return Err(e.into()),
                             }
                         }
-                        Ok(Msg::Done { batch, count, worker, .. }) if pending.remove(&batch).is_some() => {
-                            finished.insert(batch, primes_of.remove(&batch).unwrap_or_default());
-                            workers.insert(worker);
-                            bar.inc(count as u64);
-                            last_progress = Instant::now();
+                        Ok(Msg::Done { batch, count, worker, primes: n, .. }) => {
+                            // A result's `p` comes just before its `d` (none when it found
+                            // no primes): the pair is one worker's answer, put to the vote.
+                            let answer = if n == 0 { Vec::new() } else { primes_of.remove(&batch).unwrap_or_default() };
+                            let (verdict, wrong) = votes.vote(batch, worker, answer);
+                            for w in wrong {
+                                tracing::warn!(
+                                    job = name,
+                                    batch,
+                                    worker = format!("{w:016x}"),
+                                    "a worker answered wrongly (outvoted); the broker is told to give it no more work"
+                                );
+                                match src.ban(w) {
+                                    Ok(()) => {}
+                                    Err(SourceError::Stopped) => return Ok(None),
+                                    Err(e) => return Err(e.into()),
+                                }
+                            }
+                            match verdict {
+                                Verdict::Accepted(p) if pending.remove(&batch).is_some() => {
+                                    finished.insert(batch, p);
+                                    workers.insert(worker);
+                                    bar.inc(count as u64);
+                                    last_progress = Instant::now();
+                                }
+                                Verdict::Rerun if pending.contains_key(&batch) => {
+                                    tracing::warn!(
+                                        job = name,
+                                        batch,
+                                        "no majority among the replicas' answers; running the batch again"
+                                    );
+                                    match src.submit(job_id, batch, &pending[&batch]) {
+                                        Ok(()) => resubmitted += 1,
+                                        Err(SourceError::Stopped) => return Ok(None),
+                                        Err(e) => return Err(e.into()),
+                                    }
+                                    last_progress = Instant::now();
+                                }
+                                _ => {}
+                            }
                         }
                         _ => {}
                     }
@@ -422,11 +467,12 @@ impl<'a> Spool<'a> {
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         let text = format!(
-            "job: {name}\nnumbers: {}\nprimes: {primes}\nbatches: {written_upto} of up to {}\nseconds: {secs:.3}\nworkers: {}\nresubmitted batches: {resubmitted}\nwatcher: {}\n",
+            "job: {name}\nnumbers: {}\nprimes: {primes}\nbatches: {written_upto} of up to {}\nseconds: {secs:.3}\nworkers: {}\nresubmitted batches: {resubmitted}\nwatcher: {}\n{}",
             job.count(),
             self.cfg.batch,
             workers.len(),
             self.cfg.id,
+            votes.summary(),
         );
         Ok(Some(Summary { text, primes }))
     }

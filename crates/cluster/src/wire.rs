@@ -4,7 +4,8 @@
 //!
 //! | tag | direction | layout after the tag |
 //! | --- | --- | --- |
-//! | `S` | source -> broker | source u64, seq u64, job u64, batch u32, value i64 * k |
+//! | `S` | source -> broker | source u64, seq u64, job u64, batch u32, replicas u8, value i64 * k |
+//! | `B` | source -> broker | source u64, seq u64, worker u64 (a voter's verdict: give it no more work) |
 //! | `Q` | source -> broker | source u64, seq u64, nonce u64 (ping: broker publishes `h`) |
 //! | `A` | broker -> source | seq u64 (acknowledged) |
 //! | `E` | broker -> any | UTF-8 reason (the request was malformed and dropped) |
@@ -67,19 +68,77 @@ impl fmt::Debug for Values {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    Submit { source: u64, seq: u64, job: u64, batch: u32, values: Values },
-    Ping { source: u64, seq: u64, nonce: u64 },
-    Ack { seq: u64 },
-    Error { reason: String },
-    Ready { worker: u64, credit: u32 },
-    Heartbeat { worker: u64 },
-    Work { work: u64, job: u64, batch: u32, values: Values },
-    Result { worker: u64, work: u64, primes: Values },
-    Taken { work: u64 },
-    Numbers { job: u64, seq: u64, batch: u32, values: Values },
-    Primes { job: u64, seq: u64, batch: u32, primes: Values },
-    Done { job: u64, seq: u64, batch: u32, count: u32, primes: u32, worker: u64 },
-    Hello { nonce: u64, seq: u64 },
+    /// `replicas`: how many different workers test the batch (1: one; the voter is the
+    /// client).
+    Submit {
+        source: u64,
+        seq: u64,
+        job: u64,
+        batch: u32,
+        replicas: u8,
+        values: Values,
+    },
+    Ban {
+        source: u64,
+        seq: u64,
+        worker: u64,
+    },
+    Ping {
+        source: u64,
+        seq: u64,
+        nonce: u64,
+    },
+    Ack {
+        seq: u64,
+    },
+    Error {
+        reason: String,
+    },
+    Ready {
+        worker: u64,
+        credit: u32,
+    },
+    Heartbeat {
+        worker: u64,
+    },
+    Work {
+        work: u64,
+        job: u64,
+        batch: u32,
+        values: Values,
+    },
+    Result {
+        worker: u64,
+        work: u64,
+        primes: Values,
+    },
+    Taken {
+        work: u64,
+    },
+    Numbers {
+        job: u64,
+        seq: u64,
+        batch: u32,
+        values: Values,
+    },
+    Primes {
+        job: u64,
+        seq: u64,
+        batch: u32,
+        primes: Values,
+    },
+    Done {
+        job: u64,
+        seq: u64,
+        batch: u32,
+        count: u32,
+        primes: u32,
+        worker: u64,
+    },
+    Hello {
+        nonce: u64,
+        seq: u64,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -108,11 +167,16 @@ impl Msg {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(32 + 8 * self.values_len());
         match self {
-            Msg::Submit { source, seq, job, batch, values } => {
+            Msg::Submit { source, seq, job, batch, replicas, values } => {
                 b.push(b'S');
                 put(&mut b, &[*source, *seq, *job]);
                 b.extend_from_slice(&batch.to_be_bytes());
+                b.push(*replicas);
                 put_values(&mut b, values);
+            }
+            Msg::Ban { source, seq, worker } => {
+                b.push(b'B');
+                put(&mut b, &[*source, *seq, *worker]);
             }
             Msg::Ping { source, seq, nonce } => {
                 b.push(b'Q');
@@ -192,9 +256,10 @@ impl Msg {
         let mut r = Reader { b: rest, tag: t as char, len: b.len() };
         let m = match t {
             b'S' => {
-                let (source, seq, job, batch) = (r.u64()?, r.u64()?, r.u64()?, r.u32()?);
-                Msg::Submit { source, seq, job, batch, values: r.values()? }
+                let (source, seq, job, batch, replicas) = (r.u64()?, r.u64()?, r.u64()?, r.u32()?, r.u8()?);
+                Msg::Submit { source, seq, job, batch, replicas, values: r.values()? }
             }
+            b'B' => Msg::Ban { source: r.u64()?, seq: r.u64()?, worker: r.end_u64()? },
             b'Q' => Msg::Ping { source: r.u64()?, seq: r.u64()?, nonce: r.end_u64()? },
             b'A' => Msg::Ack { seq: r.end_u64()? },
             b'E' => Msg::Error { reason: String::from_utf8(rest.to_vec()).map_err(|_| WireError::NotUtf8)? },
@@ -315,7 +380,8 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn bad(&self) -> WireError {
         let want = match self.tag {
-            'S' => "29 + 8k",
+            'S' => "30 + 8k",
+            'B' => "25",
             'Q' => "25",
             'A' | 'H' | 'K' => "9",
             'h' => "17",
@@ -360,6 +426,10 @@ impl Reader<'_> {
     fn end_u64(&mut self) -> Result<u64, WireError> {
         let v = self.u64()?;
         self.end(v)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        self.take::<1>().map(|b| b[0])
     }
 
     fn end_u32(&mut self) -> Result<u32, WireError> {
@@ -425,11 +495,11 @@ mod tests {
         assert_eq!(Msg::decode(&[]), Err(WireError::Empty));
         assert_eq!(Msg::decode(b"z"), Err(WireError::UnknownTag(b'z')));
         let e = Msg::decode(b"S123").unwrap_err();
-        assert_eq!(e.to_string(), "message with tag 'S' is 4 bytes; its layout needs 29 + 8k");
+        assert_eq!(e.to_string(), "message with tag 'S' is 4 bytes; its layout needs 30 + 8k");
         let mut ack = Msg::Ack { seq: 1 }.encode();
         ack.push(0);
         assert!(Msg::decode(&ack).is_err());
-        let mut sub = Msg::Submit { source: 1, seq: 2, job: 3, batch: 4, values: vec![5].into() }.encode();
+        let mut sub = Msg::Submit { source: 1, seq: 2, job: 3, batch: 4, replicas: 1, values: vec![5].into() }.encode();
         sub.pop();
         assert!(Msg::decode(&sub).is_err());
     }
@@ -437,8 +507,14 @@ mod tests {
     fn any_msg() -> impl Strategy<Value = Msg> {
         let vals = prop::collection::vec(any::<i64>(), 0..20).prop_map(Values::from);
         prop_oneof![
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), vals.clone())
-                .prop_map(|(source, seq, job, batch, values)| Msg::Submit { source, seq, job, batch, values }),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u8>(), vals.clone()).prop_map(
+                |(source, seq, job, batch, replicas, values)| Msg::Submit { source, seq, job, batch, replicas, values }
+            ),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(source, seq, worker)| Msg::Ban {
+                source,
+                seq,
+                worker
+            }),
             (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(source, seq, nonce)| Msg::Ping {
                 source,
                 seq,

@@ -26,6 +26,9 @@ pub struct WorkerConfig {
     /// Run every test this many times (1 = normal; 3 = a worker three times slower, for
     /// the dispatch benchmark).
     pub slow: u32,
+    /// For tests and demonstrations: answer wrongly with this probability (a prime left
+    /// out, or a number that is not prime put in).
+    pub faulty: f64,
 }
 
 impl WorkerConfig {
@@ -39,6 +42,7 @@ impl WorkerConfig {
             liveness: Duration::from_millis(2500),
             result_timeout: Duration::from_secs(2),
             slow: 1,
+            faulty: 0.0,
         }
     }
 }
@@ -120,6 +124,16 @@ impl<'a> Worker<'a> {
             }
         }
         self.tested += values.len() as u64;
+        if self.cfg.faulty > 0.0 && (util::random_u64() as f64 / u64::MAX as f64) < self.cfg.faulty {
+            // A random fault, so two faulty workers rarely agree on a wrong answer.
+            let r = util::random_u64() as usize;
+            match primes.len() {
+                0 => primes.push(values.iter().next().unwrap_or(4)),
+                n => {
+                    primes.remove(r % n);
+                }
+            }
+        }
         Values::from_slice(&primes)
     }
 

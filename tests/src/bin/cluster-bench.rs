@@ -105,6 +105,39 @@ fn through(r: Run, values: &[i64], batch: usize, repeat: usize) -> (f64, usize) 
     })
 }
 
+/// Numbers per second when every batch is tested by `replicas` different workers: the
+/// job ends when every batch has all its answers (what a voter waits for at most).
+fn replicated(addr: &str, values: &[i64], batch: usize, replicas: u8) -> f64 {
+    use cluster::wire::{job_prefix, tag, Msg};
+    let ctx = zmq::Context::new();
+    let addr = cluster::endpoint::BrokerAddr::parse(addr).unwrap();
+    let job = cluster::util::random_u64();
+    let sub =
+        cluster::sink::subscribe(&ctx, &addr, &[&job_prefix(tag::DONE, job), &job_prefix(tag::HELLO, job)]).unwrap();
+    let mut src = cluster::source::Source::connect(&ctx, &addr).unwrap();
+    src.replicas = replicas;
+    src.wait_subscribed(&sub, job).unwrap();
+    let batches = values.len().div_ceil(batch);
+    let mut answers = vec![0u8; batches];
+    let mut complete = 0;
+    let t = Instant::now();
+    for (i, chunk) in values.chunks(batch).enumerate() {
+        src.submit(job, i as u32, chunk).unwrap();
+    }
+    while complete < batches {
+        if sub.poll(zmq::POLLIN, 100).unwrap() > 0 {
+            if let Ok(Msg::Done { batch, .. }) = Msg::decode(&sub.recv_bytes(0).unwrap()) {
+                let a = &mut answers[batch as usize];
+                *a += 1;
+                if *a == replicas {
+                    complete += 1;
+                }
+            }
+        }
+    }
+    values.len() as f64 / t.elapsed().as_secs_f64()
+}
+
 fn best_of(n: usize, mut f: impl FnMut() -> (f64, usize)) -> (f64, usize) {
     (0..n.max(1)).map(|_| f()).max_by(|a, b| a.0.total_cmp(&b.0)).expect("at least one run")
 }
@@ -132,6 +165,19 @@ fn main() {
         inproc / limit
     );
     println!("| pipeline, one message per number | {} | {:.0} | {:.3}x |", single_values.len(), single, single / limit);
+
+    // Active redundancy: the cost of N replicas, three workers, in one run.
+    let job = &values[..(a.count / 4).max(1)];
+    let r = start("credit", &[1, 1, 1]);
+    println!();
+    println!("| replicas (3 workers) | numbers | numbers/s | vs 1 replica |");
+    println!("| --- | ---: | ---: | ---: |");
+    let one = replicated(&r.addr, job, 4096, 1);
+    for n in 1..=3u8 {
+        let rate = if n == 1 { one } else { replicated(&r.addr, job, 4096, n) };
+        println!("| {n} | {} | {rate:.0} | {:.2}x |", job.len(), rate / one);
+    }
+    drop(r);
 
     // Dispatch with one worker 3x slower: the same job, credit against round-robin PUSH.
     let job = &values[..(a.count / 2).max(1)];
