@@ -766,7 +766,7 @@ mod replicas {
 
 /// Four workers, one answering wrongly 5% of the time, a job of 1..2,000,000 with
 /// `# replicas 3`: the primes are exact, the faulty worker is named in the summary, and
-/// the broker gives it no more work (it answers a small share of what the others do).
+/// the broker gives it no more work (it answers far fewer batches than the others).
 #[test]
 fn the_voter_outvotes_and_bans_a_faulty_worker() {
     let _w = Watchdog::new(Duration::from_secs(300));
@@ -776,8 +776,11 @@ fn the_voter_outvotes_and_bans_a_faulty_worker() {
     let (primes, summary) = replicas::run(&p.addr, 3, 2_000_000, |_| {});
     assert_eq!(primes, sieve(1, 2_000_000), "{summary}");
     assert!(summary.contains(&format!("wrong answers: worker {faulty}")), "{summary}");
+    // Banned at its first wrong answer (after about twenty answers at 5%): it answers far
+    // fewer batches than any honest worker (the summary also says how many of its answers
+    // were already on their way when it was found out).
     let honest = (0..3).map(|i| replicas::answers(&summary, &replicas::id(&p.workers[i]))).min().unwrap();
-    assert!(replicas::answers(&summary, &faulty) * 4 < honest, "the faulty worker got little work: {summary}");
+    assert!(replicas::answers(&summary, &faulty) * 2 < honest, "no more work after the ban: {summary}");
 }
 
 /// Two faulty workers of five with `# replicas 3`: both are found out (their random

@@ -30,6 +30,9 @@ pub struct Votes {
     pub no_majority: Vec<u32>,
     /// Answers per worker.
     pub answers: BTreeMap<u64, u64>,
+    /// Answers from workers already found wrong (work they held or had in flight when
+    /// the broker was told).
+    pub after_wrong: BTreeMap<u64, u64>,
 }
 
 fn hash(primes: &[i64]) -> blake3::Hash {
@@ -51,6 +54,9 @@ impl Votes {
         let h = hash(&primes);
         let mut newly = Vec::new();
         *self.answers.entry(worker).or_default() += 1;
+        if self.wrong.contains_key(&worker) {
+            *self.after_wrong.entry(worker).or_default() += 1;
+        }
         if let Some(&right) = self.accepted.get(&batch) {
             // A late answer to a decided batch: still checked.
             if h != right {
@@ -103,7 +109,8 @@ impl Votes {
             s += &format!("answers: worker {w:016x} {n}\n");
         }
         for (w, batches) in &self.wrong {
-            s += &format!("wrong answers: worker {w:016x} on batches {batches:?}\n");
+            let late = self.after_wrong.get(w).copied().unwrap_or(0);
+            s += &format!("wrong answers: worker {w:016x} on batches {batches:?}; answers after that {late}\n");
         }
         if !self.no_majority.is_empty() {
             s += &format!("no majority (run again): batches {:?}\n", self.no_majority);
