@@ -663,12 +663,30 @@ pub fn sh_as_user(dir: &Path, script: &str) -> String {
 }
 
 /// Waits until `cond` holds, polling, and panics naming `what` after `limit`.
-pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(within(limit, cond), "not within {limit:?}: {what}");
+}
+
+/// Whether `cond` becomes true within `limit` (checked every 10 ms).
+pub fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
     while !cond() {
-        assert!(std::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    true
+}
+
+/// Waits for `child` to exit, up to `limit`; its status.
+pub fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let mut status = None;
+    wait_until(limit, what, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.expect("exited")
 }
 
 /// A `delay-proxy` process in front of a server, killed on drop. With `trace`, every

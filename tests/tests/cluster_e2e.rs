@@ -426,10 +426,12 @@ fn a_sink_reports_the_publications_it_missed() {
     // The subscription takes effect a moment after connecting: probe (a one-number job
     // each time, its own stream) until the sink has written one.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lines() == 0 {
-        assert!(Instant::now() < deadline, "the sink never saw a probe");
+    loop {
         source("0");
-        std::thread::sleep(Duration::from_millis(50));
+        if tests::within(Duration::from_millis(500), || lines() > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sink never saw a probe");
     }
     let probes = lines();
     source("1..1000");
@@ -734,15 +736,7 @@ mod replicas {
             .spawn()
             .unwrap();
         during(dir.path());
-        let deadline = Instant::now() + Duration::from_secs(240);
-        let st = loop {
-            if let Some(s) = spool.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "the job did not end");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(st.success());
+        assert!(tests::wait_exit(&mut spool, Duration::from_secs(240), "the job ends").success());
         let primes = std::fs::read_to_string(dir.path().join("out/a.primes"))
             .unwrap()
             .lines()

@@ -190,14 +190,8 @@ fn killing_the_token_holder_lets_the_others_proceed() {
     assert!(waiter.try_wait().unwrap().is_none(), "the lock is held elsewhere");
     // ...until the holder's node dies.
     rig.nodes[1].kill();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = waiter.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the others did not proceed after the holder's node died");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status =
+        tests::wait_exit(&mut waiter, Duration::from_secs(30), "the others proceed after the holder's node died");
     assert!(status.success());
     assert_eq!(rig.read_export(), 1);
     let text = rig.status(1);

@@ -49,13 +49,7 @@ impl Graph {
             s += &format!("last wave from here: {} ({nodes} nodes, {messages} messages)\n", w.number);
         }
         for (key, r) in l.tokens() {
-            let state = if r.using() {
-                "HELD here".to_string()
-            } else if r.holds_token() {
-                "token here, idle".to_string()
-            } else {
-                format!("token toward node {}{}", r.holder(), if r.asked() { " (asked)" } else { "" })
-            };
+            let state = super::token_state(r);
             s += &format!("lease {}: {state}; fence {:#x}; queue {:?}\n", hex(key), r.fence(), r.waiting());
         }
         s

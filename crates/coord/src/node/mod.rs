@@ -777,13 +777,7 @@ impl Node {
         for key in keys {
             let r = &self.tokens[key];
             let lease = self.leases.get(key);
-            let state = if r.using() {
-                "HELD here".to_string()
-            } else if r.holds_token() {
-                "token here, idle".to_string()
-            } else {
-                format!("token toward node {}{}", r.holder(), if r.asked() { " (asked)" } else { "" })
-            };
+            let state = token_state(r);
             let waiting = lease.map(|l| l.waiters.len()).unwrap_or(0);
             s += &format!(
                 "lease {}: {state}; fence {:#x}; local waiters {waiting}; queue {:?}\n",
@@ -829,6 +823,17 @@ fn learn_parent_id(up: &zmq::Socket, cfg: &NodeConfig, boot: u64) -> anyhow::Res
         }
     }
     anyhow::bail!("stopped while waiting for the parent")
+}
+
+/// Where a lease's token is, as `cluster lease status` says it.
+fn token_state(r: &Raymond) -> String {
+    if r.using() {
+        "HELD here".to_string()
+    } else if r.holds_token() {
+        "token here, idle".to_string()
+    } else {
+        format!("token toward node {}{}", r.holder(), if r.asked() { " (asked)" } else { "" })
+    }
 }
 
 pub fn hex(b: &[u8]) -> String {
