@@ -189,6 +189,35 @@ impl Drop for ClusterProc {
     }
 }
 
+/// A process that keeps one CPU busy (`taskset -c CPU`, a shell loop); killed on drop.
+pub struct Busy(Child);
+
+impl Busy {
+    pub fn on_cpu(cpu: usize) -> Busy {
+        let c = command(Path::new("taskset"))
+            .args(["-c", &cpu.to_string(), "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("spawn taskset (util-linux)");
+        Busy(c)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pins every thread of process `pid` to `cpu` (`taskset -a -p -c`).
+pub fn pin(pid: i32, cpu: usize) {
+    let out = command(Path::new("taskset"))
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .output()
+        .expect("taskset");
+    assert!(out.status.success(), "taskset: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// A broker and workers on an ipc:// address in a temporary folder.
 pub struct Pipeline {
     // Field order is drop order: workers before the broker, the folder last.
@@ -224,6 +253,8 @@ pub struct Collected {
     pub done_numbers: u64,
     pub done_messages: u64,
     pub workers: std::collections::HashSet<u64>,
+    /// Batches reported done, per worker.
+    pub batches: std::collections::HashMap<u64, u64>,
     /// From the first submission until every number was reported done (the one-time
     /// subscription handshake before it is not counted).
     pub elapsed: Duration,
@@ -249,6 +280,7 @@ pub fn run_job(addr: &str, values: &[i64], batch: usize, linger: Duration, mut p
             c.done_numbers += count as u64;
             c.done_messages += 1;
             c.workers.insert(worker);
+            *c.batches.entry(worker).or_default() += 1;
             progress(c.done_numbers);
         }
         _ => {}

@@ -6,7 +6,7 @@
 use crate::dispatch::{Dispatcher, Stats, Submitted};
 use crate::endpoint::{BrokerAddr, Role};
 use crate::util::{self, sock_err};
-use crate::wire::Msg;
+use crate::wire::{Load, Msg};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +15,16 @@ pub enum Dispatch {
     Credit,
     /// Plain round-robin PUSH, as in the original design (for comparison).
     Push,
+    /// Credit that follows each worker's reported load (CPU share, memory pressure); an
+    /// overloaded worker hands back what it has not started.
+    Load,
+}
+
+impl Dispatch {
+    /// Workers pull over a DEALER/ROUTER pair and heartbeat (credit and load).
+    pub fn pulls(self) -> bool {
+        self != Dispatch::Push
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +107,7 @@ impl Broker {
             Ok(s)
         };
         let work_kind = match cfg.dispatch {
-            Dispatch::Credit => zmq::ROUTER,
+            Dispatch::Credit | Dispatch::Load => zmq::ROUTER,
             Dispatch::Push => zmq::PUSH,
         };
         Ok(Broker {
@@ -105,7 +115,11 @@ impl Broker {
             work: bind(work_kind, Role::Work)?,
             res: bind(zmq::ROUTER, Role::Results)?,
             publ: bind(zmq::PUB, Role::Publish)?,
-            d: Dispatcher::new(cfg.liveness, cfg.redispatch),
+            d: {
+                let mut d = Dispatcher::new(cfg.liveness, cfg.redispatch);
+                d.load_aware = cfg.dispatch == Dispatch::Load;
+                d
+            },
             seqs: lru::LruCache::new(std::num::NonZeroUsize::new(STREAMS).expect("not zero")),
             published: 0,
             classic: match &cfg.classic {
@@ -129,7 +143,7 @@ impl Broker {
                 self.src.as_poll_item(zmq::POLLIN),
                 self.res.as_poll_item(zmq::POLLIN),
                 self.work.as_poll_item(match (self.cfg.dispatch, push_blocked) {
-                    (Dispatch::Credit, _) => zmq::POLLIN,
+                    (Dispatch::Credit | Dispatch::Load, _) => zmq::POLLIN,
                     (Dispatch::Push, true) => zmq::POLLOUT,
                     (Dispatch::Push, false) => zmq::PollEvents::empty(),
                 }),
@@ -159,7 +173,7 @@ impl Broker {
             if src_in {
                 self.serve_requests(Req::Sources, now, Self::on_source)?;
             }
-            if work_in && self.cfg.dispatch == Dispatch::Credit {
+            if work_in && self.cfg.dispatch.pulls() {
                 self.drain_workers(now)?;
             }
             if now >= next_beat {
@@ -173,7 +187,7 @@ impl Broker {
 
     fn dispatch(&mut self, now: Instant) -> anyhow::Result<()> {
         match self.cfg.dispatch {
-            Dispatch::Credit => {
+            Dispatch::Credit | Dispatch::Load => {
                 while let Some((route, id, item)) = self.d.next_credit(now) {
                     let msg = Msg::Work { work: id, job: item.job, batch: item.batch, values: item.values.clone() };
                     if self.work.send_multipart([route.as_slice(), &msg.encode()], zmq::DONTWAIT).is_err() {
@@ -350,15 +364,24 @@ impl Broker {
                 continue;
             };
             match Msg::decode(body) {
-                Ok(Msg::Ready { worker, credit }) => {
-                    tracing::info!(worker = format!("{worker:016x}"), credit, "worker ready");
-                    self.d.ready(worker, route.to_vec(), credit, now);
+                Ok(Msg::Ready { worker, credit, load }) => {
+                    tracing::info!(worker = format!("{worker:016x}"), credit, ?load, "worker ready");
+                    self.d.ready(worker, route.to_vec(), credit, load, now);
                 }
-                Ok(Msg::Heartbeat { worker }) => {
-                    if !self.d.seen(worker, now) {
+                Ok(Msg::Heartbeat { worker, load }) => {
+                    tracing::debug!(worker = format!("{worker:016x}"), ?load, "worker heartbeat");
+                    if !self.d.seen(worker, Some(load), now) {
                         // We declared it dead (or restarted): it must start over.
-                        let again = Msg::Ready { worker, credit: 0 }.encode();
+                        let again = Msg::Ready { worker, credit: 0, load: Load::default() }.encode();
                         let _ = self.work.send_multipart([&route[..], &again], zmq::DONTWAIT);
+                    }
+                }
+                Ok(Msg::Back { worker, work }) => {
+                    // Confirmed only when taken: until then the worker keeps the item.
+                    if self.d.seen(worker, None, now) && self.d.hand_back(worker, work) {
+                        tracing::debug!(worker = format!("{worker:016x}"), work, "item handed back");
+                        let taken = Msg::Taken { work }.encode();
+                        let _ = self.work.send_multipart([&route[..], &taken], zmq::DONTWAIT);
                     }
                 }
                 Ok(other) => tracing::warn!("a worker cannot send {} here; dropped", kind(&other)),
@@ -373,8 +396,8 @@ impl Broker {
         for w in dead {
             tracing::warn!(worker = format!("{w:016x}"), "worker stopped answering; its work goes to others");
         }
-        if self.cfg.dispatch == Dispatch::Credit {
-            let beat = Msg::Heartbeat { worker: 0 }.encode();
+        if self.cfg.dispatch.pulls() {
+            let beat = Msg::Heartbeat { worker: 0, load: Load::default() }.encode();
             let routes: Vec<Vec<u8>> = self.d.routes().map(|r| r.to_vec()).collect();
             for r in routes {
                 let _ = self.work.send_multipart([r.as_slice(), &beat], zmq::DONTWAIT);

@@ -9,12 +9,20 @@
 //!   no longer outstanding (a second copy after a re-dispatch) is dropped: counted once.
 //! - Credit dispatch: a worker says how many items it can hold (`Ready`); it gets one more
 //!   each time it returns a result. Idle workers (most credit) are served first.
+//! - Load dispatch (`load_aware`): what a worker may hold follows the load it reports with
+//!   each hello and heartbeat ([`crate::load::capacity`]: its credit scaled by its CPU
+//!   share, one under memory pressure), and the next item goes to the worker expected to
+//!   finish it first ([`crate::load::finish_cost`]). An overloaded worker hands back items
+//!   it has not started ([`Dispatcher::hand_back`]); they are queued again at the front
+//!   and the worker drops them only once the broker confirms, so nothing is lost, and a
+//!   copy tested twice is counted once as always.
 //! - A worker silent for `liveness` is dead: what it held goes back to the front of the
 //!   queue. A worker that says `Ready` again (it restarted or lost the broker) is treated
 //!   the same way for what it held before.
 //! - Plain PUSH (round-robin, no credit) is kept for comparison; there the broker cannot
 //!   know the holder, so an item not done within `redispatch` is queued again.
 
+use crate::load::{self, Load};
 use lru::LruCache;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;
@@ -56,7 +64,9 @@ struct Outstanding {
 }
 
 struct Worker {
-    credit: u32,
+    /// The credit it asked for.
+    base: u32,
+    load: Load,
     held: HashSet<WorkId>,
     last_seen: Instant,
     /// The socket routing id to send work to (credit mode).
@@ -76,6 +86,8 @@ pub struct Dispatcher {
     banned: HashSet<WorkerId>,
     pub liveness: Duration,
     pub redispatch: Duration,
+    /// `--dispatch load`: capacity and choice follow reported load; hand-backs accepted.
+    pub load_aware: bool,
     pub stats: Stats,
 }
 
@@ -87,6 +99,7 @@ pub struct Stats {
     pub duplicate_results: u64,
     pub redispatched: u64,
     pub dead_workers: u64,
+    pub handed_back: u64,
 }
 
 impl Dispatcher {
@@ -101,6 +114,7 @@ impl Dispatcher {
             banned: HashSet::new(),
             liveness,
             redispatch,
+            load_aware: false,
             stats: Stats::default(),
         }
     }
@@ -142,30 +156,55 @@ impl Dispatcher {
     }
 
     /// A worker's hello: it holds nothing (anything we thought it held is queued again)
-    /// and can take `credit` items.
-    pub fn ready(&mut self, worker: WorkerId, route: Vec<u8>, credit: u32, now: Instant) {
+    /// and can take `credit` items (under load dispatch, as many as its load allows).
+    pub fn ready(&mut self, worker: WorkerId, route: Vec<u8>, credit: u32, load: Load, now: Instant) {
         if self.banned.contains(&worker) {
             return;
         }
         if let Some(old) = self.workers.remove(&worker) {
             self.requeue(old.held);
         }
-        self.workers.insert(worker, Worker { credit, held: HashSet::new(), last_seen: now, route });
+        self.workers.insert(worker, Worker { base: credit, load, held: HashSet::new(), last_seen: now, route });
     }
 
-    /// Any message from a worker shows it is alive. Returns false for a worker we do not
-    /// know (declared dead, or the broker restarted): it must say `Ready` again.
-    pub fn seen(&mut self, worker: WorkerId, now: Instant) -> bool {
+    /// Any message from a worker shows it is alive; a heartbeat also brings its load.
+    /// Returns false for a worker we do not know (declared dead, or the broker
+    /// restarted): it must say `Ready` again.
+    pub fn seen(&mut self, worker: WorkerId, load: Option<Load>, now: Instant) -> bool {
         if self.banned.contains(&worker) {
             return true; // nothing to start over: it gets no work
         }
         match self.workers.get_mut(&worker) {
             Some(w) => {
                 w.last_seen = now;
+                if let Some(l) = load {
+                    w.load = l;
+                }
                 true
             }
             None => false,
         }
+    }
+
+    /// An overloaded worker gives back `work`, not started. Returns whether the broker
+    /// took it back (the worker may forget it); without load dispatch it is refused and
+    /// the worker keeps it. An item the worker no longer held (queued again or done
+    /// meanwhile) is confirmed too: it is in other hands.
+    pub fn hand_back(&mut self, worker: WorkerId, work: WorkId) -> bool {
+        if !self.load_aware {
+            return false;
+        }
+        if self.workers.get_mut(&worker).is_some_and(|w| w.held.remove(&work)) {
+            self.requeue([work]);
+            self.stats.handed_back += 1;
+        }
+        true
+    }
+
+    /// How many more items `w` may be given.
+    fn available(&self, w: &Worker) -> u32 {
+        let cap = if self.load_aware { load::capacity(w.base, &w.load) } else { w.base };
+        cap.saturating_sub(w.held.len() as u32)
     }
 
     /// A result. `Some` the first time for this item; `None` for a copy or an unknown id.
@@ -175,9 +214,7 @@ impl Dispatcher {
         }
         if let Some(w) = self.workers.get_mut(&worker) {
             w.last_seen = now;
-            if w.held.remove(&work) {
-                w.credit += 1;
-            }
+            w.held.remove(&work);
         }
         match self.items.remove(&work) {
             Some(o) => {
@@ -212,13 +249,23 @@ impl Dispatcher {
         if self.queue.is_empty() {
             return None;
         }
-        // The idlest worker first; for it, the first queued item no copy of which it had
-        // (a replicated item's copies go to different workers; with too few workers the
-        // rest waits).
-        let mut by_credit: Vec<(u32, WorkerId)> =
-            self.workers.iter().filter(|(_, w)| w.credit > 0).map(|(&id, w)| (w.credit, id)).collect();
-        by_credit.sort_unstable_by(|a, b| b.cmp(a));
-        let (wid, pos) = by_credit.iter().find_map(|&(_, wid)| {
+        // The idlest worker first (under load dispatch, the one expected to finish a new
+        // item first); for it, the first queued item no copy of which it had (a
+        // replicated item's copies go to different workers; with too few workers the rest
+        // waits).
+        use std::cmp::Reverse;
+        let mut order: Vec<(u64, Reverse<u32>, Reverse<WorkerId>)> = self
+            .workers
+            .iter()
+            .map(|(&id, w)| (w, id, self.available(w)))
+            .filter(|&(_, _, free)| free > 0)
+            .map(|(w, id, free)| {
+                let cost = if self.load_aware { load::finish_cost(w.held.len(), &w.load) } else { 0 };
+                (cost, Reverse(free), Reverse(id))
+            })
+            .collect();
+        order.sort_unstable();
+        let (wid, pos) = order.iter().find_map(|&(_, _, Reverse(wid))| {
             let pos = self.queue.iter().position(|id| {
                 let group = self.items.get(id).and_then(|o| o.group);
                 group.is_none_or(|g| self.groups.get(&g).is_none_or(|(given, _)| !given.contains(&wid)))
@@ -232,7 +279,6 @@ impl Dispatcher {
             }
         }
         let w = self.workers.get_mut(&wid).expect("chosen above");
-        w.credit -= 1;
         w.held.insert(id);
         let o = self.items.get_mut(&id).expect("queued items are outstanding");
         o.holder = Some(wid);
@@ -254,7 +300,6 @@ impl Dispatcher {
             if let Some(h) = o.holder.take() {
                 if let Some(w) = self.workers.get_mut(&h) {
                     w.held.remove(&id);
-                    w.credit += 1;
                 }
                 if let Some(g) = o.group.and_then(|g| self.groups.get_mut(&g)) {
                     g.0.remove(&h);
@@ -343,15 +388,15 @@ mod tests {
         let now = Instant::now();
         let mut d = Dispatcher::new(Duration::from_secs(5), Duration::from_secs(30));
         d.submit(1, 1, Item { replicas: 3, ..item(0) });
-        d.ready(10, b"a".to_vec(), 5, now);
-        d.ready(20, b"b".to_vec(), 5, now);
+        d.ready(10, b"a".to_vec(), 5, Load::default(), now);
+        d.ready(20, b"b".to_vec(), 5, Load::default(), now);
         let mut given = Vec::new();
         while let Some((route, id, _)) = d.next_credit(now) {
             given.push((route, id));
         }
         assert_eq!(given.len(), 2, "two workers, two copies; the third waits");
         assert_ne!(given[0].0, given[1].0);
-        d.ready(30, b"c".to_vec(), 5, now);
+        d.ready(30, b"c".to_vec(), 5, Load::default(), now);
         let (route, third, _) = d.next_credit(now).expect("the third worker takes the third copy");
         assert_eq!(route, b"c".to_vec());
         assert!(d.next_credit(now).is_none());
@@ -360,9 +405,9 @@ mod tests {
         d.ban(30);
         assert!(d.next_credit(now).is_none());
         assert!(d.result(30, third, now).is_none(), "a banned worker's result is ignored");
-        d.ready(30, b"c".to_vec(), 5, now);
+        d.ready(30, b"c".to_vec(), 5, Load::default(), now);
         assert!(d.next_credit(now).is_none(), "a banned worker's hello gives it nothing");
-        d.ready(40, b"d".to_vec(), 5, now);
+        d.ready(40, b"d".to_vec(), 5, Load::default(), now);
         assert_eq!(d.next_credit(now).map(|(r, id, _)| (r, id)), Some((b"d".to_vec(), third)));
         for (w, (_, id)) in [10, 20].into_iter().zip(given) {
             assert!(d.result(w, id, now).is_some());
@@ -370,6 +415,41 @@ mod tests {
         assert!(d.result(40, third, now).is_some());
         assert_eq!(d.outstanding(), 0);
         assert!(d.groups.is_empty());
+    }
+
+    /// Under load dispatch a worker sharing its CPU holds fewer items, the next item goes
+    /// to whoever is expected to finish it first, and a hand-back queues the item again at
+    /// the front (refused under plain credit: the worker keeps it).
+    #[test]
+    fn load_dispatch_follows_the_cpu_share_and_takes_items_back() {
+        let t = Instant::now();
+        let half = Load { cpu_share: 500, ..Load::default() };
+        let mut b = d();
+        for i in 0..6 {
+            b.submit(1, i + 1, item(i as u32));
+        }
+        b.ready(10, b"busy".to_vec(), 2, Load::default(), t);
+        b.ready(20, b"idle".to_vec(), 2, Load::default(), t);
+        assert!(!b.hand_back(10, 1), "plain credit refuses hand-backs");
+        b.load_aware = true;
+        b.seen(10, Some(half), t);
+        let given: Vec<(Vec<u8>, WorkId)> = std::iter::from_fn(|| b.next_credit(t).map(|(r, id, _)| (r, id))).collect();
+        // idle first (cost 1), then busy and idle tie (one item's time each, one free
+        // place each; the higher id wins), then busy, full at one item.
+        assert_eq!(given, [(b"idle".to_vec(), 1), (b"idle".to_vec(), 2), (b"busy".to_vec(), 3)]);
+        // Under plain credit the busy worker takes a second item ...
+        b.load_aware = false;
+        assert_eq!(b.next_credit(t).map(|(r, id, _)| (r, id)), Some((b"busy".to_vec(), 4)));
+        // ... which, loaded, it hands back: first in line again, for the idle worker.
+        b.load_aware = true;
+        assert!(b.hand_back(10, 4));
+        assert!(b.hand_back(10, 4), "a repeat is confirmed, and changes nothing");
+        assert_eq!((b.stats.handed_back, b.queued()), (1, 3));
+        assert!(b.next_credit(t).is_none(), "both full");
+        assert!(b.result(20, 1, t).is_some());
+        assert_eq!(b.next_credit(t).map(|(r, id, _)| (r, id)), Some((b"idle".to_vec(), 4)));
+        assert!(b.result(10, 3, t).is_some());
+        assert_eq!(b.next_credit(t).map(|(r, id, _)| (r, id)), Some((b"busy".to_vec(), 5)));
     }
 
     fn d() -> Dispatcher {
@@ -393,8 +473,8 @@ mod tests {
         for i in 0..4 {
             b.submit(1, i + 1, item(i as u32));
         }
-        b.ready(10, b"a".to_vec(), 1, t);
-        b.ready(20, b"b".to_vec(), 2, t);
+        b.ready(10, b"a".to_vec(), 1, Load::default(), t);
+        b.ready(20, b"b".to_vec(), 2, Load::default(), t);
         let order: Vec<Vec<u8>> = std::iter::from_fn(|| b.next_credit(t).map(|(r, _, _)| r)).collect();
         assert_eq!(order, vec![b"b".to_vec(), b"b".to_vec(), b"a".to_vec()], "no credit left");
         assert_eq!(b.queued(), 1);
@@ -408,11 +488,11 @@ mod tests {
         let t = Instant::now();
         let mut b = d();
         b.submit(1, 1, item(0));
-        b.ready(10, b"a".to_vec(), 1, t);
+        b.ready(10, b"a".to_vec(), 1, Load::default(), t);
         assert_eq!(b.next_credit(t).unwrap().1, 1);
-        b.ready(20, b"b".to_vec(), 1, t);
+        b.ready(20, b"b".to_vec(), 1, Load::default(), t);
         assert!(b.next_credit(t).is_none());
-        b.seen(20, t + Duration::from_secs(2));
+        b.seen(20, None, t + Duration::from_secs(2));
         assert!(b.expire(t + Duration::from_secs(2), false).is_empty());
         assert_eq!(b.expire(t + Duration::from_secs(4), false), vec![10]);
         assert_eq!(b.next_credit(t).unwrap().0, b"b".to_vec());
@@ -420,7 +500,7 @@ mod tests {
         assert!(b.result(10, 1, t).is_some());
         assert!(b.result(20, 1, t).is_none());
         assert_eq!(b.stats.duplicate_results, 1);
-        assert!(!b.seen(10, t), "a worker declared dead must say Ready again");
+        assert!(!b.seen(10, None, t), "a worker declared dead must say Ready again");
     }
 
     #[test]
@@ -443,6 +523,8 @@ mod tests {
         Send,
         Result(u8, u8),
         Tick(u8),
+        Load(u8, u8),
+        Back(u8),
     }
 
     fn ev() -> impl Strategy<Value = Ev> {
@@ -453,15 +535,19 @@ mod tests {
             Just(Ev::Send),
             (0u8..3, 0u8..20).prop_map(|(w, i)| Ev::Result(w, i)),
             (0u8..5).prop_map(Ev::Tick),
+            (0u8..3, 0u8..=10).prop_map(|(w, s)| Ev::Load(w, s)),
+            (0u8..20).prop_map(Ev::Back),
         ]
     }
 
     proptest! {
-        /// Whatever happens (resends, deaths, late results), every accepted item completes
-        /// exactly once when live workers keep draining, and nothing is lost.
+        /// Whatever happens (resends, deaths, late results, loads changing, items handed
+        /// back), every accepted item completes exactly once when live workers keep
+        /// draining, and nothing is lost; in both credit and load dispatch.
         #[test]
-        fn every_item_completes_exactly_once(events in prop::collection::vec(ev(), 0..80)) {
+        fn every_item_completes_exactly_once(events in prop::collection::vec(ev(), 0..80), load_aware: bool) {
             let mut b = d();
+            b.load_aware = load_aware;
             let mut now = Instant::now();
             let mut seq = [0u64; 3];
             let mut accepted = HashSet::new();
@@ -477,7 +563,16 @@ mod tests {
                         // A resend of the same request is never queued.
                         prop_assert_eq!(b.submit(s as u64, seq[s as usize], item(0)), Submitted::Duplicate);
                     }
-                    Ev::Ready(w, c) => b.ready(w as u64, vec![w], c as u32, now),
+                    Ev::Ready(w, c) => b.ready(w as u64, vec![w], c as u32, Load::default(), now),
+                    Ev::Load(w, share) => {
+                        b.seen(w as u64, Some(Load { cpu_share: share as u16 * 100, ..Load::default() }), now);
+                    }
+                    Ev::Back(i) => {
+                        if let Some(&(w, id)) = sent.get(i as usize) {
+                            let taken = b.hand_back(w, id);
+                            prop_assert_eq!(taken, load_aware, "hand-backs are taken under load dispatch only");
+                        }
+                    }
                     Ev::Send => {
                         if let Some((route, id, _)) = b.next_credit(now) {
                             sent.push((route[0] as u64, id));
@@ -499,7 +594,7 @@ mod tests {
             // Drain: every worker falls silent, one fresh worker does everything left.
             now += Duration::from_secs(10);
             b.expire(now, false);
-            b.ready(99, vec![99], 1, now);
+            b.ready(99, vec![99], 1, Load::default(), now);
             while let Some((_, id, _)) = b.next_credit(now) {
                 prop_assert!(b.result(99, id, now).is_some());
                 prop_assert!(completed.insert(id));

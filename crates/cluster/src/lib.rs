@@ -8,6 +8,8 @@
 //!   resending on a timeout (Lazy Pirate).
 //! - [`broker`]: the poll loop and its sockets; [`dispatch`] its socket-free bookkeeping
 //!   (credit, heartbeats, re-dispatch, duplicate suppression), tested without sockets.
+//! - [`load`]: a worker's load (its CPU share, memory pressure) and the capacity it
+//!   implies, for `--dispatch load`.
 //! - [`worker`]: tests numbers ([`prime`]: deterministic Miller-Rabin, exact for `i64`)
 //!   and returns primes over REQ.
 //! - [`sink`]: SUB client that prints one tag of the publications.
@@ -24,6 +26,7 @@ pub mod classic;
 pub mod dispatch;
 pub mod endpoint;
 pub mod job;
+pub mod load;
 pub mod prime;
 pub mod sink;
 pub mod source;

@@ -271,7 +271,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             let mut w = Worker::connect(&ctx, cfg)?;
             println!("worker {id:016x} connected to {broker}");
             w.run()?;
-            tracing::info!(tested = w.tested, "worker stopping");
+            println!("worker {id:016x} stopping: tested {} numbers, handed back {} items", w.tested, w.handed_back);
         }
         Cmd::Source { broker, batch, random, max, timeout_ms, retries, numbers } => {
             anyhow::ensure!(batch > 0, "--batch must be at least 1");

@@ -22,6 +22,7 @@
 //! A publication's `seq` counts the broker's publications of its stream (its tag and
 //! job, or tag and nonce) from 0, so a subscriber knows what it missed ([`Stream`]).
 
+pub use crate::load::Load;
 use std::fmt;
 use std::sync::Arc;
 use thiserror::Error;
@@ -94,12 +95,23 @@ pub enum Msg {
     Error {
         reason: String,
     },
+    /// A worker's hello, with its load (`load::Load`); from the broker (credit 0, default
+    /// load): "I do not know you, say hello again".
     Ready {
         worker: u64,
         credit: u32,
+        load: Load,
     },
+    /// Both ways; a worker's carries its load (the broker's, the default).
     Heartbeat {
         worker: u64,
+        load: Load,
+    },
+    /// An overloaded worker gives back an item it has not started (sender-initiated
+    /// distribution); the broker answers `Taken` once the item is queued again.
+    Back {
+        worker: u64,
+        work: u64,
     },
     Work {
         work: u64,
@@ -190,14 +202,20 @@ impl Msg {
                 b.push(b'E');
                 b.extend_from_slice(reason.as_bytes());
             }
-            Msg::Ready { worker, credit } => {
+            Msg::Ready { worker, credit, load } => {
                 b.push(b'R');
                 put(&mut b, &[*worker]);
                 b.extend_from_slice(&credit.to_be_bytes());
+                put_load(&mut b, load);
             }
-            Msg::Heartbeat { worker } => {
+            Msg::Heartbeat { worker, load } => {
                 b.push(b'H');
                 put(&mut b, &[*worker]);
+                put_load(&mut b, load);
+            }
+            Msg::Back { worker, work } => {
+                b.push(b'G');
+                put(&mut b, &[*worker, *work]);
             }
             Msg::Work { work, job, batch, values } => {
                 b.push(b'W');
@@ -263,8 +281,9 @@ impl Msg {
             b'Q' => Msg::Ping { source: r.u64()?, seq: r.u64()?, nonce: r.end_u64()? },
             b'A' => Msg::Ack { seq: r.end_u64()? },
             b'E' => Msg::Error { reason: String::from_utf8(rest.to_vec()).map_err(|_| WireError::NotUtf8)? },
-            b'R' => Msg::Ready { worker: r.u64()?, credit: r.end_u32()? },
-            b'H' => Msg::Heartbeat { worker: r.end_u64()? },
+            b'R' => Msg::Ready { worker: r.u64()?, credit: r.u32()?, load: r.end_load()? },
+            b'H' => Msg::Heartbeat { worker: r.u64()?, load: r.end_load()? },
+            b'G' => Msg::Back { worker: r.u64()?, work: r.end_u64()? },
             b'W' => {
                 let (work, job, batch) = (r.u64()?, r.u64()?, r.u32()?);
                 Msg::Work { work, job, batch, values: r.values()? }
@@ -367,6 +386,12 @@ fn put(b: &mut Vec<u8>, xs: &[u64]) {
     }
 }
 
+fn put_load(b: &mut Vec<u8>, l: &Load) {
+    for x in [l.cpu_share, l.mem_pressure, l.loadavg, l.held] {
+        b.extend_from_slice(&x.to_be_bytes());
+    }
+}
+
 fn put_values(b: &mut Vec<u8>, xs: &Values) {
     b.extend_from_slice(&xs.0);
 }
@@ -383,9 +408,9 @@ impl Reader<'_> {
             'S' => "30 + 8k",
             'B' => "25",
             'Q' => "25",
-            'A' | 'H' | 'K' => "9",
-            'h' => "17",
-            'R' => "13",
+            'A' | 'K' => "9",
+            'h' | 'H' | 'G' => "17",
+            'R' => "21",
             'W' => "21 + 8k",
             'X' => "17 + 8k",
             'n' | 'p' => "21 + 8k",
@@ -432,9 +457,13 @@ impl Reader<'_> {
         self.take::<1>().map(|b| b[0])
     }
 
-    fn end_u32(&mut self) -> Result<u32, WireError> {
-        let v = self.u32()?;
-        self.end(v)
+    fn end_load(&mut self) -> Result<Load, WireError> {
+        let mut f = [0u16; 4];
+        for x in &mut f {
+            *x = self.take::<2>().map(u16::from_be_bytes)?;
+        }
+        let [cpu_share, mem_pressure, loadavg, held] = f;
+        self.end(Load { cpu_share, mem_pressure, loadavg, held })
     }
 
     fn end<T>(&self, v: T) -> Result<T, WireError> {
@@ -471,6 +500,13 @@ mod tests {
             .starts_with(&job_prefix(b'p', 1)));
         assert_eq!(Msg::Hello { nonce: 1, seq: 2 }.encode(), [b'h', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
         assert_eq!(Msg::Ack { seq: 258 }.encode(), [b'A', 0, 0, 0, 0, 0, 0, 1, 2]);
+        // A worker's heartbeat: id 1, CPU share 500 permille, memory pressure 2, load
+        // average 0.75 per core, 3 items held.
+        let load = Load { cpu_share: 500, mem_pressure: 2, loadavg: 75, held: 3 };
+        assert_eq!(
+            Msg::Heartbeat { worker: 1, load }.encode(),
+            [b'H', 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0xf4, 0, 2, 0, 75, 0, 3]
+        );
     }
 
     /// A subscriber's view of the streams: in order, a gap (how many, from which), a
@@ -504,6 +540,15 @@ mod tests {
         assert!(Msg::decode(&sub).is_err());
     }
 
+    fn any_load() -> impl Strategy<Value = Load> {
+        any::<[u16; 4]>().prop_map(|[cpu_share, mem_pressure, loadavg, held]| Load {
+            cpu_share,
+            mem_pressure,
+            loadavg,
+            held,
+        })
+    }
+
     fn any_msg() -> impl Strategy<Value = Msg> {
         let vals = prop::collection::vec(any::<i64>(), 0..20).prop_map(Values::from);
         prop_oneof![
@@ -522,8 +567,13 @@ mod tests {
             }),
             any::<u64>().prop_map(|seq| Msg::Ack { seq }),
             ".*".prop_map(|reason| Msg::Error { reason }),
-            (any::<u64>(), any::<u32>()).prop_map(|(worker, credit)| Msg::Ready { worker, credit }),
-            any::<u64>().prop_map(|worker| Msg::Heartbeat { worker }),
+            (any::<u64>(), any::<u32>(), any_load()).prop_map(|(worker, credit, load)| Msg::Ready {
+                worker,
+                credit,
+                load
+            }),
+            (any::<u64>(), any_load()).prop_map(|(worker, load)| Msg::Heartbeat { worker, load }),
+            (any::<u64>(), any::<u64>()).prop_map(|(worker, work)| Msg::Back { worker, work }),
             (any::<u64>(), any::<u64>(), any::<u32>(), vals.clone()).prop_map(|(work, job, batch, values)| Msg::Work {
                 work,
                 job,

@@ -1,9 +1,16 @@
 //! A worker: takes work items from the broker (credit DEALER, or PULL for plain PUSH),
 //! tests each number, and returns the primes over REQ, waiting for the broker's answer
 //! (resending on a timeout; the broker counts a result once).
+//!
+//! Every hello and heartbeat carries the worker's load ([`crate::load`]). Under
+//! `--dispatch load`, a worker holding more than its load allows hands the items it has
+//! not started back to the broker (sender-initiated distribution), and forgets one only
+//! when the broker confirms (`Taken`); an item not confirmed in time is tested here after
+//! all (a copy tested twice is counted once).
 
 use crate::broker::Dispatch;
 use crate::endpoint::{BrokerAddr, Role};
+use crate::load::{self, Load, Meter};
 use crate::prime::is_prime;
 use crate::util::{self, sock_err};
 use crate::wire::{Msg, Values};
@@ -53,6 +60,12 @@ pub struct Worker<'a> {
     work: zmq::Socket,
     res: zmq::Socket,
     queue: VecDeque<(u64, Values)>,
+    /// Items handed back and not yet confirmed, with when to test them here after all.
+    offered: Vec<(u64, Values, Instant)>,
+    meter: Meter,
+    /// The load last told to the broker.
+    told: Load,
+    pub handed_back: u64,
     /// The last result sent and not yet answered, with when to resend it.
     unanswered: Option<(Vec<u8>, Instant)>,
     last_heard: Instant,
@@ -71,6 +84,10 @@ impl<'a> Worker<'a> {
             work,
             res,
             queue: VecDeque::new(),
+            offered: Vec::new(),
+            meter: Meter::new(),
+            told: Load::default(),
+            handed_back: 0,
             unanswered: None,
             last_heard: now,
             last_sent: now,
@@ -81,9 +98,12 @@ impl<'a> Worker<'a> {
     }
 
     fn hello(&mut self) -> anyhow::Result<()> {
-        if self.cfg.dispatch == Dispatch::Credit {
+        if self.cfg.dispatch.pulls() {
             self.queue.clear();
-            self.work.send(Msg::Ready { worker: self.cfg.id, credit: self.cfg.credit }.encode(), 0)?;
+            self.offered.clear();
+            self.told = self.meter.sample(0);
+            let ready = Msg::Ready { worker: self.cfg.id, credit: self.cfg.credit, load: self.told };
+            self.work.send(ready.encode(), 0)?;
             self.last_sent = Instant::now();
             self.last_heard = Instant::now();
         }
@@ -103,9 +123,13 @@ impl<'a> Worker<'a> {
                 Err(e) => return Err(e.into()),
             }
             self.drain()?;
+            self.reclaim(Instant::now());
             if let Some((work, values)) = self.queue.pop_front() {
                 let primes = self.test(&values);
                 self.send_result(work, primes)?;
+                if self.cfg.dispatch == Dispatch::Load {
+                    self.shed()?;
+                }
             }
             self.keep_alive()?;
         }
@@ -137,6 +161,47 @@ impl<'a> Worker<'a> {
         Values::from_slice(&primes)
     }
 
+    fn held(&self) -> usize {
+        self.queue.len() + self.offered.len()
+    }
+
+    /// Under load dispatch, after each item: tell the broker at once when the load changes
+    /// what this worker should hold, and hand back the items beyond that, newest first.
+    fn shed(&mut self) -> anyhow::Result<()> {
+        self.drain()?;
+        let load = self.meter.sample(self.held());
+        let cap = load::capacity(self.cfg.credit, &load) as usize;
+        if cap != load::capacity(self.cfg.credit, &self.told) as usize {
+            self.beat(load);
+        }
+        let now = Instant::now();
+        while self.queue.len() > cap {
+            let (work, values) = self.queue.pop_back().expect("longer than cap");
+            self.work.send(Msg::Back { worker: self.cfg.id, work }.encode(), zmq::DONTWAIT).ok();
+            self.offered.push((work, values, now + self.cfg.result_timeout));
+            tracing::debug!(work, cpu_share = load.cpu_share, "overloaded: handing an item back");
+        }
+        Ok(())
+    }
+
+    /// Items handed back that the broker did not confirm in time are tested here.
+    fn reclaim(&mut self, now: Instant) {
+        if !self.queue.is_empty() {
+            return;
+        }
+        while let Some(i) = self.offered.iter().position(|o| o.2 <= now) {
+            let (work, values, _) = self.offered.swap_remove(i);
+            tracing::debug!(work, "hand-back not confirmed; testing it here");
+            self.queue.push_back((work, values));
+        }
+    }
+
+    fn beat(&mut self, load: Load) {
+        self.work.send(Msg::Heartbeat { worker: self.cfg.id, load }.encode(), zmq::DONTWAIT).ok();
+        self.told = load;
+        self.last_sent = Instant::now();
+    }
+
     fn drain(&mut self) -> anyhow::Result<()> {
         loop {
             let body = match self.work.recv_msg(zmq::DONTWAIT) {
@@ -148,6 +213,12 @@ impl<'a> Worker<'a> {
             match Msg::decode(&body) {
                 Ok(Msg::Work { work, values, .. }) => self.queue.push_back((work, values)),
                 Ok(Msg::Heartbeat { .. }) => {}
+                Ok(Msg::Taken { work }) => {
+                    if let Some(i) = self.offered.iter().position(|o| o.0 == work) {
+                        self.offered.swap_remove(i);
+                        self.handed_back += 1;
+                    }
+                }
                 Ok(Msg::Ready { .. }) => {
                     tracing::warn!("the broker does not know this worker (it restarted?); saying hello again");
                     self.hello()?;
@@ -198,7 +269,7 @@ impl<'a> Worker<'a> {
     }
 
     fn keep_alive(&mut self) -> anyhow::Result<()> {
-        if self.cfg.dispatch != Dispatch::Credit {
+        if !self.cfg.dispatch.pulls() {
             return Ok(());
         }
         let now = Instant::now();
@@ -207,8 +278,8 @@ impl<'a> Worker<'a> {
             self.work = work_socket(self.ctx, &self.cfg)?;
             self.hello()?;
         } else if now.duration_since(self.last_sent) >= self.cfg.heartbeat {
-            self.work.send(Msg::Heartbeat { worker: self.cfg.id }.encode(), zmq::DONTWAIT).ok();
-            self.last_sent = now;
+            let load = self.meter.sample(self.held());
+            self.beat(load);
         }
         Ok(())
     }
@@ -219,7 +290,7 @@ fn work_socket(ctx: &zmq::Context, cfg: &WorkerConfig) -> anyhow::Result<zmq::So
     let s = util::socket(
         ctx,
         match cfg.dispatch {
-            Dispatch::Credit => zmq::DEALER,
+            Dispatch::Credit | Dispatch::Load => zmq::DEALER,
             Dispatch::Push => zmq::PULL,
         },
     )?;

@@ -1,7 +1,9 @@
 //! Numbers per second through source -> broker -> workers -> sink, one message per
 //! number and batched, next to the same primality test in one process on the same cores
 //! (the limit); and credit (pull) dispatch against plain round-robin PUSH with one worker
-//! made 3x slower. Run by `scripts/bench-cluster` (release build).
+//! made 3x slower; credit against load-aware dispatch with one worker sharing its CPU
+//! with a busy process; and a mount's `stat` round trip while a job runs beside
+//! `fs-server`. Run by `scripts/bench-cluster` (release build).
 
 use clap::Parser;
 use std::time::{Duration, Instant};
@@ -31,6 +33,12 @@ struct Args {
     /// three times as many (so the test, not the pipeline, dominates).
     #[arg(long, default_value_t = 10)]
     slow_base: u32,
+    /// Load comparison: runs of each mode (alternating; the median is shown).
+    #[arg(long, default_value_t = 5)]
+    load_runs: usize,
+    /// Only the two load comparisons.
+    #[arg(long)]
+    only_load: bool,
 }
 
 /// xorshift64*: the same numbers every run.
@@ -67,16 +75,20 @@ struct Run {
 }
 
 fn start(dispatch: &str, slow: &[u32]) -> Run {
+    start_with(dispatch, slow, &[])
+}
+
+fn start_with(dispatch: &str, slow: &[u32], extra: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let addr = dir.path().join("b").display().to_string();
     let broker = ClusterProc::start(&["broker", "--listen", &addr, "--dispatch", dispatch], "broker listening");
     let workers = slow
         .iter()
         .map(|s| {
-            ClusterProc::start(
-                &["worker", "--broker", &addr, "--dispatch", dispatch, "--slow", &s.to_string()],
-                "worker ",
-            )
+            let slow = s.to_string();
+            let mut args = vec!["worker", "--broker", &addr, "--dispatch", dispatch, "--slow", &slow];
+            args.extend_from_slice(extra);
+            ClusterProc::start(&args, "worker ")
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -145,6 +157,13 @@ fn best_of(n: usize, mut f: impl FnMut() -> (f64, usize)) -> (f64, usize) {
 fn main() {
     let a = Args::parse();
     let values = numbers(a.count, a.max);
+    if a.only_load {
+        for batch in [4096, 65536] {
+            load_dispatch(&values[..(a.count / 2).max(1)], batch, a.load_runs);
+        }
+        stat_beside_a_job(&values);
+        return;
+    }
     let (limit, p0) = best_of(a.repeat, || in_process(&values, a.workers));
     let (batched, p1) = through_pipeline(&values, a.batch, a.workers, a.repeat);
     assert_eq!(p0, p1, "the pipeline found the same primes");
@@ -194,5 +213,105 @@ fn main() {
         let secs = c.elapsed.as_secs_f64();
         assert_eq!(c.done_numbers, job.len() as u64);
         println!("| {mode} | {} | {secs:.2} | {:.0} |", job.len(), job.len() as f64 / secs);
+    }
+
+    for batch in [4096, 65536] {
+        load_dispatch(&values[..(a.count / 2).max(1)], batch, a.load_runs);
+    }
+    stat_beside_a_job(&values);
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Workers in the load comparisons run each test this many times, so that they, not the
+/// pipeline, are the bottleneck (as for real work heavier than one Miller-Rabin test).
+const LOAD_SLOW: u32 = 4;
+
+/// Two workers pinned to CPUs 0 and 1, a busy process on CPU 0 too: the same job under
+/// credit and load-aware dispatch, alternating, median of `runs` each.
+fn load_dispatch(job: &[i64], batch: usize, runs: usize) {
+    println!();
+    println!("| dispatch, 2 workers (tests run {LOAD_SLOW}x), one sharing its CPU with a busy process, batches of {batch} | numbers | seconds (median of {runs}) | numbers/s | batches on the busy CPU | vs credit |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let _busy = tests::Busy::on_cpu(0);
+    let mut rows = Vec::new();
+    let mut secs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut share: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..runs.max(1) {
+        for (i, mode) in ["credit", "load"].into_iter().enumerate() {
+            let r = start(mode, &[LOAD_SLOW, LOAD_SLOW]);
+            tests::pin(r._workers[0].pid(), 0);
+            tests::pin(r._workers[1].pid(), 1);
+            let busy_id = u64::from_str_radix(r._workers[0].ready.split_whitespace().nth(1).unwrap(), 16).unwrap();
+            let c = run_job(&r.addr, job, batch, Duration::ZERO, |_| {});
+            assert_eq!(c.done_numbers, job.len() as u64);
+            let total: u64 = c.batches.values().sum();
+            secs[i].push(c.elapsed.as_secs_f64());
+            share[i].push(*c.batches.get(&busy_id).unwrap_or(&0) as f64 / total as f64);
+        }
+    }
+    let base = median(secs[0].clone());
+    for (i, mode) in ["credit", "load"].into_iter().enumerate() {
+        let t = median(secs[i].clone());
+        rows.push(format!(
+            "| {mode} | {} | {t:.2} | {:.0} | {:.0}% | {:.2}x |",
+            job.len(),
+            job.len() as f64 / t,
+            100.0 * median(share[i].clone()),
+            base / t
+        ));
+    }
+    for r in rows {
+        println!("{r}");
+    }
+}
+
+/// A mount's uncached `stat` round trip (noac) while a prime job runs beside `fs-server`
+/// on the same machine: alone, beside credit dispatch, beside load-aware dispatch.
+fn stat_beside_a_job(values: &[i64]) {
+    let rig = tests::Rig::new("noac");
+    std::fs::write(rig.mnt("f"), b"x").unwrap();
+    let path = rig.mnt("f");
+    let sample = |stop: &dyn Fn() -> bool| -> Vec<Duration> {
+        let mut lat = Vec::new();
+        while !stop() || lat.len() < 200 {
+            let t = Instant::now();
+            std::fs::metadata(&path).unwrap();
+            lat.push(t.elapsed());
+            if lat.len() >= 200_000 {
+                break;
+            }
+        }
+        lat.sort_unstable();
+        lat
+    };
+    let pct = |lat: &[Duration], p: f64| lat[((lat.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+    println!();
+    println!("| mount's noac `stat`, 2 workers (tests run {LOAD_SLOW}x) beside fs-server | stats | p50 us | p99 us | job numbers/s |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let started = Instant::now();
+    let alone = sample(&|| started.elapsed() > Duration::from_secs(2));
+    println!("| no job | {} | {:.0} | {:.0} | - |", alone.len(), pct(&alone, 0.5), pct(&alone, 0.99));
+    for mode in ["credit", "load"] {
+        let r = start(mode, &[LOAD_SLOW, LOAD_SLOW]);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (lat, rate) = std::thread::scope(|s| {
+            let job = s.spawn(|| {
+                let c = run_job(&r.addr, values, 16384, Duration::ZERO, |_| {});
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                values.len() as f64 / c.elapsed.as_secs_f64()
+            });
+            let lat = sample(&|| done.load(std::sync::atomic::Ordering::Relaxed));
+            (lat, job.join().unwrap())
+        });
+        println!(
+            "| beside a job, {mode} dispatch | {} | {:.0} | {:.0} | {rate:.0} |",
+            lat.len(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99)
+        );
     }
 }
