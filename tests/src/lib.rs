@@ -807,3 +807,22 @@ impl Drop for FsIdentity {
         }
     }
 }
+
+/// Change-notice latency: `n` times, writes `writer` (through one mount) with a new size
+/// and closes it, then polls `stat` of `reader` (the same file through another mount)
+/// until the new size shows. Returns the times from the close to the size seen, sorted.
+pub fn notice_latency(writer: &Path, reader: &Path, n: usize) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(n);
+    for i in 1..=n {
+        std::fs::write(writer, vec![b'x'; i]).unwrap();
+        let t = std::time::Instant::now();
+        let deadline = t + Duration::from_secs(10);
+        while std::fs::metadata(reader).map(|m| m.len()).ok() != Some(i as u64) {
+            assert!(std::time::Instant::now() < deadline, "size {i} not seen in 10 s");
+            std::hint::spin_loop();
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort_unstable();
+    lat
+}

@@ -249,7 +249,7 @@ impl Filesystem for Fs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (c, cl) = (caller(req), self.client.clone());
-        self.run(reply, async move { cl.getattr(c, ino.0).await }, move |r, (a, ttl)| {
+        self.run(reply, async move { cl.getattr(c, ino.0).await }, move |r, (a, ttl, _gate)| {
             r.attr(&ttl, &file_attr(ino.0, &a))
         });
     }
@@ -275,7 +275,7 @@ impl Filesystem for Fs {
         let attrs =
             SetAttrs { mode: mode.map(|m| m & 0o7777), uid, gid, size, atime: set_time(atime), mtime: set_time(mtime) };
         let (c, cl) = (caller(req), self.client.clone());
-        self.run(reply, async move { cl.setattr(c, ino.0, attrs).await }, move |r, (a, ttl)| {
+        self.run(reply, async move { cl.setattr(c, ino.0, attrs).await }, move |r, (a, ttl, _gate)| {
             r.attr(&ttl, &file_attr(ino.0, &a))
         });
     }
@@ -509,7 +509,7 @@ impl Filesystem for Fs {
                 Ok(l) => l,
                 Err(e) => return reply.fail(e),
             };
-            for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+            for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
                 let kind = file_type(e.kind.unwrap_or(FileKind::Regular));
                 if reply.add(INodeNo(e.fileid), i as u64 + 1, kind, OsStr::from_bytes(&e.name)) {
                     break;
@@ -527,10 +527,12 @@ impl Filesystem for Fs {
                 Err(e) => return reply.fail(e),
             };
             let dir_attr = match cl.getattr(c, ino.0).await {
-                Ok((a, _)) => a,
+                Ok((a, _, _)) => a,
                 Err(e) => return reply.fail(e),
             };
-            for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+            // Held until the kernel has the whole answer (see `client::Gate`).
+            let mut gates = Vec::new();
+            for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
                 let name = OsStr::from_bytes(&e.name);
                 let next = i as u64 + 1;
                 if e.name == b"." || e.name == b".." {
@@ -542,7 +544,7 @@ impl Filesystem for Fs {
                     continue;
                 }
                 let entry = match &e.plus {
-                    Some((fh, attr)) => cl.remember(fh, *attr),
+                    Some((fh, attr)) => cl.remember(ino.0, &e.name, fh, *attr, listing.mark),
                     // No handle in the listing (it raced with a removal, or is another
                     // file system's mount point): ask, and leave it out if that fails.
                     None => match cl.lookup(c, ino.0, &e.name).await {
@@ -556,8 +558,10 @@ impl Filesystem for Fs {
                     cl.forget(entry.ino, 1);
                     break;
                 }
+                gates.push(entry.gate);
             }
             reply.ok();
+            drop(gates);
         });
     }
 

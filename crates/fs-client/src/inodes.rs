@@ -30,6 +30,31 @@ pub struct Node {
     /// The next read must reach the server, whose file system then updates the access
     /// time as `relatime` would (see `atime_due`).
     pub atime_due: bool,
+    /// The number of the last change notice that touched this object (or its names, for
+    /// a directory): a reply to a call sent before it may predate the change.
+    pub notice_seq: u64,
+    /// Until when `attr` is covered by the server's promise to tell us of changes (the
+    /// AFS callback): `open` then needs no round trip.
+    pub promised_until: Option<Instant>,
+    /// Names the kernel may hold this object under (parent node, name), for dropping
+    /// every name when notices were missed. At most [`NAMES`], the latest.
+    pub names: Vec<(u64, Vec<u8>)>,
+}
+
+/// Names remembered per object (hard links beyond this are rare; a name forgotten here
+/// only means the kernel revalidates it on its own timeout).
+pub const NAMES: usize = 4;
+
+impl Node {
+    pub fn add_name(&mut self, parent: u64, name: &[u8]) {
+        if self.names.iter().any(|(p, n)| *p == parent && n == name) {
+            return;
+        }
+        if self.names.len() == NAMES {
+            self.names.remove(0);
+        }
+        self.names.push((parent, name.to_vec()));
+    }
 }
 
 /// Whether a read now would update the access time under `relatime` (the Linux default):
@@ -62,6 +87,9 @@ impl Inodes {
                 atime_due: false,
                 attr,
                 attr_valid_until: now,
+                notice_seq: 0,
+                promised_until: None,
+                names: Vec::new(),
             },
         );
         t
@@ -106,6 +134,9 @@ impl Inodes {
                 atime_due: false,
                 attr,
                 attr_valid_until: now + ttl,
+                notice_seq: 0,
+                promised_until: None,
+                names: Vec::new(),
             },
         );
         ino
@@ -157,6 +188,11 @@ impl Inodes {
                 n.attr_valid_until = now;
             }
         }
+    }
+
+    /// Every node, for dropping what is cached when notices were missed.
+    pub fn nodes_mut(&mut self) -> impl Iterator<Item = (u64, &mut Node)> {
+        self.nodes.iter_mut().map(|(&ino, n)| (ino, n))
     }
 
     /// Whether any file is open on this mount (so unlink must check for silly renames).

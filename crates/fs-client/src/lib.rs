@@ -11,6 +11,8 @@
 //! - [`readahead`]: sequential detection and the read-ahead window (pure).
 //! - [`writeback`]: dirty extents coalesced into large WRITEs (pure).
 //! - [`rpc`]: pipelined calls, xids, reconnect and retransmission, hard and soft.
+//! - [`notices`]: following the server's numbered change notices (pure);
+//!   [`notifier`]: the thread that subscribes and drops what they make stale.
 //! - [`options`]: `-o` mount options, validated.
 //! - [`mount`]: mounting, unmounting and signals.
 
@@ -20,6 +22,8 @@ pub mod fuse;
 pub mod inodes;
 pub mod locks;
 pub mod mount;
+pub mod notices;
+pub mod notifier;
 pub mod options;
 pub mod pagecache;
 pub mod readahead;

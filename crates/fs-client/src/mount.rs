@@ -127,6 +127,9 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     let mut session =
         fuser::Session::new(fs, &mp, &config).map_err(|e| anyhow!("cannot mount at {}: {e}", mp.display()))?;
     let _ = notifier.set(session.notifier());
+    if opts.notify {
+        crate::notifier::start(client.clone(), rt.handle().clone(), notifier);
+    }
     let mut unmounter = session.unmount_callable();
     println!("mounted {addr} at {}", mp.display());
     let _ = std::io::Write::flush(&mut std::io::stdout());

@@ -32,6 +32,11 @@ pub struct MountOptions {
     /// `clock_check=SECS`: how often the server's clock is measured (Cristian's
     /// algorithm, see `srvclock`), besides at mount time.
     pub clock_check: Duration,
+    /// Subscribe to the server's change notices (`nonotify`: no, today's timeouts only).
+    pub notify: bool,
+    /// `callback=SECS`: while subscribed, how long what is cached may be trusted without
+    /// a notice (the AFS callback promise's bound).
+    pub callback: Duration,
 }
 
 impl Default for MountOptions {
@@ -51,6 +56,8 @@ impl Default for MountOptions {
             leases: None,
             noatime: false,
             clock_check: Duration::from_secs(60),
+            notify: true,
+            callback: Duration::from_secs(300),
         }
     }
 }
@@ -148,6 +155,9 @@ impl MountOptions {
                 "allow_other" => flag(&mut o.allow_other, true)?,
                 "noallow_other" => flag(&mut o.allow_other, false)?,
                 "leases" => o.leases = Some(need()?.to_string()),
+                "notify" => flag(&mut o.notify, true)?,
+                "nonotify" => flag(&mut o.notify, false)?,
+                "callback" => o.callback = secs(key, need()?)?,
                 _ => return Err(OptionError::Unknown(item.into())),
             }
         }
@@ -169,6 +179,9 @@ mod tests {
         assert_eq!((o.cache_size, o.block_size, o.readahead), (64 << 20, 256 << 10, 8));
         assert_eq!(MountOptions::parse("noac").unwrap().attr, AttrTimeouts::NONE);
         assert_eq!(MountOptions::parse("").unwrap(), MountOptions::default());
+        let o = MountOptions::parse("nonotify,callback=30").unwrap();
+        assert!(!o.notify);
+        assert_eq!(o.callback, Duration::from_secs(30));
     }
 
     #[test]

@@ -63,7 +63,16 @@ struct State {
     conn: Option<Arc<Conn>>,
 }
 
+/// What the connection thread tells the notice follower.
+pub enum Push {
+    /// A (new) connection is up: subscribe on it.
+    Connected,
+    /// A pushed reply (xid 0): notices.
+    Reply(Box<Reply>),
+}
+
 struct Inner {
+    pushes: Mutex<Option<std::sync::mpsc::Sender<Push>>>,
     cfg: RpcConfig,
     client: u64,
     next_xid: AtomicU64,
@@ -148,6 +157,7 @@ impl Rpc {
     pub fn connect(cfg: RpcConfig, client: u64, timeout: Duration) -> io::Result<Rpc> {
         let stream = Stream::connect(&cfg.addr, timeout)?;
         let inner = Arc::new(Inner {
+            pushes: Mutex::new(None),
             cfg,
             client,
             next_xid: AtomicU64::new(1),
@@ -161,6 +171,18 @@ impl Rpc {
 
     pub fn client_id(&self) -> u64 {
         self.inner.client
+    }
+
+    /// Where pushed replies (xid 0) and news of new connections go from now on.
+    pub fn set_pushes(&self, tx: std::sync::mpsc::Sender<Push>) {
+        *self.inner.pushes.lock().unwrap() = Some(tx);
+    }
+
+    /// Closes the current connection; the connection thread reconnects and resends.
+    pub fn reset_connection(&self) {
+        if let Some(c) = self.inner.state.lock().unwrap().conn.clone() {
+            c.w.lock().unwrap().shutdown();
+        }
     }
 
     /// One call; waits for its reply (see the module doc for hard and soft).
@@ -265,10 +287,17 @@ fn manage(inner: Arc<Inner>, first: Stream) {
             }
             st.conn = Some(conn.clone());
         }
+        push(&inner, Push::Connected);
         let why = read_replies(&inner, s);
         inner.state.lock().unwrap().conn = None;
         conn.w.lock().unwrap().shutdown();
         tracing::warn!("connection to {} lost ({why}); reconnecting", inner.cfg.addr);
+    }
+}
+
+fn push(inner: &Inner, p: Push) {
+    if let Some(tx) = inner.pushes.lock().unwrap().as_ref() {
+        let _ = tx.send(p);
     }
 }
 
@@ -314,6 +343,10 @@ fn read_replies(inner: &Inner, s: Stream) -> String {
             Ok(r) => r,
             Err(e) => return format!("malformed reply: {e}"),
         };
+        if reply.xid == 0 {
+            push(inner, Push::Reply(Box::new(reply)));
+            continue;
+        }
         let p = inner.state.lock().unwrap().pending.remove(&reply.xid);
         if let Some(p) = p {
             let _ = p.tx.send(reply);

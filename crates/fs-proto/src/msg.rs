@@ -217,6 +217,11 @@ pub enum Request {
     },
     /// The server's clock, for Cristian-style offset estimation.
     Time,
+    /// Change notices: the notices numbered after `after` still in the server's history,
+    /// and from now on every notice pushed over this connection (replies with xid 0).
+    Subscribe {
+        after: u64,
+    },
 }
 
 impl Request {
@@ -276,6 +281,7 @@ impl Request {
             Request::RemoveXattr { .. } => "REMOVEXATTR",
             Request::Fallocate { .. } => "FALLOCATE",
             Request::Time => "TIME",
+            Request::Subscribe { .. } => "SUBSCRIBE",
         }
     }
 }
@@ -382,4 +388,37 @@ pub enum Response {
     Time {
         now: Timespec,
     },
+    /// SUBSCRIBE's answer, and every pushed notice (xid 0). `instance` names the server
+    /// process (a new one numbers from 1 again); `next` is the number the next notice
+    /// will get; `complete` is false when notices the subscriber asked for have left the
+    /// history (it must drop what it has not verified).
+    Notices {
+        instance: u64,
+        next: u64,
+        complete: bool,
+        #[cfg_attr(test, proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<Notice>(), 0..3)"))]
+        notices: Vec<Notice>,
+    },
+}
+
+/// One change the server made, numbered by its sequencer (one counter for the whole
+/// export: a total order), with the client that made it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Notice {
+    pub seq: u64,
+    pub client: u64,
+    #[cfg_attr(test, proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<Change>(), 0..3)"))]
+    pub changes: Vec<Change>,
+}
+
+/// What one operation changed.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Change {
+    /// The name `name` in `dir` now means something else (made, removed, renamed).
+    Entry { dir: FileHandle, name: Vec<u8> },
+    /// The object's attributes or data changed; its change attribute now (`None`:
+    /// unknown, so whatever is cached goes).
+    Object { fh: FileHandle, change: Option<u64> },
 }

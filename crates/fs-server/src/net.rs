@@ -12,6 +12,11 @@
 //! writer task and a hand-off per call doubled the latency of a LOOKUP). A bound on the
 //! calls in flight per connection is the back-pressure on a client that sends faster
 //! than we answer.
+//!
+//! A connection that subscribes to change notices (SUBSCRIBE) gets a pusher thread: it
+//! writes the subscription's answer and then every notice from the connection's queue
+//! ([`crate::notices::Hub`]), under the same lock as replies. When the hub drops a
+//! subscriber that fell behind, the pusher closes the connection.
 
 use crate::server::Server;
 use fs_proto::{decode, encode_reply, frame_len, Addr, Call, Errno, Reply, Request};
@@ -112,23 +117,36 @@ impl Listener {
                 let s = s.into_std()?;
                 s.set_nonblocking(false)?;
                 let w = s.try_clone()?;
+                let c = s.try_clone()?;
+                let close: Close = Arc::new(move || {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                });
                 std::thread::Builder::new()
                     .name("fs-conn".into())
-                    .spawn(move || connection(s, w, server, rt, peer.to_string()))?;
+                    .spawn(move || connection(s, w, close, server, rt, peer.to_string()))?;
             }
             Listener::Unix(l, _) => {
                 let (s, _) = l.accept().await?;
                 let s = s.into_std()?;
                 s.set_nonblocking(false)?;
                 let w = s.try_clone()?;
+                let c = s.try_clone()?;
+                let close: Close = Arc::new(move || {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                });
                 std::thread::Builder::new()
                     .name("fs-conn".into())
-                    .spawn(move || connection(s, w, server, rt, "unix".to_string()))?;
+                    .spawn(move || connection(s, w, close, server, rt, "unix".to_string()))?;
             }
         }
         Ok(())
     }
 }
+
+/// Shuts a connection down (both ways), from any thread.
+type Close = Arc<dyn Fn() + Send + Sync>;
+
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Calls in flight on one connection, with a wake-up for the reader when one ends.
 struct InFlight {
@@ -169,6 +187,29 @@ impl<W: Write> Replies<W> {
             Err(e) => tracing::error!(xid, "reply not sent: {e}"),
         }
     }
+
+    /// Writes a frame made elsewhere (a pushed notice); false when the client is gone.
+    fn send_frame(&self, frame: &[u8]) -> bool {
+        crate::lock(&self.w).write_all(frame).is_ok()
+    }
+}
+
+/// Writes a subscriber's queue to its connection until the queue closes (the connection
+/// ended, or the hub dropped the subscriber: then the connection is closed too).
+fn pusher<W: Write + Send + 'static>(
+    replies: Arc<Replies<W>>,
+    close: Close,
+) -> io::Result<std::sync::mpsc::SyncSender<crate::notices::Frame>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<crate::notices::Frame>(crate::notices::QUEUE);
+    std::thread::Builder::new().name("fs-push".into()).spawn(move || {
+        for frame in rx {
+            if !replies.send_frame(&frame) {
+                break;
+            }
+        }
+        close();
+    })?;
+    Ok(tx)
 }
 
 fn answer(server: &Server, call: Call) -> Option<Reply> {
@@ -192,11 +233,13 @@ fn is_data(req: &Request) -> bool {
 }
 
 /// Serves one connection on the calling (blocking) thread until it closes.
-fn connection<S>(stream: S, write_half: S, server: Arc<Server>, rt: tokio::runtime::Handle, peer: String)
+fn connection<S>(stream: S, write_half: S, close: Close, server: Arc<Server>, rt: tokio::runtime::Handle, peer: String)
 where
     S: Read + Write + Send + 'static,
 {
     tracing::debug!(%peer, "connected");
+    let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut subscribed = false;
     let replies = Arc::new(Replies { w: std::sync::Mutex::new(write_half) });
     let inflight = Arc::new(InFlight { n: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() });
     let mut r = std::io::BufReader::with_capacity(IO_BUF, stream);
@@ -220,6 +263,23 @@ where
             Err(e) => break Some(format!("malformed frame: {e}")),
         };
         drop(payload);
+        if let Request::Subscribe { after } = call.req {
+            if subscribed {
+                replies.send(Reply { xid: call.xid, res: Err(Errno::EINVAL) });
+                continue;
+            }
+            match pusher(replies.clone(), close.clone()) {
+                Ok(tx) => {
+                    server.notices.subscribe(conn, call.xid, after, tx);
+                    subscribed = true;
+                }
+                Err(e) => {
+                    tracing::error!("no thread for a subscriber: {e}");
+                    replies.send(Reply { xid: call.xid, res: Err(Errno::EAGAIN) });
+                }
+            }
+            continue;
+        }
         let others = inflight.acquire();
         if others == 0 && !is_data(&call.req) {
             if let Some(reply) = answer(&server, call) {
@@ -236,6 +296,9 @@ where
             inflight.release();
         });
     };
+    if subscribed {
+        server.notices.unsubscribe(conn);
+    }
     match why {
         None => tracing::debug!(%peer, "disconnected"),
         Some(why) => tracing::warn!(%peer, "closing connection: {why}"),

@@ -19,11 +19,21 @@ pub struct Config {
     pub drc_size: usize,
     /// Open descriptors kept by the handle cache.
     pub fd_cache: usize,
+    /// Change notices kept for mounts that reconnect (the sequencer's history).
+    pub notice_history: usize,
 }
 
 impl Config {
     pub fn new(export: PathBuf, state_dir: PathBuf) -> Config {
-        Config { export, state_dir, read_only: false, root_squash: true, drc_size: 4096, fd_cache: 4096 }
+        Config {
+            export,
+            state_dir,
+            read_only: false,
+            root_squash: true,
+            drc_size: 4096,
+            fd_cache: 4096,
+            notice_history: 65536,
+        }
     }
 }
 
@@ -47,6 +57,8 @@ pub struct Server {
     /// Serialises the check-and-write of fenced writes, per file.
     pub(crate) fence_locks: crate::ops::FileLocks,
     panic_next: std::sync::atomic::AtomicBool,
+    /// The sequencer: every change numbered and pushed to subscribed mounts.
+    pub notices: crate::notices::Hub,
 }
 
 impl Server {
@@ -73,6 +85,7 @@ impl Server {
             read_only: cfg.read_only,
             fence_locks: Default::default(),
             panic_next: Default::default(),
+            notices: crate::notices::Hub::new(handles::random_u64(), cfg.notice_history),
         })
     }
 
@@ -89,7 +102,24 @@ impl Server {
     pub fn handle_call(&self, call: Call) -> Option<Reply> {
         let Call { xid, client, cred, req } = call;
         if req.is_idempotent() {
-            return Some(Reply { xid, res: self.dispatch_caught(&cred, req) });
+            // WRITE and COMMIT change the export without needing the cache; their notice
+            // is made from the request without its data.
+            let shape = match &req {
+                Request::Write { fh, offset, stable, fence, .. } => Some(Request::Write {
+                    fh: fh.clone(),
+                    offset: *offset,
+                    stable: *stable,
+                    fence: *fence,
+                    data: Vec::new(),
+                }),
+                Request::Commit { .. } => Some(req.clone()),
+                _ => None,
+            };
+            let res = self.dispatch_caught(&cred, req);
+            if let (Some(shape), Ok(r)) = (&shape, &res) {
+                self.notices.publish(client, crate::notices::changes(shape, r));
+            }
+            return Some(Reply { xid, res });
         }
         match crate::lock(&self.drc).begin(client, xid, &req) {
             Begin::New => {}
@@ -102,6 +132,9 @@ impl Server {
         // The call is finished in the cache however it ends: a panic left it "in
         // progress" for good, and every retransmission went unanswered.
         let reply = Reply { xid, res: self.dispatch_caught(&cred, req.clone()) };
+        if let Ok(r) = &reply.res {
+            self.notices.publish(client, crate::notices::changes(&req, r));
+        }
         crate::lock(&self.drc).finish(client, xid, req, reply.clone());
         Some(reply)
     }
@@ -164,6 +197,8 @@ impl Server {
             Request::RemoveXattr { fh, name } => self.op_removexattr(cred, &fh, &name),
             Request::Fallocate { fh, mode, offset, len } => self.op_fallocate(cred, &fh, mode, offset, len),
             Request::Time => self.op_time(),
+            // A connection's business (`net`): never reaches here from a connection.
+            Request::Subscribe { .. } => Err(Errno::EINVAL),
         }
     }
 }

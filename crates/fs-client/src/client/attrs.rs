@@ -23,7 +23,7 @@ impl Client {
         attr
     }
 
-    pub async fn getattr(&self, c: Caller, ino: u64) -> Result<(Attr, Duration), Errno> {
+    pub async fn getattr(&self, c: Caller, ino: u64) -> Result<(Attr, Duration, super::Gate), Errno> {
         // A directory's attributes come back with every change we make in it (weak cache
         // consistency), so while they are fresh they are served from here: the kernel
         // drops its copy after each create or unlink, and asking the server again cost a
@@ -35,19 +35,26 @@ impl Client {
             (n.attr.kind == FileKind::Directory && Instant::now() < n.attr_valid_until).then_some(n.attr)
         };
         if let Some(a) = fresh {
-            return Ok((a, self.attr_ttl(&a)));
+            return Ok((a, self.attr_ttl(&a), None));
         }
         let fh = self.fh(ino)?;
+        let mark = self.mark();
         match self.call(&self.cred(c), Request::GetAttr { fh: fh.clone() }).await? {
             Response::Attr(a) => {
                 self.note_attr(&fh, &a);
-                Ok((self.local_view(ino, a), self.attr_ttl(&a)))
+                let (mark, gate) = self.gate(mark);
+                Ok((self.local_view(ino, a), self.kernel_ttl(mark, ino, None, &a), gate))
             }
             r => Err(unexpected(r)),
         }
     }
 
-    pub async fn setattr(self: &Arc<Self>, c: Caller, ino: u64, attrs: SetAttrs) -> Result<(Attr, Duration), Errno> {
+    pub async fn setattr(
+        self: &Arc<Self>,
+        c: Caller,
+        ino: u64,
+        attrs: SetAttrs,
+    ) -> Result<(Attr, Duration, super::Gate), Errno> {
         let fh = self.fh(ino)?;
         // Buffered writes must land first: after a truncate they would extend the file
         // again, and after a new mtime they would overwrite it (`tar`, `touch` after write).
@@ -62,6 +69,7 @@ impl Client {
             self.invalidate(ino, size, u64::MAX);
         }
         let req = Request::SetAttr { fh: fh.clone(), attrs, guard: None };
+        let mark = self.mark();
         let wcc = match self.call(&self.cred(c), req).await? {
             Response::Wcc(w) => w,
             r => return Err(unexpected(r)),
@@ -79,7 +87,8 @@ impl Client {
             }
             self.invalidate(ino, 0, u64::MAX);
         }
-        Ok((self.local_view(ino, attr), self.attr_ttl(&attr)))
+        let (mark, gate) = self.gate(mark);
+        Ok((self.local_view(ino, attr), self.kernel_ttl(mark, ino, None, &attr), gate))
     }
 
     pub async fn readlink(&self, c: Caller, ino: u64) -> Result<Vec<u8>, Errno> {

@@ -37,6 +37,7 @@
 mod attrs;
 mod creds;
 mod names;
+mod notify;
 mod open;
 mod read;
 mod silly;
@@ -49,6 +50,7 @@ use crate::pagecache::PageCache;
 use crate::rpc::Rpc;
 use fs_proto::*;
 use lru::LruCache;
+pub use notify::{Inval, Mark};
 use open::OpenFile;
 use read::Fetch;
 use std::collections::HashMap;
@@ -79,7 +81,17 @@ pub struct Entry {
     pub attr: Attr,
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
+    /// Held until the kernel has the answer ([`Gate`]).
+    pub gate: Gate,
 }
+
+/// Keeps the notifier from applying a notice between the check that an answer is still
+/// covered by the promise and the kernel receiving that answer: a notice applied first
+/// makes the answer suspect (not cached by the kernel); one applied after finds the
+/// kernel holding the answer and drops it. (The notifier holds the other side only while
+/// it updates our tables, never while it calls the kernel, so no FUSE request it might
+/// wait for can be waiting here.)
+pub type Gate = Option<Arc<tokio::sync::OwnedRwLockReadGuard<()>>>;
 
 pub struct Opened {
     pub fh: OpenNo,
@@ -129,6 +141,10 @@ pub struct Client {
     clock: Mutex<crate::srvclock::ServerClock>,
     started: Instant,
     clock_warned: std::sync::atomic::AtomicBool,
+    /// Change notices: subscribed or not, how far applied ([`notify`]). A leaf lock.
+    notice: Mutex<notify::NoticeView>,
+    notice_applied: Notify,
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn unexpected(r: Response) -> Errno {
@@ -162,12 +178,23 @@ impl Client {
             clock: Mutex::new(Default::default()),
             started: Instant::now(),
             clock_warned: std::sync::atomic::AtomicBool::new(false),
+            notice: Mutex::new(Default::default()),
+            notice_applied: Notify::new(),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
             opts,
         })
     }
 
     pub fn max_io(&self) -> usize {
         self.max_io
+    }
+
+    pub fn rpc(&self) -> &Rpc {
+        &self.rpc
+    }
+
+    pub fn options(&self) -> &MountOptions {
+        &self.opts
     }
 
     pub(super) async fn call(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
@@ -270,6 +297,7 @@ impl Client {
             None => s += "clock offset unknown (the server has not answered TIME)\n",
         }
         s += &format!("server time {}\n", seconds(view));
+        s += &self.notice_status();
         s += &self.rpc.stats().render();
         let (cached, (hits, misses)) = {
             let c = self.cache.lock().unwrap();
@@ -305,14 +333,28 @@ impl Client {
         }
     }
 
-    /// The kernel now holds a reference to `fh` (LOOKUP, CREATE, READDIRPLUS entry...).
-    pub fn remember(&self, fh: &FileHandle, attr: Attr) -> Entry {
-        let attr_ttl = self.attr_ttl(&attr);
-        let ino = self.inodes.lock().unwrap().lookup(fh, attr, attr_ttl, Instant::now());
+    /// The kernel now holds a reference to `fh` (LOOKUP, CREATE, READDIRPLUS entry...),
+    /// by `name` in `parent`; `mark`: the notice state the reply's call was sent under.
+    pub fn remember(&self, parent: u64, name: &[u8], fh: &FileHandle, attr: Attr, mark: Option<Mark>) -> Entry {
+        let (mark, gate) = self.gate(mark);
+        let adaptive = self.attr_ttl(&attr);
+        let ino = self.inodes.lock().unwrap().lookup(fh, attr, adaptive, Instant::now());
+        self.remember_name(ino, parent, name);
+        let attr_ttl = self.kernel_ttl(mark, ino, Some(parent), &attr);
         let attr = self.local_view(ino, attr);
-        // Names are revalidated on the directory timeouts, as NFS's dentry cache.
-        let entry_ttl = self.timeouts().dir_min;
-        Entry { ino, attr, attr_ttl, entry_ttl }
+        // Names are revalidated on the directory timeouts, as NFS's dentry cache; under
+        // the promise, when a notice says so; a suspect answer not at all.
+        let entry_ttl = match self.promised(mark, &[ino, parent]) {
+            Some(true) => attr_ttl,
+            Some(false) => Duration::ZERO,
+            None => self.timeouts().dir_min,
+        };
+        Entry { ino, attr, attr_ttl, entry_ttl, gate }
+    }
+
+    /// A mark for a call whose reply may be promised (readdirplus in the FUSE layer).
+    pub fn notice_mark(&self) -> Option<Mark> {
+        self.mark()
     }
 
     /// Drops cached blocks of `ino` in `[start, end)`, and forgets fetches of them still

@@ -9,22 +9,23 @@ use std::time::Instant;
 impl Client {
     pub async fn lookup(&self, c: Caller, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
         let dir = self.fh(parent)?;
+        let mark = self.mark();
         match self.call(&self.cred(c), Request::Lookup { dir: dir.clone(), name: name.to_vec() }).await? {
             Response::Lookup { fh, attr, dir: dattr } => {
                 if let Some(d) = dattr {
                     self.note_attr(&dir, &d);
                 }
-                Ok(self.remember(&fh, attr))
+                Ok(self.remember(parent, name, &fh, attr, mark))
             }
             r => Err(unexpected(r)),
         }
     }
 
-    pub(super) fn created(&self, dir: &FileHandle, r: Response) -> Result<Entry, Errno> {
+    pub(super) fn created(&self, parent: u64, name: &[u8], dir: &FileHandle, r: Response) -> Result<Entry, Errno> {
         match r {
             Response::Created { fh, attr, dir: wcc } => {
                 self.note_wcc(dir, &wcc);
-                Ok(self.remember(&fh, attr))
+                Ok(self.remember(parent, name, &fh, attr, None))
             }
             r => Err(unexpected(r)),
         }
@@ -33,14 +34,14 @@ impl Client {
     pub async fn mkdir(&self, c: Caller, parent: u64, name: &[u8], mode: u32) -> Result<Entry, Errno> {
         let dir = self.fh(parent)?;
         let r = self.call(&self.cred(c), Request::Mkdir { dir: dir.clone(), name: name.to_vec(), mode }).await?;
-        self.created(&dir, r)
+        self.created(parent, name, &dir, r)
     }
 
     pub async fn symlink(&self, c: Caller, parent: u64, name: &[u8], target: &[u8]) -> Result<Entry, Errno> {
         let dir = self.fh(parent)?;
         let req = Request::Symlink { dir: dir.clone(), name: name.to_vec(), target: target.to_vec() };
         let r = self.call(&self.cred(c), req).await?;
-        self.created(&dir, r)
+        self.created(parent, name, &dir, r)
     }
 
     /// `mode` carries the file type bits, as mknod(2).
@@ -64,7 +65,7 @@ impl Client {
             _ => return Err(Errno::EINVAL),
         };
         let r = self.call(&self.cred(c), req).await?;
-        self.created(&dir, r)
+        self.created(parent, name, &dir, r)
     }
 
     pub async fn link(&self, c: Caller, ino: u64, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
@@ -73,7 +74,7 @@ impl Client {
         match self.call(&self.cred(c), req).await? {
             Response::Link { attr, dir: wcc } => {
                 self.note_wcc(&dir, &wcc);
-                Ok(self.remember(&fh, attr))
+                Ok(self.remember(parent, name, &fh, attr, None))
             }
             r => Err(unexpected(r)),
         }

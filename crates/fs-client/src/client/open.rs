@@ -18,7 +18,15 @@ pub(super) struct OpenFile {
     pub(super) cred: Cred,
     pub(super) ra: ReadAhead,
     /// A directory's listing, fetched whole at offset 0 and served from here.
-    pub(super) listing: Option<Arc<Vec<DirEntry>>>,
+    pub(super) listing: Option<Arc<Listing>>,
+}
+
+/// A directory's entries, and the notice state they were fetched under (so that an
+/// entry handed to the kernel later is promised only if no notice touched the directory
+/// since).
+pub struct Listing {
+    pub entries: Vec<DirEntry>,
+    pub mark: Option<super::Mark>,
 }
 
 impl Client {
@@ -55,11 +63,21 @@ impl Client {
     pub async fn open(&self, c: Caller, ino: u64, reads: bool) -> Result<Opened, Errno> {
         let fh = self.fh(ino)?;
         let cred = self.cred(c);
-        let attr = match self.call(&cred, Request::GetAttr { fh: fh.clone() }).await? {
-            Response::Attr(a) => a,
-            r => return Err(unexpected(r)),
+        // Under the promise, the attributes we hold are the server's: no round trip
+        // (close-to-open is kept by the notices).
+        let attr = match self.promised_attr(ino) {
+            Some(a) => a,
+            None => {
+                let mark = self.mark();
+                let a = match self.call(&cred, Request::GetAttr { fh: fh.clone() }).await? {
+                    Response::Attr(a) => a,
+                    r => return Err(unexpected(r)),
+                };
+                self.note_attr(&fh, &a);
+                self.kernel_ttl(mark, ino, None, &a);
+                a
+            }
         };
-        self.note_attr(&fh, &attr);
         let now = self.server_now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let (unchanged, atime_due) = {
             let mut t = self.inodes.lock().unwrap();
@@ -95,7 +113,7 @@ impl Client {
         let r = self
             .call(&cred, Request::Create { dir: dir.clone(), name: name.to_vec(), mode: mode & 0o7777, how })
             .await?;
-        let entry = self.created(&dir, r)?;
+        let entry = self.created(parent, name, &dir, r)?;
         let fh = self.fh(entry.ino)?;
         if let Some(n) = self.inodes.lock().unwrap().get_mut(entry.ino) {
             n.data_change = entry.attr.change;
@@ -192,7 +210,7 @@ impl Client {
     /// The directory listing of an open directory handle: fetched whole (READDIRPLUS,
     /// as many calls as it takes) when the kernel asks from offset 0, then served from
     /// memory for the kernel's following calls. Offsets are indices + 1.
-    pub async fn readdir(&self, dir_ino: u64, fh: OpenNo, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+    pub async fn readdir(&self, dir_ino: u64, fh: OpenNo, offset: u64) -> Result<Arc<Listing>, Errno> {
         let (cred, cached) = {
             let o = self.opens.lock().unwrap();
             let of = o.get(&fh).ok_or(Errno::EBADF)?;
@@ -202,6 +220,7 @@ impl Client {
             return Ok(l);
         }
         let dir = self.fh(dir_ino)?;
+        let mark = self.mark();
         let (mut cookie, mut verifier, mut all) = (0u64, 0u64, Vec::new());
         loop {
             let req = Request::ReadDirPlus { dir: dir.clone(), cookie, verifier, count: 256 * 1024 };
@@ -221,7 +240,7 @@ impl Client {
                 r => return Err(unexpected(r)),
             }
         }
-        let listing = Arc::new(all);
+        let listing = Arc::new(Listing { entries: all, mark });
         if let Some(of) = self.opens.lock().unwrap().get_mut(&fh) {
             of.listing = Some(listing.clone());
         }

@@ -1,0 +1,280 @@
+//! Change notices on the client's side: what a notice drops from our caches (and which
+//! kernel caches the notifier thread must then drop), and the promise: while subscribed
+//! and caught up, what we cached is valid until a notice says otherwise, up to
+//! `callback` (the AFS callback), so the kernel may keep it that long and `open` needs
+//! no round trip.
+//!
+//! A reply can predate a notice that arrives before it (the server read the attributes,
+//! then another client changed the object, and the notice overtook the reply on the
+//! wire). So a call records the notice number it was sent under ([`Mark`]); its reply is
+//! promised only if no notice touched its objects since.
+
+use super::Client;
+use fs_proto::{Attr, Change, Notice};
+use std::time::{Duration, Instant};
+
+/// What the kernel must drop (done by the notifier thread, outside every lock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inval {
+    /// Attributes and pages of a node.
+    Inode(u64),
+    /// A name in a directory node (positive or negative).
+    Entry(u64, Vec<u8>),
+}
+
+#[derive(Debug, Default)]
+pub(super) struct NoticeView {
+    live: bool,
+    /// Bumped whenever the promise lapses (disconnect, everything dropped).
+    epoch: u64,
+    applied: u64,
+    instance: Option<u64>,
+}
+
+/// The notice state a call was sent under.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    epoch: u64,
+    applied: u64,
+}
+
+impl Client {
+    /// Taken before a call whose reply may be promised.
+    pub(super) fn mark(&self) -> Option<Mark> {
+        let v = self.notice.lock().unwrap();
+        (self.opts.notify && v.live).then_some(Mark { epoch: v.epoch, applied: v.applied })
+    }
+
+    /// The gate for an answer sent under `mark` (see [`super::Gate`]); when the notifier
+    /// holds it, the answer is treated as suspect.
+    pub(super) fn gate(&self, mark: Option<Mark>) -> (Option<Mark>, super::Gate) {
+        if mark.is_none() {
+            return (None, None);
+        }
+        match self.gate.clone().try_read_owned() {
+            Ok(g) => (mark, Some(std::sync::Arc::new(g))),
+            Err(_) => (Some(Mark { epoch: u64::MAX, applied: 0 }), None),
+        }
+    }
+
+    /// Whether a reply to a call sent under `mark` about `inos` is covered by the
+    /// promise (`Some(true)`: still subscribed without a lapse, and no notice touched them
+    /// since), is suspect (`Some(false)`: a notice touched them after the call was sent,
+    /// so the reply may predate it), or neither (`None`: not subscribed when sent).
+    pub fn promised(&self, mark: Option<Mark>, inos: &[u64]) -> Option<bool> {
+        let m = mark?;
+        {
+            let v = self.notice.lock().unwrap();
+            if !v.live || v.epoch != m.epoch {
+                return Some(false);
+            }
+        }
+        let t = self.inodes.lock().unwrap();
+        Some(inos.iter().all(|ino| t.get(*ino).is_none_or(|n| n.notice_seq <= m.applied)))
+    }
+
+    /// How long the kernel may keep `attr` of `ino` (and, for a name, the name in
+    /// `parent`): the callback bound when promised; nothing when suspect; else the
+    /// adaptive timeout.
+    pub(super) fn kernel_ttl(&self, mark: Option<Mark>, ino: u64, parent: Option<u64>, attr: &Attr) -> Duration {
+        let adaptive = self.attr_ttl(attr);
+        if adaptive.is_zero() {
+            return adaptive; // noac: nothing is cached, promise or not
+        }
+        let inos: Vec<u64> = std::iter::once(ino).chain(parent).collect();
+        match self.promised(mark, &inos) {
+            None => return adaptive,
+            Some(false) => return Duration::ZERO,
+            Some(true) => {}
+        }
+        let ttl = adaptive.max(self.opts.callback);
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+            n.promised_until = Some(Instant::now() + ttl);
+        }
+        ttl
+    }
+
+    /// Cached attributes of `ino` if the promise covers them (for `open`).
+    pub(super) fn promised_attr(&self, ino: u64) -> Option<Attr> {
+        if !self.notice.lock().unwrap().live {
+            return None;
+        }
+        let t = self.inodes.lock().unwrap();
+        let n = t.get(ino)?;
+        n.promised_until.filter(|&u| Instant::now() < u).map(|_| n.attr)
+    }
+
+    /// The promise lapsed (the connection went away): nothing is promised until the
+    /// next subscription is caught up.
+    pub fn notices_lapsed(&self) {
+        let mut v = self.notice.lock().unwrap();
+        v.live = false;
+        v.epoch += 1;
+    }
+
+    /// Subscribed and caught up to `applied`.
+    pub fn notices_live(&self, instance: u64, applied: u64) {
+        let mut v = self.notice.lock().unwrap();
+        v.live = true;
+        v.instance = Some(instance);
+        v.applied = applied;
+    }
+
+    /// Applies one notice to our caches; returns what the kernel must drop. Our own
+    /// changes are skipped: their replies already brought the new attributes.
+    pub fn apply_notice(&self, n: &Notice) -> Vec<Inval> {
+        let _gate = self.gate.blocking_write();
+        let mut out = Vec::new();
+        if n.client != self.rpc.client_id() {
+            let now = Instant::now();
+            let mut t = self.inodes.lock().unwrap();
+            for c in &n.changes {
+                match c {
+                    Change::Object { fh, change } => {
+                        let Some(ino) = t.ino_of(fh) else { continue };
+                        let node = t.get_mut(ino).expect("indexed");
+                        if change.is_some_and(|c| c == node.attr.change && c == node.data_change) {
+                            continue; // what we hold is already this (a COMMIT, say)
+                        }
+                        node.notice_seq = n.seq;
+                        node.promised_until = None;
+                        node.attr_valid_until = now;
+                        out.push(Inval::Inode(ino));
+                    }
+                    Change::Entry { dir, name } => {
+                        let Some(ino) = t.ino_of(dir) else { continue };
+                        let node = t.get_mut(ino).expect("indexed");
+                        node.notice_seq = n.seq;
+                        node.promised_until = None;
+                        out.push(Inval::Entry(ino, name.clone()));
+                    }
+                }
+            }
+        }
+        for i in &out {
+            if let Inval::Inode(ino) = i {
+                self.invalidate(*ino, 0, u64::MAX);
+            }
+        }
+        self.notice.lock().unwrap().applied = n.seq;
+        self.notice_applied.notify_waiters();
+        out
+    }
+
+    /// Notices were missed: every cached attribute, name and page goes.
+    pub fn drop_all(&self) -> Vec<Inval> {
+        let _gate = self.gate.blocking_write();
+        self.notices_lapsed();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        {
+            let mut t = self.inodes.lock().unwrap();
+            for (ino, n) in t.nodes_mut() {
+                n.promised_until = None;
+                n.attr_valid_until = now;
+                out.push(Inval::Inode(ino));
+                out.extend(n.names.iter().map(|(p, name)| Inval::Entry(*p, name.clone())));
+            }
+        }
+        for i in &out {
+            if let Inval::Inode(ino) = i {
+                self.invalidate(*ino, 0, u64::MAX);
+            }
+        }
+        out
+    }
+
+    /// The kernel holds `ino` under `name` in `parent` (for [`Client::drop_all`]).
+    pub(super) fn remember_name(&self, ino: u64, parent: u64, name: &[u8]) {
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+            n.add_name(parent, name);
+        }
+    }
+
+    /// `fs-client status`'s line on notices.
+    pub(super) fn notice_status(&self) -> String {
+        let v = self.notice.lock().unwrap();
+        match (self.opts.notify, v.live, v.instance) {
+            (false, _, _) => "notices off (nonotify): attribute timeouts only\n".into(),
+            (true, true, Some(i)) => {
+                format!("notices subscribed, server instance {i:016x}, last applied {}\n", v.applied)
+            }
+            (true, _, _) => "notices NOT SUBSCRIBED (reconnecting or catching up): attribute timeouts only\n".into(),
+        }
+    }
+
+    /// Waits until a notice is applied or `limit` passes (the spool watcher's wake-up).
+    pub async fn wait_notice(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.notice_applied.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::MountOptions;
+    use crate::rpc::{Rpc, RpcConfig};
+    use fs_proto::{decode, encode_frame, Addr, Call, FileHandle, FileKind, Reply, Request, Response};
+    use std::io::{Read, Write};
+
+    /// A server that answers MOUNT and GETATTR for one directory, the root.
+    fn fake_server(path: &std::path::Path) {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = listener.accept() else { return };
+            let attr = crate::testutil::attr(FileKind::Directory, 2, 0);
+            loop {
+                let mut h = [0u8; 4];
+                if s.read_exact(&mut h).is_err() {
+                    return;
+                }
+                let mut b = vec![0u8; u32::from_be_bytes(h) as usize];
+                s.read_exact(&mut b).unwrap();
+                let call: Call = decode(&b).unwrap();
+                let res = match call.req {
+                    Request::Mount { .. } => Response::Mount { root: FileHandle(vec![1]), attr, max_io: 1 << 20 },
+                    _ => Response::Attr(attr),
+                };
+                s.write_all(&encode_frame(&Reply { xid: call.xid, res: Ok(res) }).unwrap()).unwrap();
+            }
+        });
+    }
+
+    /// The promise decision: an answer to a call sent before a notice about its object
+    /// was applied is suspect (the kernel must not cache it at all, not even for the
+    /// adaptive timeout: it may predate the change); one sent after is promised for the
+    /// callback bound; without a subscription the adaptive timeout applies; and while
+    /// the notifier holds the gate, an answer is suspect too.
+    #[test]
+    fn an_answer_that_may_predate_a_notice_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        fake_server(&path);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cfg = RpcConfig { addr: Addr::Unix(path), soft: false, timeo: Duration::from_secs(1), retrans: 0 };
+        let rpc = Rpc::connect(cfg, 7, Duration::from_secs(5)).unwrap();
+        let opts =
+            MountOptions { attr: crate::attrcache::AttrTimeouts::all(Duration::from_secs(60)), ..Default::default() };
+        let c = rt.block_on(Client::new(rpc, opts)).unwrap();
+        let attr = crate::testutil::attr(FileKind::Directory, 2, 0);
+        let root = crate::inodes::ROOT;
+        assert_eq!(c.kernel_ttl(c.mark(), root, None, &attr), Duration::from_secs(60), "not subscribed: adaptive");
+        c.notices_live(9, 0);
+        let before = c.mark();
+        assert_eq!(c.kernel_ttl(before, root, None, &attr), Duration::from_secs(300), "promised: the callback bound");
+        let other =
+            Notice { seq: 1, client: 8, changes: vec![Change::Object { fh: FileHandle(vec![1]), change: None }] };
+        assert_eq!(c.apply_notice(&other), vec![Inval::Inode(root)]);
+        assert_eq!(c.kernel_ttl(before, root, None, &attr), Duration::ZERO, "sent before the notice: suspect");
+        assert_eq!(c.kernel_ttl(c.mark(), root, None, &attr), Duration::from_secs(300), "sent after it: promised");
+        let own = Notice { seq: 2, client: 7, changes: other.changes.clone() };
+        assert!(c.apply_notice(&own).is_empty(), "our own change: its reply told us already");
+        let held = c.gate.clone().try_write_owned().unwrap();
+        let (mark, gate) = c.gate(c.mark());
+        assert!(gate.is_none());
+        assert_eq!(c.kernel_ttl(mark, root, None, &attr), Duration::ZERO, "the notifier is applying: suspect");
+        drop(held);
+        c.notices_lapsed();
+        assert_eq!(c.kernel_ttl(c.mark(), root, None, &attr), Duration::from_secs(60), "lapsed: adaptive");
+    }
+}

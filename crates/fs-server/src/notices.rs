@@ -1,0 +1,256 @@
+//! Change notices: the server as the sequencer (Amoeba's, in the lecture notes' terms).
+//!
+//! Every change the server makes gets the next number of one counter, and a notice (the
+//! number, what changed, which client made it) goes to every connection that subscribed,
+//! in number order (FIFO per connection; the numbers give one total order). Notices are
+//! soft state: the [`Sequencer`] keeps a bounded history of the most recent ones (the
+//! sequencer's history buffer) so that a mount that reconnects can ask for what it
+//! missed; one that has fallen out of the history, or meets a new server instance, drops
+//! what it has not verified.
+//!
+//! Pushes never block a change: each subscriber has a bounded queue drained by a thread
+//! of its own connection; a subscriber whose queue is full is dropped and its connection
+//! closed, and the mount, reconnecting, catches up from the history.
+//!
+//! A standby server (passive redundancy) would follow the counter so that numbering
+//! continues across a takeover; today a restarted server is a new instance, numbering
+//! from 1, and every mount revalidates.
+
+use fs_proto::{encode_frame, Change, Notice, Reply, Request, Response};
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+/// The counter and the history buffer. Pure: no I/O.
+pub struct Sequencer {
+    pub instance: u64,
+    next: u64,
+    history: VecDeque<Notice>,
+    cap: usize,
+}
+
+impl Sequencer {
+    pub fn new(instance: u64, cap: usize) -> Sequencer {
+        Sequencer { instance, next: 1, history: VecDeque::new(), cap: cap.max(1) }
+    }
+
+    /// Numbers a change and keeps it in the history.
+    pub fn record(&mut self, client: u64, changes: Vec<Change>) -> Notice {
+        let n = Notice { seq: self.next, client, changes };
+        self.next += 1;
+        if self.history.len() == self.cap {
+            self.history.pop_front();
+        }
+        self.history.push_back(n.clone());
+        n
+    }
+
+    /// The number the next notice gets.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// The notices numbered after `after`, and whether that is all of them (false when
+    /// some have left the history, or `after` is from the future: another instance).
+    /// `u64::MAX` asks for nothing past: "from now on".
+    pub fn since(&self, after: u64) -> (Vec<Notice>, bool) {
+        if after == u64::MAX {
+            return (Vec::new(), true);
+        }
+        if after >= self.next {
+            return (Vec::new(), after + 1 == self.next);
+        }
+        let oldest = self.history.front().map_or(self.next, |n| n.seq);
+        let complete = after + 1 >= oldest;
+        (self.history.iter().filter(|n| n.seq > after).cloned().collect(), complete)
+    }
+}
+
+/// One frame ready to write.
+pub type Frame = Arc<Vec<u8>>;
+
+/// Queued pushes per subscriber before it is dropped as too slow.
+pub const QUEUE: usize = 8192;
+
+/// The most notices one catch-up sends (far below the frame limit).
+pub const CATCH_UP: usize = 4096;
+
+/// The sequencer and its subscribers, shared by every connection.
+pub struct Hub {
+    inner: Mutex<HubInner>,
+}
+
+struct HubInner {
+    seq: Sequencer,
+    subs: HashMap<u64, SyncSender<Frame>>,
+}
+
+impl Hub {
+    pub fn new(instance: u64, history: usize) -> Hub {
+        Hub { inner: Mutex::new(HubInner { seq: Sequencer::new(instance, history), subs: HashMap::new() }) }
+    }
+
+    /// Subscribes connection `conn`: the answer to its SUBSCRIBE (call `xid`) goes into
+    /// its queue first, then every notice after it, with nothing lost in between.
+    pub fn subscribe(&self, conn: u64, xid: u64, after: u64, tx: SyncSender<Frame>) {
+        let mut h = crate::lock(&self.inner);
+        let (mut notices, mut complete) = h.seq.since(after);
+        if notices.len() > CATCH_UP {
+            // More than one frame holds: as good as fallen out of the history.
+            (notices, complete) = (Vec::new(), false);
+        }
+        let res = Response::Notices { instance: h.seq.instance, next: h.seq.next(), complete, notices };
+        let sent = match encode_frame(&Reply { xid, res: Ok(res) }) {
+            Ok(f) => tx.try_send(Arc::new(f)).is_ok(),
+            Err(_) => false,
+        };
+        if sent {
+            h.subs.insert(conn, tx);
+        } else {
+            // The connection closes when `tx` is dropped; the mount reconnects.
+            tracing::warn!(conn, "subscription's answer not sent");
+        }
+    }
+
+    pub fn unsubscribe(&self, conn: u64) {
+        crate::lock(&self.inner).subs.remove(&conn);
+    }
+
+    /// Numbers a change made by `client` and pushes it to every subscriber.
+    pub fn publish(&self, client: u64, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut h = crate::lock(&self.inner);
+        let notice = h.seq.record(client, changes);
+        if h.subs.is_empty() {
+            return;
+        }
+        let res =
+            Response::Notices { instance: h.seq.instance, next: h.seq.next(), complete: true, notices: vec![notice] };
+        let frame = match encode_frame(&Reply { xid: 0, res: Ok(res) }) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                tracing::error!("notice not sent: {e}");
+                return;
+            }
+        };
+        h.subs.retain(|conn, tx| match tx.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(
+                    conn,
+                    "a subscriber fell {QUEUE} notices behind; closing its connection (it catches up on reconnect)"
+                );
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+
+    pub fn subscribers(&self) -> usize {
+        crate::lock(&self.inner).subs.len()
+    }
+}
+
+/// What a successful call changed, from its request and its reply (the change
+/// attributes after it). Calls that change nothing give nothing.
+pub fn changes(req: &Request, res: &Response) -> Vec<Change> {
+    let obj = |fh: &fs_proto::FileHandle, change: Option<u64>| Change::Object { fh: fh.clone(), change };
+    let entry = |dir: &fs_proto::FileHandle, name: &[u8]| Change::Entry { dir: dir.clone(), name: name.to_vec() };
+    let after = |w: &fs_proto::Wcc| w.after.as_ref().map(|a| a.change);
+    match (req, res) {
+        (Request::Write { fh, .. }, Response::Write { wcc, .. }) => vec![obj(fh, after(wcc))],
+        (Request::Commit { fh, .. }, Response::Commit { wcc, .. }) => vec![obj(fh, after(wcc))],
+        (Request::SetAttr { fh, .. } | Request::Fallocate { fh, .. }, Response::Wcc(w)) => vec![obj(fh, after(w))],
+        (Request::SetXattr { fh, .. } | Request::RemoveXattr { fh, .. }, Response::Attr(a)) => {
+            vec![obj(fh, Some(a.change))]
+        }
+        (
+            Request::Create { dir, name, .. }
+            | Request::Mkdir { dir, name, .. }
+            | Request::Symlink { dir, name, .. }
+            | Request::Mknod { dir, name, .. },
+            Response::Created { dir: w, .. },
+        ) => vec![entry(dir, name), obj(dir, after(w))],
+        (Request::Remove { dir, name } | Request::Rmdir { dir, name }, Response::Wcc(w)) => {
+            vec![entry(dir, name), obj(dir, after(w))]
+        }
+        (Request::Rename { from_dir, from, to_dir, to, .. }, Response::Rename { from: fw, to: tw }) => {
+            let mut v = vec![entry(from_dir, from), entry(to_dir, to), obj(from_dir, after(fw))];
+            if to_dir != from_dir {
+                v.push(obj(to_dir, after(tw)));
+            }
+            v
+        }
+        (Request::Link { fh, dir, name }, Response::Link { attr, dir: w }) => {
+            vec![entry(dir, name), obj(dir, after(w)), obj(fh, Some(attr.change))]
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fs_proto::FileHandle;
+
+    fn ch(i: u8) -> Vec<Change> {
+        vec![Change::Object { fh: FileHandle(vec![i]), change: Some(i as u64) }]
+    }
+
+    #[test]
+    fn numbers_in_order_and_a_bounded_history() {
+        let mut s = Sequencer::new(9, 3);
+        for i in 1..=5u8 {
+            assert_eq!(s.record(7, ch(i)).seq, i as u64);
+        }
+        assert_eq!(s.next(), 6);
+        let (n, complete) = s.since(3);
+        assert!(complete);
+        assert_eq!(n.iter().map(|n| n.seq).collect::<Vec<_>>(), [4, 5]);
+        let (n, complete) = s.since(2);
+        assert!(complete, "3, 4 and 5 are all still there");
+        assert_eq!(n.len(), 3);
+        let (_, complete) = s.since(1);
+        assert!(!complete, "2 has left the history");
+        assert_eq!(s.since(5), (Vec::new(), true), "caught up");
+        assert!(!s.since(40).1, "a number from the future is another instance's");
+        assert_eq!(Sequencer::new(1, 3).since(0), (Vec::new(), true));
+        assert_eq!(s.since(u64::MAX), (Vec::new(), true), "from now on");
+    }
+
+    #[test]
+    fn subscribers_get_their_catch_up_then_every_notice_in_order() {
+        let hub = Hub::new(5, 100);
+        hub.publish(1, ch(1));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        hub.subscribe(42, 77, 0, tx);
+        hub.publish(2, ch(2));
+        hub.publish(3, Vec::new()); // nothing changed: no number used
+        hub.publish(3, ch(3));
+        let got: Vec<Reply> = rx.try_iter().map(|f| fs_proto::decode(&f[4..]).unwrap()).collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].xid, 77);
+        let seqs = |r: &Reply| match &r.res {
+            Ok(Response::Notices { notices, instance: 5, .. }) => notices.iter().map(|n| n.seq).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(seqs(&got[0]), [1]);
+        assert_eq!((got[1].xid, seqs(&got[1])), (0, vec![2]));
+        assert_eq!((got[2].xid, seqs(&got[2])), (0, vec![3]));
+    }
+
+    #[test]
+    fn a_subscriber_that_falls_behind_is_dropped() {
+        let hub = Hub::new(5, 100);
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        hub.subscribe(1, 1, 0, tx);
+        hub.publish(1, ch(1));
+        assert_eq!(hub.subscribers(), 1);
+        hub.publish(1, ch(2));
+        assert_eq!(hub.subscribers(), 0, "its queue was full");
+        assert_eq!(rx.try_iter().count(), 2);
+        assert!(rx.recv().is_err(), "and its queue is closed: the connection closes");
+    }
+}

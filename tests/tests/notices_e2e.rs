@@ -1,0 +1,175 @@
+//! Change notices end to end: the server numbers every change and pushes it to every
+//! subscribed mount, which drops what it makes stale at once, so caches can be trusted
+//! until told otherwise (the AFS callback). Real mounts, default root squash where the
+//! test acts as a user.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tests::{mount_status, wait_until, within, Rig, Watchdog};
+
+fn size(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.len())
+}
+
+/// Another mount's write and close shows in a mount that caches attributes for an hour
+/// (`actimeo=3600`) within moments, and so do a new name, a removal and a rename (the
+/// kernel's cached names dropped); the same mount without notices (`nonotify`) still
+/// shows the old size: what makes the difference is the notice.
+#[test]
+fn changes_on_one_mount_reach_another_that_caches_for_an_hour() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "actimeo=3600");
+    let old = rig.second_mount("old", "actimeo=3600,nonotify");
+    wait_until(Duration::from_secs(10), "mount b subscribed", || {
+        mount_status(&b.mountpoint).contains("notices subscribed")
+    });
+    assert!(mount_status(&old.mountpoint).contains("notices off"));
+    std::fs::write(rig.mnt("f"), b"1234").unwrap();
+    std::fs::write(rig.mnt("gone"), b"x").unwrap();
+    std::fs::write(rig.mnt("from"), b"x").unwrap();
+    // Both watching mounts cache the size, the names and a negative answer.
+    for m in [&b, &old] {
+        assert_eq!(size(&m.path("f")), Some(4));
+        assert!(m.path("gone").exists() && m.path("from").exists() && !m.path("to").exists());
+    }
+    std::fs::write(rig.mnt("f"), b"123456789012").unwrap();
+    std::fs::remove_file(rig.mnt("gone")).unwrap();
+    std::fs::rename(rig.mnt("from"), rig.mnt("to")).unwrap();
+    std::fs::write(rig.mnt("new"), b"n").unwrap();
+    wait_until(Duration::from_secs(5), "the new size on b", || size(&b.path("f")) == Some(12));
+    wait_until(Duration::from_secs(5), "the removal on b", || !b.path("gone").exists());
+    wait_until(Duration::from_secs(5), "the rename on b", || !b.path("from").exists() && b.path("to").exists());
+    assert!(b.path("new").exists());
+    assert_eq!(std::fs::read(b.path("f")).unwrap(), b"123456789012");
+    // Without notices the hour-long cache holds: still the old size and names.
+    assert_eq!(size(&old.path("f")), Some(4), "nonotify keeps today's timeouts");
+    assert!(old.path("from").exists(), "nonotify keeps its cached name");
+}
+
+/// Under the promise an open needs no round trip: opening an unchanged file many times
+/// makes no GETATTR (counted by `fs-client status`), and one change elsewhere makes the
+/// next open see it.
+#[test]
+fn open_of_an_unchanged_file_needs_no_round_trip() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "");
+    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    std::fs::write(rig.mnt("f"), b"abc").unwrap();
+    assert_eq!(std::fs::read(b.path("f")).unwrap(), b"abc");
+    let getattrs = || {
+        let s = mount_status(&b.mountpoint);
+        s.lines()
+            .find(|l| l.starts_with("call GETATTR"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    // The first reads settle the access time (relatime: the read that updates it goes
+    // to the server, and the new time is fetched once).
+    for _ in 0..3 {
+        std::fs::read(b.path("f")).unwrap();
+    }
+    let before = getattrs();
+    for _ in 0..50 {
+        assert_eq!(std::fs::read(b.path("f")).unwrap(), b"abc");
+    }
+    assert_eq!(getattrs(), before, "50 opens of an unchanged file, no GETATTR");
+    std::fs::write(rig.mnt("f"), b"abcdef").unwrap();
+    wait_until(Duration::from_secs(5), "the change seen by open", || std::fs::read(b.path("f")).unwrap() == b"abcdef");
+}
+
+/// Order: one mount renames one file along a chain of names (x0 -> x1 -> ...) while
+/// another mount watches the chain through its caches. At every moment exactly one name
+/// of the chain exists on the server, in increasing order, so the watcher must never see
+/// a name come back once it has seen a later one, and must end where the server ends.
+#[test]
+fn a_storm_of_renames_is_seen_in_order() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "actimeo=3600");
+    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    const N: usize = 400;
+    std::fs::create_dir(rig.mnt("d")).unwrap();
+    std::fs::write(rig.mnt("d/x0"), b"x").unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (violations, last_seen) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut latest = 0usize;
+            let mut violations = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || latest < N {
+                // Probe the names around the latest seen (through the kernel's caches).
+                for k in latest.saturating_sub(3)..=(latest + 3).min(N) {
+                    if b.path(&format!("d/x{k}")).exists() {
+                        if k < latest {
+                            violations.push((k, latest));
+                        }
+                        latest = latest.max(k);
+                    }
+                }
+                if stop.load(std::sync::atomic::Ordering::Relaxed) && latest < N {
+                    // The storm is over: the end must come (no notice lost).
+                    assert!(
+                        within(Duration::from_secs(5), || b.path(&format!("d/x{N}")).exists()),
+                        "the watcher never saw the last name"
+                    );
+                    latest = N;
+                }
+            }
+            (violations, latest)
+        });
+        for k in 0..N {
+            std::fs::rename(rig.mnt(&format!("d/x{k}")), rig.mnt(&format!("d/x{}", k + 1))).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    assert!(violations.is_empty(), "names seen again after a later one: {:?}", &violations[..violations.len().min(10)]);
+    assert_eq!(last_seen, N);
+    let names: Vec<String> =
+        std::fs::read_dir(b.path("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, [format!("x{N}")], "the watcher's listing ends as the server's");
+    for k in 0..N {
+        assert!(!b.path(&format!("d/x{k}")).exists(), "x{k} is gone on the watcher too");
+    }
+}
+
+/// A restarted server is a new instance: the mount drops what it cached (it cannot know
+/// what changed while it was away) and subscribes again; a change made behind its back
+/// while the server was down shows.
+#[test]
+fn a_restarted_server_makes_the_mount_revalidate() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let mut rig = Rig::new("actimeo=3600");
+    wait_until(Duration::from_secs(10), "subscribed", || {
+        mount_status(&rig.mount.mountpoint).contains("notices subscribed")
+    });
+    std::fs::write(rig.mnt("f"), b"1234").unwrap();
+    let instance = |st: &str| st.lines().find(|l| l.starts_with("notices subscribed")).map(|l| l.to_string());
+    let first = instance(&mount_status(&rig.mount.mountpoint)).unwrap();
+    assert_eq!(size(&rig.mnt("f")), Some(4));
+    rig.server.kill();
+    // Changed behind the mount's back, in the export itself, while no server runs.
+    std::fs::write(rig.export("f"), b"123456789").unwrap();
+    rig.start_server_again();
+    wait_until(Duration::from_secs(20), "subscribed to the new instance", || {
+        instance(&mount_status(&rig.mount.mountpoint)).is_some_and(|l| l != first)
+    });
+    wait_until(Duration::from_secs(5), "the change made while away", || size(&rig.mnt("f")) == Some(9));
+    assert_eq!(std::fs::metadata(rig.mnt("f")).unwrap().size(), 9);
+}
+
+/// Latency of a change seen through another mount's `stat` polling with `actimeo=3600`
+/// (only a notice can make it visible): p50 and p99 over 200 changes, printed for the
+/// README (the benchmark runs 1,000 in `scripts/bench-fs`); asserted only to arrive.
+#[test]
+fn notice_latency_is_measured() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "actimeo=3600");
+    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    let lat = tests::notice_latency(&rig.mnt("f"), &b.path("f"), 200);
+    eprintln!("p50 {:?} p99 {:?}", lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
+    let _ = Instant::now();
+}
