@@ -128,6 +128,10 @@ enum Cmd {
         /// Run what is there once and exit.
         #[arg(long)]
         once: bool,
+        /// Milliseconds between scans when the folder's mount does not follow change
+        /// notices (on one that does, a scan follows each notice).
+        #[arg(long, default_value_t = 500)]
+        poll_ms: u64,
         /// Have every batch tested by N different workers and take the majority's
         /// answer (a job file's `# replicas N` line wins).
         #[arg(long, default_value_t = 1)]
@@ -333,6 +337,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             leases,
             once,
             replicas,
+            poll_ms,
         } => {
             anyhow::ensure!((1..=9).contains(&replicas), "--replicas must be from 1 to 9");
             anyhow::ensure!(dir.is_dir(), "spool folder {} does not exist", dir.display());
@@ -347,6 +352,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             cfg.progress = progress;
             cfg.replicas = replicas;
             cfg.settle = Duration::from_millis(settle_ms);
+            cfg.poll = Duration::from_millis(poll_ms.max(1));
             cfg.leases = leases;
             let id = cfg.id.clone();
             let spool = Spool::new(&ctx, cfg)?;

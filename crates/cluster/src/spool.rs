@@ -158,13 +158,27 @@ impl<'a> Spool<'a> {
         self.cfg.dir.join(sub).join(name)
     }
 
-    /// Watches until stopped, telling `report` of each job it finished with.
+    /// Watches until stopped, telling `report` of each job it finished with. Between
+    /// scans it waits for the mount's next change notice (a dropped job is claimed as
+    /// soon as its notice arrives), or, on a mount that does not follow notices (or
+    /// another file system), for the scan interval.
     pub fn run(&self, mut report: impl FnMut(&Outcome)) -> anyhow::Result<()> {
+        let mut seen = 0u64;
+        let mut notices = true;
         while !util::stopping() {
             let outcomes = self.scan_once()?;
             outcomes.iter().for_each(&mut report);
             if outcomes.is_empty() {
-                std::thread::sleep(self.cfg.poll);
+                match notices.then(|| wait_for_notice(&self.cfg.dir.join("in"), seen)) {
+                    Some(Some(Some(n))) => seen = n,
+                    // Not following notices just now (reconnecting): the interval.
+                    Some(Some(None)) => std::thread::sleep(self.cfg.poll),
+                    // Not such a mount: the interval from now on.
+                    Some(None) | None => {
+                        notices = false;
+                        std::thread::sleep(self.cfg.poll);
+                    }
+                }
             }
         }
         Ok(())
@@ -526,4 +540,21 @@ fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(p)?;
     f.write_all(data)?;
     f.sync_all()
+}
+
+/// Waits (up to a second) on the mount's `user.fs-client.wait.N` for a change notice
+/// after `after`: the last notice number; `Some(None)` when the mount does not follow
+/// notices just now; None when the folder is not on such a mount.
+fn wait_for_notice(dir: &Path, after: u64) -> Option<Option<u64>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(format!("user.fs-client.wait.{after}")).ok()?;
+    let mut buf = [0u8; 32];
+    // SAFETY: both strings are NUL-terminated and outlive the call; `buf` is writable
+    // for its whole length.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return None;
+    }
+    Some(std::str::from_utf8(&buf[..n as usize]).ok()?.parse().ok())
 }

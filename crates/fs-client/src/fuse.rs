@@ -21,6 +21,10 @@ const ROOT_INO: u64 = crate::inodes::ROOT;
 /// The extended attribute of the mount's root that `fs-client status` reads: the mount
 /// answers it itself (it never reaches the server, and is not listed).
 pub const STATUS_XATTR: &[u8] = b"user.fs-client.status";
+/// `user.fs-client.wait.N` of any object: answered (by the mount itself) once a change
+/// notice numbered after N is applied, or after a second, with the last number applied
+/// (`off` when notices are not followed). The spool watcher waits on it between scans.
+pub const WAIT_XATTR: &[u8] = b"user.fs-client.wait.";
 
 pub struct Fs {
     client: Arc<Client>,
@@ -622,6 +626,12 @@ impl Filesystem for Fs {
                     }
                 };
                 text.into_bytes()
+            } else if let Some(after) = name.strip_prefix(WAIT_XATTR) {
+                let after = std::str::from_utf8(after).ok().and_then(|a| a.parse().ok()).ok_or(Errno::EINVAL)?;
+                match cl.wait_notice(after, Duration::from_secs(1)).await {
+                    (applied, true) => applied.to_string().into_bytes(),
+                    (_, false) => b"off".to_vec(),
+                }
             } else {
                 cl.getxattr(c, ino.0, &name).await?
             };

@@ -203,9 +203,26 @@ impl Client {
         }
     }
 
-    /// Waits until a notice is applied or `limit` passes (the spool watcher's wake-up).
-    pub async fn wait_notice(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.notice_applied.notified()).await;
+    /// Waits until a notice numbered after `after` is applied, or `limit` passes; returns
+    /// the last applied and whether notices are followed at all (the spool watcher's
+    /// wake-up: it scans as soon as anything changed, instead of on an interval).
+    pub async fn wait_notice(&self, after: u64, limit: Duration) -> (u64, bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let woken = self.notice_applied.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let (applied, live) = {
+                let v = self.notice.lock().unwrap();
+                (v.applied, v.live)
+            };
+            if applied > after || !live {
+                return (applied, live);
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return (applied, live);
+            }
+        }
     }
 }
 
