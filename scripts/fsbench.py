@@ -8,6 +8,8 @@ and bindfs in one run. Workloads:
   randread DIR SECS    4 KiB preads at random offsets of that file    -> IOPS
   create DIR N         create N empty files (open O_CREAT, close)     -> files/s
   stat DIR N           stat them                                      -> stats/s
+  lsstat DIR           list them, then lstat each (ls -l)             -> stats/s
+  readdir DIR          list them                                      -> entries/s
   delete DIR N         unlink them                                    -> files/s
   untar DIR TARBALL    tar xf                                         -> seconds
 """
@@ -68,6 +70,18 @@ def main():
         print(f"{n / (time.perf_counter() - t):.0f} {'stats' if what == 'stat' else 'files'}/s")
         if what == "delete":
             os.rmdir(sub)
+    elif what == "lsstat":
+        sub = os.path.join(d, "many")
+        t = time.perf_counter()
+        names = os.listdir(sub)
+        for name in names:
+            os.lstat(os.path.join(sub, name))
+        print(f"{len(names) / (time.perf_counter() - t):.0f} stats/s")
+    elif what == "readdir":
+        sub = os.path.join(d, "many")
+        t = time.perf_counter()
+        n = sum(1 for _ in os.scandir(sub))
+        print(f"{n / (time.perf_counter() - t):.0f} entries/s")
     elif what == "untar":
         tarball = sys.argv[3]
         dest = os.path.join(d, "untar")

@@ -200,3 +200,54 @@ fn notice_latency_is_measured() {
     eprintln!("p50 {:?} p99 {:?}", lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
     let _ = Instant::now();
 }
+
+/// A listing answers later LOOKUPs without a round trip while the promise covers it (an
+/// `ls -l` after `ls`); another mount's rename and create in the folder take that away at
+/// once: the old name is gone, the new names are found, by name and by listing.
+#[test]
+fn lookups_answered_from_a_listing_follow_another_mounts_changes() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "actimeo=3600");
+    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    std::fs::create_dir(rig.mnt("d")).unwrap();
+    for i in 0..300 {
+        std::fs::write(rig.mnt(&format!("d/f{i}")), b"x").unwrap();
+    }
+    let lookups = || {
+        mount_status(&b.mountpoint)
+            .lines()
+            .find(|l| l.starts_with("call LOOKUP"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let listed = std::fs::read_dir(b.path("d")).unwrap().count();
+    assert_eq!(listed, 300);
+    let before = lookups();
+    for i in 0..300 {
+        assert!(std::fs::symlink_metadata(b.path(&format!("d/f{i}"))).is_ok());
+    }
+    assert!(!b.path("d/nothing").exists(), "a name the listing lacks is not there");
+    assert_eq!(lookups(), before, "ls -l after ls: no LOOKUP reached the server");
+    // A file of the folder grows elsewhere: its new size, not the listing's.
+    std::fs::write(rig.mnt("d/f3"), b"longer").unwrap();
+    // The kernel forgets its names and inodes, so the next `stat` is a LOOKUP, which
+    // the kept listing would answer.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    wait_until(Duration::from_secs(5), "f3's new size", || std::fs::metadata(b.path("d/f3")).unwrap().len() == 6);
+    // And here: a change of ours is not hidden by the listing either (`touch` then
+    // `make`, found by the git-and-make test).
+    std::fs::write(b.path("d/f4"), b"mine!").unwrap();
+    assert_eq!(std::fs::metadata(b.path("d/f4")).unwrap().len(), 5);
+    std::fs::rename(rig.mnt("d/f7"), rig.mnt("d/renamed")).unwrap();
+    std::fs::write(rig.mnt("d/nothing"), b"now").unwrap();
+    wait_until(Duration::from_secs(5), "the rename seen", || !b.path("d/f7").exists());
+    assert!(b.path("d/renamed").exists());
+    assert_eq!(std::fs::read(b.path("d/nothing")).unwrap(), b"now");
+    let mut names: Vec<String> =
+        std::fs::read_dir(b.path("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert!(names.contains(&"renamed".to_string()) && names.contains(&"nothing".to_string()));
+    assert!(!names.contains(&"f7".to_string()));
+    assert_eq!(names.len(), 301);
+}

@@ -37,7 +37,11 @@ fn main() {
     );
     println!();
     let secs = Duration::from_secs(2);
-    let stat = |p: std::path::PathBuf| move || drop(std::fs::metadata(&p).unwrap());
+    let stat = |p: std::path::PathBuf| {
+        move || {
+            std::fs::metadata(&p).unwrap();
+        }
+    };
     let open = |p: std::path::PathBuf| move || drop(std::fs::File::open(&p).unwrap());
     let s_notify = rate(secs, stat(b.path("f")));
     let s_noac = rate(secs, stat(noac.path("f")));
@@ -46,5 +50,8 @@ fn main() {
     println!("| unchanged file, per second | with notices | without | ratio |");
     println!("| --- | ---: | ---: | ---: |");
     println!("| `stat` (without: `noac`, always current) | {s_notify:.0} | {s_noac:.0} | {:.1}x |", s_notify / s_noac);
-    println!("| `open`+`close` (without: `nonotify`, close-to-open GETATTR) | {o_notify:.0} | {o_plain:.0} | {:.1}x |", o_notify / o_plain);
+    println!(
+        "| `open`+`close` (without: `nonotify`, close-to-open GETATTR) | {o_notify:.0} | {o_plain:.0} | {:.1}x |",
+        o_notify / o_plain
+    );
 }

@@ -107,7 +107,8 @@ pub struct Opened {
 ///
 /// # Lock order
 /// `files` -> a [`FileState`]'s locks (`opens`, `cred`, `wb`; never two of them at
-/// once) -> `cache` -> `fetches`. `inodes`, `opens`, `silly`, `groups` and `clock` are leaves:
+/// once) -> `cache` -> `fetches`. `inodes`, `opens`, `silly`, `groups`, `clock`,
+/// `notice` and `listings` are leaves:
 /// nothing else is taken while one is held. No lock is held across an `.await`.
 pub struct Client {
     rpc: Rpc,
@@ -145,6 +146,8 @@ pub struct Client {
     notice: Mutex<notify::NoticeView>,
     notice_applied: Notify,
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Recent directory listings, kept while the promise covers them. A leaf lock.
+    listings: Mutex<LruCache<u64, Arc<open::Listing>>>,
 }
 
 fn unexpected(r: Response) -> Errno {
@@ -181,6 +184,7 @@ impl Client {
             notice: Mutex::new(Default::default()),
             notice_applied: Notify::new(),
             gate: Arc::new(tokio::sync::RwLock::new(())),
+            listings: Mutex::new(LruCache::new(NonZeroUsize::new(64).unwrap())),
             opts,
         })
     }
@@ -198,8 +202,13 @@ impl Client {
     }
 
     pub(super) async fn call(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
-        if self.opts.read_only && req.is_mutation() {
-            return Err(Errno::EROFS);
+        if req.is_mutation() {
+            if self.opts.read_only {
+                return Err(Errno::EROFS);
+            }
+            // A change of ours makes no notice here (its reply tells us), and the
+            // attributes a kept listing holds for the object would be stale.
+            self.listings.lock().unwrap().clear();
         }
         self.rpc.call(cred, req).await
     }

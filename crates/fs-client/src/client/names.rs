@@ -9,11 +9,27 @@ use std::time::Instant;
 impl Client {
     pub async fn lookup(&self, c: Caller, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
         let dir = self.fh(parent)?;
+        // What a listing under the promise brought answers without a round trip (`ls -l`
+        // after `ls`): a name it holds with its handle, or no such name. (The kernel
+        // checked search permission on the directory before asking.)
+        if let Some(l) = self.promised_listing(parent) {
+            if name != b"." && name != b".." {
+                return match l.get(name) {
+                    Some(DirEntry { plus: Some((fh, attr)), .. }) => Ok(self.remember(parent, name, fh, *attr, l.mark)),
+                    Some(_) => self.lookup_call(c, parent, &dir, name).await,
+                    None => Err(Errno::ENOENT),
+                };
+            }
+        }
+        self.lookup_call(c, parent, &dir, name).await
+    }
+
+    async fn lookup_call(&self, c: Caller, parent: u64, dir: &FileHandle, name: &[u8]) -> Result<Entry, Errno> {
         let mark = self.mark();
         match self.call(&self.cred(c), Request::Lookup { dir: dir.clone(), name: name.to_vec() }).await? {
             Response::Lookup { fh, attr, dir: dattr } => {
                 if let Some(d) = dattr {
-                    self.note_attr(&dir, &d);
+                    self.note_attr(dir, &d);
                 }
                 Ok(self.remember(parent, name, &fh, attr, mark))
             }

@@ -125,12 +125,14 @@ impl Client {
     pub fn apply_notice(&self, n: &Notice) -> Vec<Inval> {
         let _gate = self.gate.blocking_write();
         let mut out = Vec::new();
+        let mut objects = false;
         if n.client != self.rpc.client_id() {
             let now = Instant::now();
             let mut t = self.inodes.lock().unwrap();
             for c in &n.changes {
                 match c {
                     Change::Object { fh, change } => {
+                        objects = true;
                         let Some(ino) = t.ino_of(fh) else { continue };
                         let node = t.get_mut(ino).expect("indexed");
                         if change.is_some_and(|c| c == node.attr.change && c == node.data_change) {
@@ -150,6 +152,11 @@ impl Client {
                     }
                 }
             }
+        }
+        if objects {
+            // A kept listing may hold the object's attributes, whether or not the kernel
+            // knows the object.
+            self.listings.lock().unwrap().clear();
         }
         for i in &out {
             if let Inval::Inode(ino) = i {

@@ -27,6 +27,18 @@ pub(super) struct OpenFile {
 pub struct Listing {
     pub entries: Vec<DirEntry>,
     pub mark: Option<super::Mark>,
+    /// The directory's change attribute when listed.
+    pub change: u64,
+    /// Entries by name, made on the first LOOKUP answered from the listing.
+    index: std::sync::OnceLock<std::collections::HashMap<Vec<u8>, usize>>,
+}
+
+impl Listing {
+    pub fn get(&self, name: &[u8]) -> Option<&DirEntry> {
+        let index =
+            self.index.get_or_init(|| self.entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect());
+        index.get(name).map(|&i| &self.entries[i])
+    }
 }
 
 impl Client {
@@ -203,6 +215,14 @@ impl Client {
         fh
     }
 
+    /// The directory's recent listing, if the promise still covers it: no notice touched
+    /// the directory since, and no change of ours moved its change attribute.
+    pub(super) fn promised_listing(&self, dir_ino: u64) -> Option<Arc<Listing>> {
+        let l = self.listings.lock().unwrap().get(&dir_ino).cloned()?;
+        let same = self.inodes.lock().unwrap().get(dir_ino).is_some_and(|n| n.attr.change == l.change);
+        (same && self.promised(l.mark, &[dir_ino]) == Some(true)).then_some(l)
+    }
+
     pub fn releasedir(&self, fh: OpenNo) {
         self.opens.lock().unwrap().remove(&fh);
     }
@@ -219,14 +239,22 @@ impl Client {
         if let (Some(l), true) = (cached, offset != 0) {
             return Ok(l);
         }
+        if let Some(l) = self.promised_listing(dir_ino) {
+            if let Some(of) = self.opens.lock().unwrap().get_mut(&fh) {
+                of.listing = Some(l.clone());
+            }
+            return Ok(l);
+        }
         let dir = self.fh(dir_ino)?;
         let mark = self.mark();
+        let mut change: u64;
         let (mut cookie, mut verifier, mut all) = (0u64, 0u64, Vec::new());
         loop {
             let req = Request::ReadDirPlus { dir: dir.clone(), cookie, verifier, count: 256 * 1024 };
             match self.call(&cred, req).await? {
                 Response::Dir { verifier: v, entries, eof, attr } => {
                     self.note_attr(&dir, &attr);
+                    change = attr.change;
                     verifier = v;
                     if let Some(last) = entries.last() {
                         cookie = last.cookie;
@@ -240,7 +268,10 @@ impl Client {
                 r => return Err(unexpected(r)),
             }
         }
-        let listing = Arc::new(Listing { entries: all, mark });
+        let listing = Arc::new(Listing { entries: all, mark, change, index: Default::default() });
+        if mark.is_some() {
+            self.listings.lock().unwrap().put(dir_ino, listing.clone());
+        }
         if let Some(of) = self.opens.lock().unwrap().get_mut(&fh) {
             of.listing = Some(listing.clone());
         }
