@@ -12,6 +12,8 @@ and bindfs in one run. Workloads:
   readdir DIR          list them                                      -> entries/s
   delete DIR N         unlink them                                    -> files/s
   untar DIR TARBALL    tar xf                                         -> seconds
+  appends DIR N        N writes of 32 bytes to one open file (a log)  -> writes/s
+  statloop DIR SECS    stat one file again and again                  -> us per stat
 """
 import os, random, subprocess, sys, time
 
@@ -82,6 +84,30 @@ def main():
         t = time.perf_counter()
         n = sum(1 for _ in os.scandir(sub))
         print(f"{n / (time.perf_counter() - t):.0f} entries/s")
+    elif what == "appends":
+        n = int(sys.argv[3])
+        b = b"x" * 32
+        fd = os.open(os.path.join(d, "log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        t = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, b)
+        dt = time.perf_counter() - t
+        os.close(fd)
+        os.unlink(os.path.join(d, "log"))
+        print(f"{n / dt:.0f} writes/s")
+    elif what == "statloop":
+        secs = float(sys.argv[3])
+        p = os.path.join(d, "statme")
+        with open(p, "w"):
+            pass
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < secs:
+            for _ in range(100):
+                os.stat(p)
+            n += 100
+        dt = time.perf_counter() - t
+        os.unlink(p)
+        print(f"{dt / n * 1e6:.1f} us")
     elif what == "untar":
         tarball = sys.argv[3]
         dest = os.path.join(d, "untar")

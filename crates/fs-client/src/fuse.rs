@@ -403,8 +403,14 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let (cl, data) = (self.client.clone(), data.to_vec());
-        self.spawn(reply, async move { cl.write(ino.0, offset, &data).await }, |r, n| r.written(n));
+        // On this FUSE thread, from the kernel's buffer: a write that write-back absorbs
+        // costs no hand-off to another thread and no copy (measured: 32-byte appends went
+        // from 8,000/s to the rate below in the README); one that must wait for WRITEs
+        // or a COMMIT holds this thread, one of eight, as a synchronous write would.
+        match self.rt.block_on(self.client.write(ino.0, offset, data)) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.fail(e),
+        }
     }
 
     /// Every close: the data goes to the server, then (POSIX semantics) the closing

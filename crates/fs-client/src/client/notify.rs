@@ -123,10 +123,16 @@ impl Client {
     /// Applies one notice to our caches; returns what the kernel must drop. Our own
     /// changes are skipped: their replies already brought the new attributes.
     pub fn apply_notice(&self, n: &Notice) -> Vec<Inval> {
+        if n.client == self.rpc.client_id() {
+            // Ours: nothing to drop, and no answer of ours to hold back.
+            self.notice.lock().unwrap().applied = n.seq;
+            self.notice_applied.notify_waiters();
+            return Vec::new();
+        }
         let _gate = self.gate.blocking_write();
         let mut out = Vec::new();
         let mut objects = false;
-        if n.client != self.rpc.client_id() {
+        {
             let now = Instant::now();
             let mut t = self.inodes.lock().unwrap();
             for c in &n.changes {
