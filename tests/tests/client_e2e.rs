@@ -191,6 +191,12 @@ fn close_to_open_between_two_mounts_with_actimeo() {
     close_to_open("actimeo=1", Squash::None);
 }
 
+/// Caches an hour long, kept current by change notices alone.
+#[test]
+fn two_mounts_caching_for_an_hour_are_never_stale() {
+    close_to_open("actimeo=3600", Squash::None);
+}
+
 #[test]
 fn close_to_open_between_two_mounts_under_root_squash() {
     close_to_open("", Squash::Root);

@@ -109,7 +109,7 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     config.acl = if opts.allow_other && root { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
-    config.n_threads = Some(8);
+    config.n_threads = Some(opts.threads);
     config.clone_fd = true;
     let locks = match &opts.leases {
         Some(node) => {

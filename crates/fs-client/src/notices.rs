@@ -84,11 +84,16 @@ impl Follower {
         out
     }
 
-    /// Pushed notices (one connection's, in order).
-    pub fn pushed(&mut self, instance: u64, notices: Vec<Notice>) -> Vec<Step> {
+    /// Pushed notices (one connection's, in order), and the number the next will get
+    /// (a beat without notices tells of notices missed before a quiet spell).
+    pub fn pushed(&mut self, instance: u64, next: u64, notices: Vec<Notice>) -> Vec<Step> {
         if !self.live || self.instance != Some(instance) {
             // From a connection before the current subscription: its catch-up covers it.
             return Vec::new();
+        }
+        if notices.is_empty() && next > self.next {
+            self.live = false;
+            return vec![Step::Reconnect];
         }
         let mut out = Vec::new();
         for n in notices {
@@ -134,7 +139,7 @@ mod tests {
         assert_eq!(f.subscribed(7, 40, true, vec![]), vec![Step::DropAll]);
         assert!(f.live());
         assert_eq!(f.after(), 39);
-        assert_eq!(applied(&f.pushed(7, vec![n(40), n(41)])), [40, 41]);
+        assert_eq!(applied(&f.pushed(7, 0, vec![n(40), n(41)])), [40, 41]);
         assert_eq!(f.applied(), 41);
     }
 
@@ -142,22 +147,34 @@ mod tests {
     fn repeats_are_skipped_and_a_gap_reconnects() {
         let mut f = Follower::default();
         f.subscribed(7, 1, true, vec![]);
-        assert_eq!(applied(&f.pushed(7, vec![n(1), n(2)])), [1, 2]);
-        assert!(f.pushed(7, vec![n(2)]).is_empty(), "a repeat");
-        assert_eq!(f.pushed(7, vec![n(4)]), vec![Step::Reconnect]);
+        assert_eq!(applied(&f.pushed(7, 0, vec![n(1), n(2)])), [1, 2]);
+        assert!(f.pushed(7, 0, vec![n(2)]).is_empty(), "a repeat");
+        assert_eq!(f.pushed(7, 0, vec![n(4)]), vec![Step::Reconnect]);
         assert!(!f.live());
-        assert!(f.pushed(7, vec![n(5)]).is_empty(), "not live until subscribed again");
+        assert!(f.pushed(7, 0, vec![n(5)]).is_empty(), "not live until subscribed again");
         assert_eq!(f.after(), 2);
         // The catch-up brings 3..5 (4 and 5 again, in any order): each applied once.
         assert_eq!(applied(&f.subscribed(7, 6, true, vec![n(4), n(3), n(5)])), [3, 4, 5]);
         assert!(f.live());
     }
 
+    /// A beat (no notice, just the next number) tells of notices missed before a quiet
+    /// spell; one that matches changes nothing.
+    #[test]
+    fn a_beat_reveals_notices_missed_at_the_end() {
+        let mut f = Follower::default();
+        f.subscribed(7, 1, true, vec![]);
+        f.pushed(7, 2, vec![n(1)]);
+        assert!(f.pushed(7, 2, vec![]).is_empty(), "nothing missed");
+        assert_eq!(f.pushed(7, 4, vec![]), vec![Step::Reconnect], "2 and 3 never came");
+        assert!(!f.live());
+    }
+
     #[test]
     fn missed_notices_or_a_new_instance_drop_everything() {
         let mut f = Follower::default();
         f.subscribed(7, 1, true, vec![]);
-        f.pushed(7, vec![n(1)]);
+        f.pushed(7, 0, vec![n(1)]);
         f.disconnected();
         let s = f.subscribed(7, 9000, false, vec![n(5000)]);
         assert_eq!(s[0], Step::DropAll, "fell out of the history");
@@ -166,8 +183,8 @@ mod tests {
         let s = f.subscribed(8, 3, true, vec![n(1), n(2)]);
         assert_eq!(s, vec![Step::DropAll], "a restarted server: its numbers are new");
         assert_eq!(f.instance(), Some(8));
-        assert_eq!(applied(&f.pushed(7, vec![n(3)])), Vec::<u64>::new(), "the old instance's pushes are ignored");
-        assert_eq!(applied(&f.pushed(8, vec![n(3)])), [3]);
+        assert_eq!(applied(&f.pushed(7, 0, vec![n(3)])), Vec::<u64>::new(), "the old instance's pushes are ignored");
+        assert_eq!(applied(&f.pushed(8, 0, vec![n(3)])), [3]);
     }
 
     proptest! {
@@ -188,7 +205,7 @@ mod tests {
             take(f.subscribed(1, 1, true, vec![]), &mut seen);
             for (op, x) in ops {
                 match op {
-                    0 | 1 => take(f.pushed(1, vec![n(x)]), &mut seen),
+                    0 | 1 => take(f.pushed(1, 0, vec![n(x)]), &mut seen),
                     2 => f.disconnected(),
                     _ => {
                         let after = f.after();

@@ -50,8 +50,8 @@ pub fn start(client: Arc<Client>, rt: tokio::runtime::Handle, kernel: Arc<OnceLo
 }
 
 fn pushed(client: &Client, kernel: &OnceLock<fuser::Notifier>, f: &mut Follower, r: Box<fs_proto::Reply>) {
-    if let Ok(Response::Notices { instance, notices, .. }) = r.res {
-        let steps = f.pushed(instance, notices);
+    if let Ok(Response::Notices { instance, next, notices, .. }) = r.res {
+        let steps = f.pushed(instance, next, notices);
         carry_out(client, kernel, f, steps);
     }
 }

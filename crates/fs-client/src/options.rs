@@ -37,6 +37,8 @@ pub struct MountOptions {
     /// `callback=SECS`: while subscribed, how long what is cached may be trusted without
     /// a notice (the AFS callback promise's bound).
     pub callback: Duration,
+    /// `threads=N`: FUSE request threads (1 to 64).
+    pub threads: usize,
 }
 
 impl Default for MountOptions {
@@ -58,6 +60,7 @@ impl Default for MountOptions {
             clock_check: Duration::from_secs(60),
             notify: true,
             callback: Duration::from_secs(300),
+            threads: 8,
         }
     }
 }
@@ -158,6 +161,12 @@ impl MountOptions {
                 "notify" => flag(&mut o.notify, true)?,
                 "nonotify" => flag(&mut o.notify, false)?,
                 "callback" => o.callback = secs(key, need()?)?,
+                "threads" => {
+                    o.threads = number(key, need()?)?;
+                    if !(1..=64).contains(&o.threads) {
+                        return Err(OptionError::BadValue(key.into(), "from 1 to 64".into()));
+                    }
+                }
                 _ => return Err(OptionError::Unknown(item.into())),
             }
         }

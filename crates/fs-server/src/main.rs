@@ -32,6 +32,10 @@ struct Args {
     /// reports or is given is shifted), to test the mounts' clock comparison.
     #[arg(long, value_name = "SECS", hide = true, allow_hyphen_values = true)]
     test_clock_skew: Option<i64>,
+    /// For tests only: push no notice numbered a multiple of K (numbered and kept in the
+    /// history all the same), so mounts see gaps and catch up.
+    #[arg(long, value_name = "K", hide = true)]
+    test_drop_notices_every: Option<u64>,
 }
 
 /// Turns raw arguments into a validated configuration (the one-line reasons live here).
@@ -53,6 +57,11 @@ fn config(args: Args) -> anyhow::Result<(Config, Addr)> {
     if let Some(s) = args.test_clock_skew {
         eprintln!("fs-server: TEST ONLY: acting as if this machine's clock were {s} s off");
         fs_server::ops::set_clock_skew(s);
+    }
+    if let Some(k) = args.test_drop_notices_every {
+        anyhow::ensure!(k > 0, "--test-drop-notices-every must be at least 1");
+        eprintln!("fs-server: TEST ONLY: every {k}th change notice is not pushed");
+        cfg.test_drop_notices_every = Some(k);
     }
     Ok((cfg, addr))
 }

@@ -92,6 +92,17 @@ impl Listener {
     /// Accepts connections until `shutdown` completes.
     pub async fn serve(self, server: Arc<Server>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // The subscribers' beat (see `Hub::beat`).
+        let beats = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    server.notices.beat();
+                }
+            })
+        };
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -102,6 +113,7 @@ impl Listener {
                 },
             }
         }
+        beats.abort();
         if let Listener::Unix(_, path) = &self {
             let _ = std::fs::remove_file(path);
         }

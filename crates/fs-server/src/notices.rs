@@ -78,6 +78,7 @@ pub const CATCH_UP: usize = 4096;
 /// The sequencer and its subscribers, shared by every connection.
 pub struct Hub {
     inner: Mutex<HubInner>,
+    drop_every: Option<u64>,
 }
 
 struct HubInner {
@@ -87,7 +88,16 @@ struct HubInner {
 
 impl Hub {
     pub fn new(instance: u64, history: usize) -> Hub {
-        Hub { inner: Mutex::new(HubInner { seq: Sequencer::new(instance, history), subs: HashMap::new() }) }
+        Hub {
+            inner: Mutex::new(HubInner { seq: Sequencer::new(instance, history), subs: HashMap::new() }),
+            drop_every: None,
+        }
+    }
+
+    /// Tests only: notices numbered a multiple of `k` are numbered and kept, not pushed.
+    pub fn dropping_every(mut self, k: Option<u64>) -> Hub {
+        self.drop_every = k;
+        self
     }
 
     /// Subscribes connection `conn`: the answer to its SUBSCRIBE (call `xid`) goes into
@@ -123,7 +133,7 @@ impl Hub {
         }
         let mut h = crate::lock(&self.inner);
         let notice = h.seq.record(client, changes);
-        if h.subs.is_empty() {
+        if h.subs.is_empty() || self.drop_every.is_some_and(|k| notice.seq % k == 0) {
             return;
         }
         let res =
@@ -146,6 +156,19 @@ impl Hub {
             }
             Err(TrySendError::Disconnected(_)) => false,
         });
+    }
+
+    /// Tells every subscriber the next number, with no notice: a mount that missed the
+    /// last notices before a quiet spell learns of it within a beat (every second).
+    pub fn beat(&self) {
+        let mut h = crate::lock(&self.inner);
+        if h.subs.is_empty() {
+            return;
+        }
+        let res = Response::Notices { instance: h.seq.instance, next: h.seq.next(), complete: true, notices: vec![] };
+        let Ok(frame) = encode_frame(&Reply { xid: 0, res: Ok(res) }) else { return };
+        let frame = Arc::new(frame);
+        h.subs.retain(|_, tx| !matches!(tx.try_send(frame.clone()), Err(TrySendError::Disconnected(_))));
     }
 
     pub fn subscribers(&self) -> usize {

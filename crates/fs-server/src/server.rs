@@ -21,6 +21,8 @@ pub struct Config {
     pub fd_cache: usize,
     /// Change notices kept for mounts that reconnect (the sequencer's history).
     pub notice_history: usize,
+    /// Tests only: push no notice numbered a multiple of this.
+    pub test_drop_notices_every: Option<u64>,
 }
 
 impl Config {
@@ -33,6 +35,7 @@ impl Config {
             drc_size: 4096,
             fd_cache: 4096,
             notice_history: 65536,
+            test_drop_notices_every: None,
         }
     }
 }
@@ -85,7 +88,8 @@ impl Server {
             read_only: cfg.read_only,
             fence_locks: Default::default(),
             panic_next: Default::default(),
-            notices: crate::notices::Hub::new(handles::random_u64(), cfg.notice_history),
+            notices: crate::notices::Hub::new(handles::random_u64(), cfg.notice_history)
+                .dropping_every(cfg.test_drop_notices_every),
         })
     }
 
