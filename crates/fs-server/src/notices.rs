@@ -133,7 +133,7 @@ impl Hub {
         }
         let mut h = crate::lock(&self.inner);
         let notice = h.seq.record(client, changes);
-        if h.subs.is_empty() || self.drop_every.is_some_and(|k| notice.seq % k == 0) {
+        if h.subs.is_empty() || self.drop_every.is_some_and(|k| notice.seq.is_multiple_of(k)) {
             return;
         }
         let res =
