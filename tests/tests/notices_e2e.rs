@@ -355,7 +355,7 @@ fn storm_against_readers(threads: &str) {
                 std::fs::write(rig.mnt(&format!("d/f{}", i % 8)), vec![b'a' + (i % 26) as u8; 4096 + i % 60000])
                     .unwrap();
                 let t = rig.mnt(&format!("d/t{}", i % 8));
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     std::fs::write(&t, b"t").unwrap();
                 } else {
                     let _ = std::fs::remove_file(&t);
