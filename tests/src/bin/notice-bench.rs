@@ -3,7 +3,10 @@
 //! time from the close to the new size, p50/p99/max over N changes. Beside it, what the
 //! promise saves: `stat` of an unchanged file in a loop with notices (served from the
 //! kernel's cache) and with `noac` (a round trip each), and opens of an unchanged file
-//! with and without notices. Run by `scripts/bench-notices` (release build).
+//! with and without notices. Then a tree written on one mount and read back with `tar`
+//! on another, a `stat` storm over a tree another mount changes a small part of, and the
+//! changes per second the server makes with no mount and with eight subscribed (what the
+//! notices cost it). Run by `scripts/bench-notices` (release build).
 
 use std::time::{Duration, Instant};
 use tests::{mount_status, wait_until, Rig};
@@ -54,4 +57,128 @@ fn main() {
         "| `open`+`close` (without: `nonotify`, close-to-open GETATTR) | {o_notify:.0} | {o_plain:.0} | {:.1}x |",
         o_notify / o_plain
     );
+
+    println!();
+    tree_rows(&rig);
+    println!();
+    // A server of its own, whose first mount does not subscribe.
+    server_cost(&Rig::new("nonotify"));
+}
+
+fn make_tree(root: &std::path::Path, dirs: usize, files: usize) {
+    for d in 0..dirs {
+        let dir = root.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..files {
+            std::fs::write(dir.join(format!("f{f}")), vec![b'x'; 100 + (d * 31 + f * 7) % 4000]).unwrap();
+        }
+    }
+}
+
+/// `tar` of a tree read back through a second mount, and a stat storm over a tree that
+/// another mount changes a small part of, with notices and without, side by side.
+fn tree_rows(rig: &Rig) {
+    let (dirs, files) = (40, 50);
+    make_tree(&rig.mnt("tree"), dirs, files);
+    let with = rig.second_mount("tw", "");
+    let without = rig.second_mount("to", "nonotify");
+    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&with.mountpoint).contains("notices subscribed"));
+    let tar = |m: &tests::MountProc| {
+        let t = Instant::now();
+        let out = std::process::Command::new("tar")
+            .args(["cf", "/dev/null", "tree"])
+            .current_dir(&m.mountpoint)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        t.elapsed().as_secs_f64()
+    };
+    // Twice each: the first read is cold, the second is what a re-read costs.
+    let (w1, o1, w2, o2) = (tar(&with), tar(&without), tar(&with), tar(&without));
+    println!("| tree of {} files, other mount | with notices | without | ratio |", dirs * files);
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| `tar` read back, first time, seconds | {w1:.3} | {o1:.3} | {:.2}x |", o1 / w1);
+    println!("| `tar` read back, again, seconds | {w2:.3} | {o2:.3} | {:.2}x |", o2 / w2);
+    // A stat storm over the tree while the first mount rewrites one file in a hundred.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rates = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let p = rig.mnt(&format!("tree/d{}/f{}", i % dirs, (i * 7) % files));
+                std::fs::write(p, vec![b'y'; i % 5000]).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let storm = |m: &tests::MountProc| {
+            let t = Instant::now();
+            let mut n = 0u64;
+            while t.elapsed() < Duration::from_secs(3) {
+                for d in 0..dirs {
+                    for f in 0..files {
+                        let _ = std::fs::metadata(m.mountpoint.join(format!("tree/d{d}/f{f}")));
+                        n += 1;
+                    }
+                }
+            }
+            n as f64 / t.elapsed().as_secs_f64()
+        };
+        let r = (storm(&with), storm(&without));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    println!(
+        "| `stat` storm while 1% changes, stats/s | {:.0} | {:.0} | {:.2}x |",
+        rates.0,
+        rates.1,
+        rates.0 / rates.1
+    );
+}
+
+/// SETATTRs per second from four clients, with no mount subscribed and with eight: each
+/// change then costs the server a notice encoded once and queued eight times.
+fn server_cost(rig: &Rig) {
+    std::fs::write(rig.mnt("cost"), b"c").unwrap();
+    let run = || {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let total = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for i in 0..4u64 {
+                let (stop, total) = (&stop, &total);
+                s.spawn(move || {
+                    let mut c = tests::rpc::Conn::connect(&rig.server.addr).unwrap();
+                    // Four clients, not one: the duplicate request cache keys calls by
+                    // client id and xid.
+                    c.client = (u64::from(std::process::id()) << 8) | i;
+                    let root = c.mount();
+                    let fh = match c.call(fs_proto::Request::Lookup { dir: root, name: b"cost".to_vec() }).unwrap() {
+                        fs_proto::Response::Lookup { fh, .. } => fh,
+                        r => panic!("{r:?}"),
+                    };
+                    let mut n = 0u64;
+                    let mut mode = 0o600;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        mode ^= 0o044;
+                        let attrs = fs_proto::SetAttrs { mode: Some(mode), ..Default::default() };
+                        c.call(fs_proto::Request::SetAttr { fh: fh.clone(), attrs, guard: None }).unwrap();
+                        n += 1;
+                    }
+                    total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        total.load(std::sync::atomic::Ordering::Relaxed) as f64 / 3.0
+    };
+    let alone = run();
+    let mounts: Vec<tests::MountProc> = (0..8).map(|i| rig.second_mount(&format!("s{i}"), "")).collect();
+    for m in &mounts {
+        wait_until(Duration::from_secs(10), "subscribed", || mount_status(&m.mountpoint).contains("notices subscribed"));
+    }
+    let eight = run();
+    println!("| changes (SETATTR) per second, 4 clients | no mount subscribed | 8 more mounts subscribed | ratio |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| notices per second the server sustains | {alone:.0} | {eight:.0} | {:.2}x |", eight / alone);
 }
