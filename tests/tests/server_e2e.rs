@@ -210,3 +210,63 @@ fn retransmission_on_a_new_connection_gets_the_first_reply() {
     let names: Vec<_> = std::fs::read_dir(export.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("renamed")]);
 }
+
+/// `--metrics`: the server's counters in the Prometheus text format over HTTP: calls and
+/// latency per operation grow with a mount's work, connections and notice subscribers
+/// are counted; another path is a 404; a port in use is a one-line error.
+#[test]
+fn metrics_in_the_prometheus_format() {
+    use std::io::{Read, Write};
+    let _w = tests::Watchdog::new(Duration::from_secs(60));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let maddr = format!("127.0.0.1:{port}");
+    let dirs = tempfile::tempdir().unwrap();
+    for d in ["export", "state", "mnt"] {
+        std::fs::create_dir(dirs.path().join(d)).unwrap();
+    }
+    let server = tests::ServerProc::start(
+        &dirs.path().join("export"),
+        &dirs.path().join("state"),
+        "127.0.0.1:0",
+        &["--no-root-squash", "--metrics", &maddr],
+    );
+    let mount = tests::MountProc::start(&server.addr, &dirs.path().join("mnt"), "");
+    let get = |path: &str| {
+        let mut c = std::net::TcpStream::connect(&maddr).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    };
+    let count = |text: &str, key: &str| -> f64 {
+        text.lines().find(|l| l.starts_with(key)).and_then(|l| l.rsplit(' ').next()).map_or(0.0, |v| v.parse().unwrap())
+    };
+    let before = get("/metrics");
+    assert!(before.starts_with("HTTP/1.1 200 OK"), "{before}");
+    for i in 0..20 {
+        std::fs::write(mount.path(&format!("f{i}")), b"x").unwrap();
+    }
+    tests::wait_until(Duration::from_secs(5), "the mount subscribed", || {
+        count(&get("/metrics"), "fs_server_notice_subscribers ") >= 1.0
+    });
+    let after = get("/metrics");
+    assert!(count(&after, "fs_server_calls_total{op=\"CREATE\"}") >= 20.0, "{after}");
+    assert!(count(&after, "fs_server_call_seconds_count{op=\"CREATE\"}") >= 20.0, "{after}");
+    assert!(count(&after, "fs_server_connections ") >= 1.0, "{after}");
+    assert!(count(&after, "fs_server_notices_total") >= 20.0, "{after}");
+    assert!(after.contains("# TYPE fs_server_call_seconds histogram"));
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+    drop(mount);
+    // The same port again: in use.
+    let (st, _, err) = tests::run_with_timeout(
+        tests::command(&tests::bin_path("fs-server")).args(["--export"]).arg(dirs.path().join("export")).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            &maddr,
+        ]),
+        Duration::from_secs(20),
+    );
+    assert_ne!(st.code(), Some(0));
+    assert!(err.contains("cannot serve metrics on") && err.trim().lines().count() == 1, "{err}");
+}

@@ -5,6 +5,7 @@
 //! - [`net`]: listener and connections; frames in, replies out, calls on the blocking pool.
 //! - [`server`]: configuration, the duplicate request cache in front, dispatch.
 //! - [`drc`]: the duplicate request cache (pure; keyed by client id and xid).
+//! - [`metrics`]: `--metrics`, the counters in the Prometheus text format.
 //! - [`notices`]: the sequencer: every change numbered, pushed to subscribed mounts.
 //! - [`handles`]: opaque MAC'd handles to kernel handles and back, with a descriptor cache.
 //! - [`creds`]: acting as the caller (per-thread fsuid/fsgid/groups, root squash).
@@ -21,6 +22,7 @@
 pub mod creds;
 pub mod drc;
 pub mod handles;
+pub mod metrics;
 pub mod net;
 pub mod notices;
 pub mod ops;

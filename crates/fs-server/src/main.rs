@@ -28,6 +28,9 @@ struct Args {
     /// Let root on the client act as root here (by default it is mapped to nobody).
     #[arg(long)]
     no_root_squash: bool,
+    /// Serve the server's counters in the Prometheus text format at http://ADDR/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
     /// For tests only: act as a server whose clock is off by SECS (every time it
     /// reports or is given is shifted), to test the mounts' clock comparison.
     #[arg(long, value_name = "SECS", hide = true, allow_hyphen_values = true)]
@@ -74,8 +77,18 @@ fn default_state_dir() -> Option<PathBuf> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let metrics = match &args.metrics {
+        Some(a) => Some(
+            std::net::TcpListener::bind(a.as_str()).map_err(|e| anyhow::anyhow!("cannot serve metrics on {a}: {e}"))?,
+        ),
+        None => None,
+    };
     let (cfg, addr) = config(args)?;
     let server = Arc::new(Server::new(&cfg)?);
+    if let Some(l) = metrics {
+        eprintln!("fs-server: metrics on http://{}/metrics", l.local_addr()?);
+        fs_server::metrics::serve(l, server.clone());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = Listener::bind(&addr).await?;

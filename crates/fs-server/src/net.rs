@@ -225,11 +225,15 @@ fn pusher<W: Write + Send + 'static>(
 }
 
 fn answer(server: &Server, call: Call) -> Option<Reply> {
-    let xid = call.xid;
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.handle_call(call))) {
+    let (xid, op, started) = (call.xid, call.req.name(), std::time::Instant::now());
+    let reply = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.handle_call(call))) {
         Ok(r) => r,
         Err(_) => Some(Reply { xid, res: Err(Errno::SERVERFAULT) }),
+    };
+    if let Some(r) = &reply {
+        server.metrics.observe(op, started.elapsed(), r.res.is_ok());
     }
+    reply
 }
 
 /// Data calls may wait on the disk for long; they never run on the reader thread.
@@ -252,6 +256,7 @@ where
     tracing::debug!(%peer, "connected");
     let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut subscribed = false;
+    server.metrics.connections.inc();
     let replies = Arc::new(Replies { w: std::sync::Mutex::new(write_half) });
     let inflight = Arc::new(InFlight { n: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() });
     let mut r = std::io::BufReader::with_capacity(IO_BUF, stream);
@@ -311,6 +316,7 @@ where
     if subscribed {
         server.notices.unsubscribe(conn);
     }
+    server.metrics.connections.dec();
     match why {
         None => tracing::debug!(%peer, "disconnected"),
         Some(why) => tracing::warn!(%peer, "closing connection: {why}"),

@@ -171,6 +171,11 @@ impl Hub {
         h.subs.retain(|_, tx| !matches!(tx.try_send(frame.clone()), Err(TrySendError::Disconnected(_))));
     }
 
+    /// Notices numbered so far.
+    pub fn numbered(&self) -> u64 {
+        crate::lock(&self.inner).seq.next() - 1
+    }
+
     pub fn subscribers(&self) -> usize {
         crate::lock(&self.inner).subs.len()
     }

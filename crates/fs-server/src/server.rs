@@ -62,6 +62,7 @@ pub struct Server {
     panic_next: std::sync::atomic::AtomicBool,
     /// The sequencer: every change numbered and pushed to subscribed mounts.
     pub notices: crate::notices::Hub,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Server {
@@ -90,6 +91,7 @@ impl Server {
             panic_next: Default::default(),
             notices: crate::notices::Hub::new(handles::random_u64(), cfg.notice_history)
                 .dropping_every(cfg.test_drop_notices_every),
+            metrics: Default::default(),
         })
     }
 
@@ -129,6 +131,7 @@ impl Server {
             Begin::New => {}
             Begin::InProgress => return None,
             Begin::Replay(r) => {
+                self.metrics.drc_replays.inc();
                 tracing::debug!(xid, client, "replaying {} from the duplicate request cache", req.name());
                 return Some(r);
             }

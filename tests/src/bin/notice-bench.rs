@@ -175,7 +175,9 @@ fn server_cost(rig: &Rig) {
     let alone = run();
     let mounts: Vec<tests::MountProc> = (0..8).map(|i| rig.second_mount(&format!("s{i}"), "")).collect();
     for m in &mounts {
-        wait_until(Duration::from_secs(10), "subscribed", || mount_status(&m.mountpoint).contains("notices subscribed"));
+        wait_until(Duration::from_secs(10), "subscribed", || {
+            mount_status(&m.mountpoint).contains("notices subscribed")
+        });
     }
     let eight = run();
     println!("| changes (SETATTR) per second, 4 clients | no mount subscribed | 8 more mounts subscribed | ratio |");
