@@ -42,6 +42,8 @@ pub struct BrokerConfig {
     pub classic: Option<BrokerAddr>,
     /// Also listen at this `inproc://` name (workers in the broker's process).
     pub inproc: Option<String>,
+    /// Kept up to date at every heartbeat (`--metrics`).
+    pub metrics: Option<std::sync::Arc<crate::metrics::BrokerMetrics>>,
 }
 
 impl BrokerConfig {
@@ -55,6 +57,7 @@ impl BrokerConfig {
             test_drop_every: None,
             classic: None,
             inproc: None,
+            metrics: None,
         }
     }
 }
@@ -392,6 +395,14 @@ impl Broker {
     }
 
     fn beat(&mut self, now: Instant) -> anyhow::Result<()> {
+        if let Some(m) = &self.cfg.metrics {
+            m.update(&self.d.stats);
+            m.workers.set(self.d.workers() as i64);
+            m.queued.set(self.d.queued() as i64);
+            m.outstanding.set(self.d.outstanding() as i64);
+            m.banned.set(self.d.banned() as i64);
+            m.published.inc_by(self.published.saturating_sub(m.published.get()));
+        }
         let dead = self.d.expire(now, self.cfg.dispatch == Dispatch::Push);
         for w in dead {
             tracing::warn!(worker = format!("{w:016x}"), "worker stopped answering; its work goes to others");

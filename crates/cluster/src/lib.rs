@@ -8,6 +8,7 @@
 //!   resending on a timeout (Lazy Pirate).
 //! - [`broker`]: the poll loop and its sockets; [`dispatch`] its socket-free bookkeeping
 //!   (credit, heartbeats, re-dispatch, duplicate suppression), tested without sockets.
+//! - [`metrics`]: `cluster broker --metrics`, the broker's counters for Prometheus.
 //! - [`load`]: a worker's load (its CPU share, memory pressure) and the capacity it
 //!   implies, for `--dispatch load`.
 //! - [`worker`]: tests numbers ([`prime`]: deterministic Miller-Rabin, exact for `i64`)
@@ -27,6 +28,7 @@ pub mod dispatch;
 pub mod endpoint;
 pub mod job;
 pub mod load;
+pub mod metrics;
 pub mod prime;
 pub mod sink;
 pub mod source;

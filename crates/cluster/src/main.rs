@@ -45,6 +45,10 @@ enum Cmd {
         /// (outside workers, sources and sinks use ADDR as always).
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// Serve the broker's counters in the Prometheus text format at
+        /// http://HOST:PORT/metrics.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: Option<String>,
     },
     /// Test numbers for primality.
     Worker {
@@ -214,7 +218,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     util::install_stop_handler();
     let ctx = zmq::Context::new();
     match args.cmd {
-        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms, test_drop_every, classic, workers } => {
+        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms, test_drop_every, classic, workers, metrics } => {
             let addr = broker_addr(&listen)?;
             anyhow::ensure!(
                 heartbeat_ms > 0 && liveness_ms > heartbeat_ms,
@@ -238,6 +242,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                 !matches!(addr, BrokerAddr::Inproc { .. }),
                 "--listen inproc:// reaches only this process: give HOST:PORT or a path, and --workers N for workers in it"
             );
+            if let Some(a) = &metrics {
+                let l = std::net::TcpListener::bind(a.as_str())
+                    .map_err(|e| anyhow::anyhow!("cannot serve metrics on {a}: {e}"))?;
+                eprintln!("broker: metrics on http://{}/metrics", l.local_addr()?);
+                let m = std::sync::Arc::new(cluster::metrics::BrokerMetrics::default());
+                cluster::metrics::serve(l, m.clone());
+                cfg.metrics = Some(m);
+            }
             let inproc = (workers > 0).then(|| format!("broker-{}", std::process::id()));
             cfg.inproc.clone_from(&inproc);
             let broker = Broker::bind(&ctx, cfg)?;
