@@ -682,3 +682,54 @@ fn status_counts_the_calls_a_test_made() {
         assert!(st.contains(want), "{want}: {st}");
     }
 }
+
+/// `mount -t fuse.fs` and `/etc/fstab`: mount(8) runs `mount.fuse.fs SOURCE DIR -o OPTS`
+/// (a link to `fs-client`). The helper drops mount(8)'s own options, returns once the
+/// mount is up, and leaves it served in the background; the mount shows as type
+/// `fuse.fs` with the server as its source; `fs-client unmount` ends it. A bad option or
+/// an unreachable server: exit 1 with one line, and nothing mounted.
+#[test]
+fn the_mount_helper_mounts_in_the_background() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let rig = Rig::new("");
+    let bin = tempfile::tempdir().unwrap();
+    let helper = bin.path().join("mount.fuse.fs");
+    std::os::unix::fs::symlink(tests::bin_path("fs-client"), &helper).unwrap();
+    let mp = rig.dirs.path().join("helper");
+    std::fs::create_dir(&mp).unwrap();
+    let _guard = tests::MountGuard::new(&mp);
+    let (st, _, err) = tests::run_with_timeout(
+        tests::command(&helper)
+            .arg(&rig.server.addr)
+            .arg(&mp)
+            .args(["-o", "rw,_netdev,noauto,nofail,actimeo=5,x-systemd.automount"]),
+        Duration::from_secs(30),
+    );
+    assert!(st.success(), "{err}");
+    assert!(tests::is_mounted(&mp), "mounted when the helper returned");
+    let line = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
+        .map(String::from)
+        .unwrap();
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!((f[0], f[2]), (rig.server.addr.as_str(), "fuse.fs"), "{line}");
+    std::fs::write(mp.join("via-helper"), b"served").unwrap();
+    assert_eq!(std::fs::read(rig.export("via-helper")).unwrap(), b"served");
+    let (st, _, err) = tests::run_with_timeout(
+        tests::command(&tests::bin_path("fs-client")).arg("unmount").arg(&mp),
+        Duration::from_secs(20),
+    );
+    assert!(st.success(), "{err}");
+    tests::wait_until(Duration::from_secs(10), "unmounted", || !tests::is_mounted(&mp));
+    for (args, want) in [
+        (vec![rig.server.addr.clone(), mp.display().to_string(), "-o".into(), "bogus".into()], "bogus"),
+        (vec!["127.0.0.1:1".into(), mp.display().to_string()], "cannot reach server"),
+    ] {
+        let (st, _, err) = tests::run_with_timeout(tests::command(&helper).args(&args), Duration::from_secs(30));
+        assert_eq!(st.code(), Some(1));
+        assert!(err.contains(want) && err.trim().lines().count() == 1, "{err}");
+        assert!(!tests::is_mounted(&mp));
+    }
+}

@@ -14,11 +14,13 @@
 //! - [`notices`]: following the server's numbered change notices (pure);
 //!   [`notifier`]: the thread that subscribes and drops what they make stale.
 //! - [`options`]: `-o` mount options, validated.
-//! - [`mount`]: mounting, unmounting and signals.
+//! - [`mount`]: mounting, unmounting and signals; [`helper`]: `mount.fuse.fs`, the
+//!   helper mount(8) and `/etc/fstab` run.
 
 pub mod attrcache;
 pub mod client;
 pub mod fuse;
+pub mod helper;
 pub mod inodes;
 pub mod locks;
 pub mod mount;

@@ -37,12 +37,25 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,fuser=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let argv: Vec<String> = std::env::args().collect();
+    if fs_client::helper::invoked_as_helper(&argv[0]) {
+        // mount(8) or /etc/fstab: parse its arguments, then mount in the background.
+        let (source, dir, opts) = match fs_client::helper::parse(&argv[1..]) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("mount.fuse.fs: {e:#}");
+                std::process::exit(1);
+            }
+        };
+        fs_client::helper::daemonize();
+        init_logs();
+        if let Err(e) = fs_client::mount::mount(&source, &dir, &opts) {
+            eprintln!("mount.fuse.fs: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    init_logs();
     let args = Args::parse();
     let result = match args.cmd {
         Cmd::Mount { addr, mountpoint, options } => fs_client::mount::mount(&addr, &mountpoint, &options),
@@ -53,4 +66,13 @@ fn main() {
         eprintln!("fs-client: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,fuser=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }

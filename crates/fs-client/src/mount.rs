@@ -59,6 +59,73 @@ fn random_u64() -> u64 {
     t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)
 }
 
+/// Set in the child of `mount.fuse.fs` (see `helper`): once mounted, its output goes
+/// nowhere.
+static DAEMON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_daemon() {
+    DAEMON.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn detach_output() {
+    // SAFETY: plain descriptor calls; stdout and stderr become /dev/null.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::close(null);
+        }
+    }
+}
+
+/// How this mount is taken down on a signal.
+enum Unmount {
+    /// We mounted: a lazy umount2 of the mount point.
+    Ours(PathBuf),
+    Fuser(fuser::SessionUnmounter),
+}
+
+impl Unmount {
+    fn unmount(&mut self) {
+        match self {
+            Unmount::Ours(p) => {
+                let _ = unmount(p, true);
+            }
+            Unmount::Fuser(u) => {
+                let _ = u.unmount();
+            }
+        }
+    }
+}
+
+/// Opens /dev/fuse and mounts it at `mp` with the type `fuse.fs` and `source` as the
+/// source (what libfuse does for a subtype); the descriptor is the session's.
+fn mount_fuse_fs(mp: &Path, source: &str, read_only: bool, allow_other: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let fd: OwnedFd = dev.into();
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!("fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions", fd.as_raw_fd());
+    if allow_other {
+        data += ",allow_other";
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let cstr = |s: &[u8]| std::ffi::CString::new(s).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL));
+    let (src, target, fstype, data) =
+        (cstr(source.as_bytes())?, cstr(mp.as_os_str().as_encoded_bytes())?, cstr(b"fuse.fs")?, cstr(data.as_bytes())?);
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 /// `fs-client mount`: runs in the foreground until unmounted or signalled.
 pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     let addr: Addr = addr.parse()?;
@@ -97,7 +164,8 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
         }
     });
     let mut mount_opts = vec![
-        fuser::MountOption::FSName(format!("fs:{addr}")),
+        // The server is the source, as `mount` and `df` show it (type `fuse.fs`).
+        fuser::MountOption::FSName(addr.to_string()),
         fuser::MountOption::Subtype("fs".into()),
         fuser::MountOption::DefaultPermissions,
     ];
@@ -124,15 +192,34 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     };
     let fs = Fs::new(client.clone(), rt.handle().clone(), locks);
     let notifier = fs.notifier_slot();
-    let mut session =
-        fuser::Session::new(fs, &mp, &config).map_err(|e| anyhow!("cannot mount at {}: {e}", mp.display()))?;
+    // As root, mount(2) ourselves, to give the mount its type, `fuse.fs` (fuser's own
+    // mount says `fuse` whatever the subtype); otherwise fuser mounts (fusermount).
+    let allow_other = matches!(config.acl, fuser::SessionACL::All);
+    let (session, mut unmount) = match mount_fuse_fs(&mp, &addr.to_string(), opts.read_only, allow_other) {
+        Ok(fd) => {
+            let acl = config.acl;
+            let s = fuser::Session::from_fd(fs, fd, acl, config)
+                .map_err(|e| anyhow!("cannot mount at {}: {e}", mp.display()))?;
+            (s, Unmount::Ours(mp.clone()))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let mut s =
+                fuser::Session::new(fs, &mp, &config).map_err(|e| anyhow!("cannot mount at {}: {e}", mp.display()))?;
+            let u = s.unmount_callable();
+            (s, Unmount::Fuser(u))
+        }
+        Err(e) => bail!("cannot mount at {}: {e}", mp.display()),
+    };
     let _ = notifier.set(session.notifier());
     if opts.notify {
         crate::notifier::start(client.clone(), rt.handle().clone(), notifier);
     }
-    let mut unmounter = session.unmount_callable();
     println!("mounted {addr} at {}", mp.display());
     let _ = std::io::Write::flush(&mut std::io::stdout());
+    if DAEMON.load(std::sync::atomic::Ordering::Relaxed) {
+        // The helper that waited for that line has gone: nothing more goes to its pipe.
+        detach_output();
+    }
 
     // SIGINT/SIGTERM: unmount (lazily, so a busy mount point cannot hold us), then give
     // the session a moment to end; if open files keep the connection alive, exiting
@@ -142,7 +229,7 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
         let (mut term, mut int) = (signal(SignalKind::terminate()).unwrap(), signal(SignalKind::interrupt()).unwrap());
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("signal: unmounting");
-        let _ = tokio::task::spawn_blocking(move || unmounter.unmount()).await;
+        let _ = tokio::task::spawn_blocking(move || unmount.unmount()).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         std::process::exit(0);
     });
