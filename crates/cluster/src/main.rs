@@ -65,6 +65,9 @@ enum Cmd {
         /// FOR TESTS AND DEMONSTRATIONS: answer wrongly with probability P (0 to 1).
         #[arg(long, value_name = "P", default_value_t = 0.0)]
         faulty: f64,
+        /// For tests only: after N items report CPU share S (permille) as its load.
+        #[arg(long, value_name = "N:S", hide = true)]
+        test_cpu_share_after: Option<String>,
     },
     /// Send numbers: arguments (numbers or ranges A..B), else --random, else stdin lines.
     Source {
@@ -269,7 +272,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("broker listening on {addr} ({dispatch:?} dispatch)");
             broker.run()?;
         }
-        Cmd::Worker { broker, dispatch, credit, slow, faulty } => {
+        Cmd::Worker { broker, dispatch, credit, slow, faulty, test_cpu_share_after } => {
             let mut cfg = WorkerConfig::new(broker_addr(&broker)?);
             anyhow::ensure!(credit > 0, "--credit must be at least 1");
             anyhow::ensure!((0.0..=1.0).contains(&faulty), "--faulty must be a probability from 0 to 1");
@@ -279,6 +282,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                     faulty * 100.0
                 );
                 cfg.faulty = faulty;
+            }
+            if let Some(t) = &test_cpu_share_after {
+                let parsed = t.split_once(':').and_then(|(n, s)| Some((n.parse().ok()?, s.parse().ok()?)));
+                let (n, s): (u64, u16) = parsed.ok_or_else(|| anyhow::anyhow!("--test-cpu-share-after wants N:S"))?;
+                eprintln!("worker: TEST ONLY: after {n} items the load reported is a CPU share of {s} permille");
+                cfg.test_share_after = Some((n, s));
             }
             cfg.dispatch = dispatch;
             cfg.credit = credit;

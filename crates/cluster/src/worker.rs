@@ -36,6 +36,9 @@ pub struct WorkerConfig {
     /// For tests and demonstrations: answer wrongly with this probability (a prime left
     /// out, or a number that is not prime put in).
     pub faulty: f64,
+    /// For tests: after this many items, report this CPU share instead of the measured
+    /// one (a load that comes at a known moment, whatever else the machine runs).
+    pub test_share_after: Option<(u64, u16)>,
 }
 
 impl WorkerConfig {
@@ -50,6 +53,7 @@ impl WorkerConfig {
             result_timeout: Duration::from_secs(2),
             slow: 1,
             faulty: 0.0,
+            test_share_after: None,
         }
     }
 }
@@ -66,6 +70,7 @@ pub struct Worker<'a> {
     /// The load last told to the broker.
     told: Load,
     pub handed_back: u64,
+    items: u64,
     /// The last result sent and not yet answered, with when to resend it.
     unanswered: Option<(Vec<u8>, Instant)>,
     last_heard: Instant,
@@ -88,6 +93,7 @@ impl<'a> Worker<'a> {
             meter: Meter::new(),
             told: Load::default(),
             handed_back: 0,
+            items: 0,
             unanswered: None,
             last_heard: now,
             last_sent: now,
@@ -169,7 +175,13 @@ impl<'a> Worker<'a> {
     /// what this worker should hold, and hand back the items beyond that, newest first.
     fn shed(&mut self) -> anyhow::Result<()> {
         self.drain()?;
-        let load = self.meter.sample(self.held());
+        self.items += 1;
+        let mut load = self.meter.sample(self.held());
+        if let Some((after, share)) = self.cfg.test_share_after {
+            if self.items >= after {
+                load.cpu_share = share;
+            }
+        }
         let cap = load::capacity(self.cfg.credit, &load) as usize;
         if cap != load::capacity(self.cfg.credit, &self.told) as usize {
             self.beat(load);
