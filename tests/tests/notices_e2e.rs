@@ -8,6 +8,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tests::{mount_status, wait_until, within, Rig, Watchdog};
 
+/// Calls of operation `op` the mount at `mp` has sent, from `fs-client status`.
+fn calls(mp: &Path, op: &str) -> u64 {
+    let prefix = format!("call {op} ");
+    mount_status(mp)
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
 fn size(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
@@ -59,13 +69,7 @@ fn open_of_an_unchanged_file_needs_no_round_trip() {
     wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
     std::fs::write(rig.mnt("f"), b"abc").unwrap();
     assert_eq!(std::fs::read(b.path("f")).unwrap(), b"abc");
-    let getattrs = || {
-        let s = mount_status(&b.mountpoint);
-        s.lines()
-            .find(|l| l.starts_with("call GETATTR"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .map_or(0, |n| n.parse::<u64>().unwrap())
-    };
+    let getattrs = || calls(&b.mountpoint, "GETATTR");
     // The first reads settle the access time (relatime: the read that updates it goes
     // to the server, and the new time is fetched once).
     for _ in 0..3 {
@@ -198,7 +202,6 @@ fn notice_latency_is_measured() {
     wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
     let lat = tests::notice_latency(&rig.mnt("f"), &b.path("f"), 200);
     eprintln!("p50 {:?} p99 {:?}", lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
-    let _ = Instant::now();
 }
 
 /// A listing answers later LOOKUPs without a round trip while the promise covers it (an
@@ -214,13 +217,7 @@ fn lookups_answered_from_a_listing_follow_another_mounts_changes() {
     for i in 0..300 {
         std::fs::write(rig.mnt(&format!("d/f{i}")), b"x").unwrap();
     }
-    let lookups = || {
-        mount_status(&b.mountpoint)
-            .lines()
-            .find(|l| l.starts_with("call LOOKUP"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .map_or(0, |n| n.parse::<u64>().unwrap())
-    };
+    let lookups = || calls(&b.mountpoint, "LOOKUP");
     let listed = std::fs::read_dir(b.path("d")).unwrap().count();
     assert_eq!(listed, 300);
     let before = lookups();

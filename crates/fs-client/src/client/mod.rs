@@ -349,11 +349,11 @@ impl Client {
         let adaptive = self.attr_ttl(&attr);
         let ino = self.inodes.lock().unwrap().lookup(fh, attr, adaptive, Instant::now());
         self.remember_name(ino, parent, name);
-        let attr_ttl = self.kernel_ttl(mark, ino, Some(parent), &attr);
+        let (attr_ttl, promise) = self.kernel_ttl_promised(mark, ino, Some(parent), &attr);
         let attr = self.local_view(ino, attr);
         // Names are revalidated on the directory timeouts, as NFS's dentry cache; under
         // the promise, when a notice says so; a suspect answer not at all.
-        let entry_ttl = match self.promised(mark, &[ino, parent]) {
+        let entry_ttl = match promise {
             Some(true) => attr_ttl,
             Some(false) => Duration::ZERO,
             None => self.timeouts().dir_min,

@@ -77,21 +77,37 @@ impl Client {
     /// `parent`): the callback bound when promised; nothing when suspect; else the
     /// adaptive timeout.
     pub(super) fn kernel_ttl(&self, mark: Option<Mark>, ino: u64, parent: Option<u64>, attr: &Attr) -> Duration {
+        self.kernel_ttl_promised(mark, ino, parent, attr).0
+    }
+
+    /// [`Client::kernel_ttl`], with the promise it found ([`Client::promised`]; `None`
+    /// under `noac`, where nothing is cached either way), so that a caller needing both
+    /// asks once.
+    pub(super) fn kernel_ttl_promised(
+        &self,
+        mark: Option<Mark>,
+        ino: u64,
+        parent: Option<u64>,
+        attr: &Attr,
+    ) -> (Duration, Option<bool>) {
         let adaptive = self.attr_ttl(attr);
         if adaptive.is_zero() {
-            return adaptive; // noac: nothing is cached, promise or not
+            return (adaptive, None); // noac: nothing is cached, promise or not
         }
         let inos: Vec<u64> = std::iter::once(ino).chain(parent).collect();
-        match self.promised(mark, &inos) {
-            None => return adaptive,
-            Some(false) => return Duration::ZERO,
-            Some(true) => {}
-        }
-        let ttl = adaptive.max(self.opts.callback);
-        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
-            n.promised_until = Some(Instant::now() + ttl);
-        }
-        ttl
+        let promise = self.promised(mark, &inos);
+        let ttl = match promise {
+            None => adaptive,
+            Some(false) => Duration::ZERO,
+            Some(true) => {
+                let ttl = adaptive.max(self.opts.callback);
+                if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+                    n.promised_until = Some(Instant::now() + ttl);
+                }
+                ttl
+            }
+        };
+        (ttl, promise)
     }
 
     /// Cached attributes of `ino` if the promise covers them (for `open`).
