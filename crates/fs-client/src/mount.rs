@@ -132,9 +132,21 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     let opts = MountOptions::parse(opts)?;
     let mp = check_mountpoint(mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let cfg = RpcConfig { addr: addr.clone(), soft: opts.soft, timeo: opts.timeo, retrans: opts.retrans };
-    let rpc = Rpc::connect(cfg, random_u64(), Duration::from_secs(10))
-        .map_err(|e| anyhow!("cannot reach server {addr}: {e}"))?;
+    let key = match &opts.key {
+        Some(k) => Some(Arc::new(fs_proto::secure::Key::load(k)?)),
+        None => None,
+    };
+    // Over a Unix socket only the kernel sees the bytes: authenticated, not encrypted,
+    // unless asked (README, "Keys").
+    let encrypt = opts.encrypt.unwrap_or(!matches!(addr, Addr::Unix(_)));
+    let protection =
+        if encrypt { fs_proto::secure::Protection::Encrypt } else { fs_proto::secure::Protection::Authenticate };
+    let cfg =
+        RpcConfig { addr: addr.clone(), soft: opts.soft, timeo: opts.timeo, retrans: opts.retrans, key, protection };
+    let rpc = Rpc::connect(cfg, random_u64(), Duration::from_secs(10)).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => anyhow!("server {addr}: {e}"),
+        _ => anyhow!("cannot reach server {addr}: {e}"),
+    })?;
     let client = rt.block_on(async {
         let client = tokio::time::timeout(Duration::from_secs(30), Client::new(rpc, opts.clone()))
             .await

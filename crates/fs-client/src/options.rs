@@ -39,6 +39,11 @@ pub struct MountOptions {
     pub callback: Duration,
     /// `threads=N`: FUSE request threads (1 to 64).
     pub threads: usize,
+    /// `key=FILE`: prove to the server that we hold its key (see `fs_proto::secure`).
+    pub key: Option<std::path::PathBuf>,
+    /// `encrypt` / `noencrypt` with a key; unset: encrypted over TCP, authenticated only
+    /// over a Unix socket.
+    pub encrypt: Option<bool>,
 }
 
 impl Default for MountOptions {
@@ -61,6 +66,8 @@ impl Default for MountOptions {
             notify: true,
             callback: Duration::from_secs(300),
             threads: 8,
+            key: None,
+            encrypt: None,
         }
     }
 }
@@ -167,8 +174,20 @@ impl MountOptions {
                         return Err(OptionError::BadValue(key.into(), "from 1 to 64".into()));
                     }
                 }
+                "key" => o.key = Some(need()?.into()),
+                "encrypt" | "noencrypt" => {
+                    let mut x = false;
+                    flag(&mut x, key == "encrypt")?;
+                    o.encrypt = Some(x);
+                }
                 _ => return Err(OptionError::Unknown(item.into())),
             }
+        }
+        if o.encrypt.is_some() && o.key.is_none() {
+            return Err(OptionError::BadValue(
+                "encrypt".into(),
+                "encrypt and noencrypt need key=FILE (the key makes the traffic's keys)".into(),
+            ));
         }
         Ok(o)
     }
@@ -201,6 +220,8 @@ mod tests {
         assert!(matches!(MountOptions::parse("cache_size=lots"), Err(OptionError::BadValue(..))));
         assert!(matches!(MountOptions::parse("block_size=3000"), Err(OptionError::BadValue(..))));
         assert!(matches!(MountOptions::parse("timeo=0"), Err(OptionError::BadValue(..))));
+        assert!(matches!(MountOptions::parse("encrypt"), Err(OptionError::BadValue(..))));
+        assert_eq!(MountOptions::parse("key=/k,noencrypt").unwrap().encrypt, Some(false));
         let msg = MountOptions::parse("readahead=-1").unwrap_err().to_string();
         assert!(msg.contains("readahead") && !msg.contains('\n'), "{msg}");
     }

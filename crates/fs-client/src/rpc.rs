@@ -30,6 +30,9 @@ pub struct RpcConfig {
     pub soft: bool,
     pub timeo: Duration,
     pub retrans: u32,
+    /// Run the key handshake with this key on every connection, and protect its frames.
+    pub key: Option<Arc<fs_proto::secure::Key>>,
+    pub protection: fs_proto::secure::Protection,
 }
 
 type Frame = Arc<[u8]>;
@@ -43,7 +46,9 @@ struct Pending {
 /// this lock, instead of handing them to a writer thread: one thread wake-up less per
 /// call, which on this machine is a large part of a round trip.
 struct Conn {
-    w: Mutex<Stream>,
+    w: Mutex<Box<dyn Write + Send>>,
+    /// To shut the connection down without waiting for a writer.
+    raw: Stream,
 }
 
 impl Conn {
@@ -52,10 +57,44 @@ impl Conn {
         if w.write_all(frame).is_err() {
             // The reader notices the broken connection and reconnects; the frame stays
             // pending and is resent then.
-            w.shutdown();
+            self.raw.shutdown();
         }
     }
 }
+
+/// A connection ready for calls: its halves (protected after a key handshake, when the
+/// mount has a key) and the socket.
+struct Channel {
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
+    raw: Stream,
+}
+
+impl Channel {
+    fn open(cfg: &RpcConfig, timeout: Duration) -> io::Result<Channel> {
+        let mut s = Stream::connect(&cfg.addr, timeout)?;
+        let (w, raw) = (s.try_clone()?, s.try_clone()?);
+        let Some(key) = &cfg.key else {
+            return Ok(Channel { reader: Box::new(BufReader::with_capacity(IO_BUF, s)), writer: Box::new(w), raw });
+        };
+        s.set_read_timeout(Some(timeout))?;
+        let session = fs_proto::secure::initiate(&mut s, key, cfg.protection).map_err(|e| {
+            let hint = match e {
+                fs_proto::secure::HandshakeError::Closed => " (a server without --key?)",
+                _ => "",
+            };
+            io::Error::new(io::ErrorKind::PermissionDenied, format!("{e}{hint}"))
+        })?;
+        s.set_read_timeout(None)?;
+        Ok(Channel {
+            reader: Box::new(session.reader(BufReader::with_capacity(IO_BUF, s))),
+            writer: Box::new(session.writer(w)),
+            raw,
+        })
+    }
+}
+
+const IO_BUF: usize = 256 * 1024;
 
 #[derive(Default)]
 struct State {
@@ -121,6 +160,13 @@ impl Stream {
         })
     }
 
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
     fn shutdown(&self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Both),
@@ -155,7 +201,7 @@ impl Rpc {
     /// Connects once (an unreachable server is an immediate error, so `mount` can say
     /// so), then hands the connection to the connection thread, which keeps it alive.
     pub fn connect(cfg: RpcConfig, client: u64, timeout: Duration) -> io::Result<Rpc> {
-        let stream = Stream::connect(&cfg.addr, timeout)?;
+        let stream = Channel::open(&cfg, timeout)?;
         let inner = Arc::new(Inner {
             pushes: Mutex::new(None),
             cfg,
@@ -181,7 +227,7 @@ impl Rpc {
     /// Closes the current connection; the connection thread reconnects and resends.
     pub fn reset_connection(&self) {
         if let Some(c) = self.inner.state.lock().unwrap().conn.clone() {
-            c.w.lock().unwrap().shutdown();
+            c.raw.shutdown();
         }
     }
 
@@ -191,7 +237,11 @@ impl Rpc {
     pub fn describe(&self) -> String {
         let st = self.inner.state.lock().unwrap();
         let state = if st.conn.is_some() { "connected" } else { "NOT CONNECTED (reconnecting)" };
-        format!("{} {state}, {} calls outstanding", self.inner.cfg.addr, st.pending.len())
+        let auth = match &self.inner.cfg.key {
+            Some(_) => format!("key handshake, {}", self.inner.cfg.protection.name()),
+            None => "no key".to_string(),
+        };
+        format!("{} {state} ({auth}), {} calls outstanding", self.inner.cfg.addr, st.pending.len())
     }
 
     /// Calls per operation, latencies and retransmissions so far.
@@ -258,7 +308,7 @@ impl Drop for Forget<'_> {
 
 /// The connection thread: installs a connection (resending everything outstanding),
 /// reads replies until it breaks, then reconnects with backoff.
-fn manage(inner: Arc<Inner>, first: Stream) {
+fn manage(inner: Arc<Inner>, first: Channel) {
     let mut stream = Some(first);
     let mut reconnected = false;
     loop {
@@ -269,8 +319,8 @@ fn manage(inner: Arc<Inner>, first: Stream) {
                 reconnect(&inner)
             }
         };
-        let Ok(w) = s.try_clone() else { continue };
-        let conn = Arc::new(Conn { w: Mutex::new(w) });
+        let Channel { reader, writer, raw } = s;
+        let conn = Arc::new(Conn { w: Mutex::new(writer), raw });
         {
             let mut st = inner.state.lock().unwrap();
             let mut outstanding: Vec<_> = st.pending.iter().map(|(xid, p)| (*xid, p.frame.clone())).collect();
@@ -288,10 +338,15 @@ fn manage(inner: Arc<Inner>, first: Stream) {
             st.conn = Some(conn.clone());
         }
         push(&inner, Push::Connected);
-        let why = read_replies(&inner, s);
+        let (why, refused) = read_replies(&inner, reader);
         inner.state.lock().unwrap().conn = None;
-        conn.w.lock().unwrap().shutdown();
-        tracing::warn!("connection to {} lost ({why}); reconnecting", inner.cfg.addr);
+        conn.raw.shutdown();
+        if refused {
+            // The server closes a connection it refused; the caller says why.
+            tracing::debug!("connection to {} refused ({why})", inner.cfg.addr);
+        } else {
+            tracing::warn!("connection to {} lost ({why}); reconnecting", inner.cfg.addr);
+        }
     }
 }
 
@@ -301,11 +356,11 @@ fn push(inner: &Inner, p: Push) {
     }
 }
 
-fn reconnect(inner: &Inner) -> Stream {
+fn reconnect(inner: &Inner) -> Channel {
     let mut delay = Duration::from_millis(20);
     let mut said = false;
     loop {
-        match Stream::connect(&inner.cfg.addr, Duration::from_secs(5)) {
+        match Channel::open(&inner.cfg, Duration::from_secs(5)) {
             Ok(s) => {
                 if said {
                     tracing::warn!("server {} OK", inner.cfg.addr);
@@ -324,34 +379,38 @@ fn reconnect(inner: &Inner) -> Stream {
     }
 }
 
-fn read_replies(inner: &Inner, s: Stream) -> String {
-    let mut r = BufReader::with_capacity(256 * 1024, s);
-    loop {
+/// Hands replies to their callers until the connection breaks: why, and whether the last
+/// reply was the server's refusal (`AUTH`: we have no key and it wants one).
+fn read_replies(inner: &Inner, mut r: Box<dyn Read + Send>) -> (String, bool) {
+    let mut refused = false;
+    let why = loop {
         let mut h = [0u8; 4];
         if let Err(e) = r.read_exact(&mut h) {
-            return e.to_string();
+            break e.to_string();
         }
         let n = match frame_len(h) {
             Ok(n) => n,
-            Err(e) => return e.to_string(),
+            Err(e) => break e.to_string(),
         };
         let mut buf = vec![0u8; n];
         if let Err(e) = r.read_exact(&mut buf) {
-            return e.to_string();
+            break e.to_string();
         }
         let reply: Reply = match decode(&buf) {
             Ok(r) => r,
-            Err(e) => return format!("malformed reply: {e}"),
+            Err(e) => break format!("malformed reply: {e}"),
         };
         if reply.xid == 0 {
             push(inner, Push::Reply(Box::new(reply)));
             continue;
         }
+        refused = reply.res == Err(Errno::AUTH);
         let p = inner.state.lock().unwrap().pending.remove(&reply.xid);
         if let Some(p) = p {
             let _ = p.tx.send(reply);
         }
-    }
+    };
+    (why, refused)
 }
 
 #[cfg(test)]
@@ -371,7 +430,14 @@ mod tests {
                 let _ = std::io::copy(&mut conn, &mut std::io::sink());
             }
         });
-        let cfg = RpcConfig { addr: Addr::Unix(path), soft: false, timeo: Duration::from_secs(1), retrans: 0 };
+        let cfg = RpcConfig {
+            addr: Addr::Unix(path),
+            soft: false,
+            timeo: Duration::from_secs(1),
+            retrans: 0,
+            key: None,
+            protection: fs_proto::secure::Protection::Encrypt,
+        };
         let rpc = Rpc::connect(cfg, 7, Duration::from_secs(5)).unwrap();
         let cred = Cred { uid: 0, gid: 0, groups: vec![] };
         let call = rpc.call(&cred, Request::Null);

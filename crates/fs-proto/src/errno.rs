@@ -86,6 +86,8 @@ errnos! {
     SERVERFAULT = 10006, "server fault";
     BADTYPE = 10007, "object type not supported";
     JUKEBOX = 10008, "try again later";
+    // Ours: the server has a key and the caller did not run the key handshake.
+    AUTH = 10009, "authentication required (the server has a key: mount with -o key=FILE)";
 }
 
 impl Errno {
@@ -97,6 +99,7 @@ impl Errno {
             Errno::NOTSUPP => Errno::EOPNOTSUPP.0,
             Errno::TOOSMALL => Errno::ERANGE.0,
             Errno::JUKEBOX => Errno::EAGAIN.0,
+            Errno::AUTH => Errno::EACCES.0,
             Errno(n) if n <= 0 || n >= 4096 => Errno::EIO.0,
             Errno(n) => n,
         }

@@ -10,6 +10,8 @@
 //!   [`Request`]/[`Response`] variant per operation.
 //! - [`addr`]: `HOST:PORT` or a Unix socket path, as users type them.
 //! - [`codec`]: the only place that configures bincode; frame header and size limits.
+//! - [`secure`]: key files, the key handshake (Noise) and protected records. Like the
+//!   codec it opens no socket: it reads and writes the streams it is given.
 //!
 //! The byte layout is written down in `PROTOCOL.md` at the repository root and pinned by
 //! golden-byte tests in [`codec`].
@@ -18,6 +20,7 @@ pub mod addr;
 pub mod codec;
 pub mod errno;
 pub mod msg;
+pub mod secure;
 pub mod types;
 
 pub use addr::{Addr, AddrError};

@@ -1,4 +1,5 @@
-//! `fs-server --export DIR --listen ADDR [--state-dir DIR] [--read-only] [--no-root-squash]`
+//! `fs-server --export DIR --listen ADDR [--state-dir DIR] [--read-only] [--no-root-squash]
+//! [--key FILE] [--metrics HOST:PORT]`, and `fs-server keygen FILE`.
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 /// Export a directory to fs-client mounts.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = "`fs-server keygen FILE` makes a key file for --key and -o key=FILE.")]
 struct Args {
     /// Directory to export.
     #[arg(long, value_name = "DIR")]
@@ -28,6 +29,10 @@ struct Args {
     /// Let root on the client act as root here (by default it is mapped to nobody).
     #[arg(long)]
     no_root_squash: bool,
+    /// Serve only clients that prove they hold this key (made by `fs-server keygen`);
+    /// see README, "Keys".
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Serve the server's counters in the Prometheus text format at http://ADDR/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<String>,
@@ -39,6 +44,15 @@ struct Args {
     /// history all the same), so mounts see gaps and catch up.
     #[arg(long, value_name = "K", hide = true)]
     test_drop_notices_every: Option<u64>,
+}
+
+/// Makes a key file for `--key` and `-o key=FILE` (32 random bytes, mode 0600; an
+/// existing file is never overwritten).
+#[derive(Parser, Debug)]
+#[command(name = "fs-server keygen")]
+struct Keygen {
+    /// Where to write the key.
+    file: PathBuf,
 }
 
 /// Turns raw arguments into a validated configuration (the one-line reasons live here).
@@ -57,6 +71,9 @@ fn config(args: Args) -> anyhow::Result<(Config, Addr)> {
     let mut cfg = Config::new(export.clone(), state_dir);
     cfg.read_only = args.read_only;
     cfg.root_squash = !args.no_root_squash;
+    if let Some(k) = &args.key {
+        cfg.key = Some(fs_proto::secure::Key::load(k)?);
+    }
     if let Some(s) = args.test_clock_skew {
         eprintln!("fs-server: TEST ONLY: acting as if this machine's clock were {s} s off");
         fs_server::ops::set_clock_skew(s);
@@ -119,6 +136,16 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "keygen") {
+        let k = Keygen::parse_from(&argv[1..]);
+        if let Err(e) = fs_proto::secure::Key::create(&k.file) {
+            eprintln!("fs-server keygen: {e}");
+            std::process::exit(1);
+        }
+        eprintln!("fs-server keygen: key written to {} (mode 0600)", k.file.display());
+        return;
+    }
     let args = Args::parse();
     if let Err(e) = run(args) {
         eprintln!("fs-server: {e:#}");

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub connections: Gauge,
     pub notices: Counter,
     pub subscribers: Gauge,
+    pub refused: Counter,
 }
 
 impl Default for Metrics {
@@ -55,7 +56,13 @@ impl Default for Metrics {
         registry.register("connections", "Client connections open", connections.clone());
         registry.register("notices", "Change notices numbered by the sequencer", notices.clone());
         registry.register("notice_subscribers", "Connections subscribed to change notices", subscribers.clone());
-        Metrics { registry, calls, errors, latency, drc_replays, connections, notices, subscribers }
+        let refused = Counter::default();
+        registry.register(
+            "refused_connections",
+            "Connections refused: no key handshake, a wrong key, or a record that failed authentication",
+            refused.clone(),
+        );
+        Metrics { registry, calls, errors, latency, drc_replays, connections, notices, subscribers, refused }
     }
 }
 

@@ -128,30 +128,140 @@ impl Listener {
                 s.set_nodelay(true)?;
                 let s = s.into_std()?;
                 s.set_nonblocking(false)?;
-                let w = s.try_clone()?;
-                let c = s.try_clone()?;
-                let close: Close = Arc::new(move || {
-                    let _ = c.shutdown(std::net::Shutdown::Both);
-                });
                 std::thread::Builder::new()
                     .name("fs-conn".into())
-                    .spawn(move || connection(s, w, close, server, rt, peer.to_string()))?;
+                    .spawn(move || open(s, server, rt, peer.to_string(), None))?;
             }
             Listener::Unix(l, _) => {
                 let (s, _) = l.accept().await?;
+                let cred = s.peer_cred()?;
+                let peer = match cred.pid() {
+                    Some(pid) => format!("unix:pid {pid} uid {}", cred.uid()),
+                    None => format!("unix:uid {}", cred.uid()),
+                };
+                let cred = PeerCred::of(cred.pid(), cred.uid(), cred.gid());
                 let s = s.into_std()?;
                 s.set_nonblocking(false)?;
-                let w = s.try_clone()?;
-                let c = s.try_clone()?;
-                let close: Close = Arc::new(move || {
-                    let _ = c.shutdown(std::net::Shutdown::Both);
-                });
                 std::thread::Builder::new()
                     .name("fs-conn".into())
-                    .spawn(move || connection(s, w, close, server, rt, "unix".to_string()))?;
+                    .spawn(move || open(s, server, rt, peer, Some(cred)))?;
             }
         }
         Ok(())
+    }
+}
+
+/// Who is at the other end of a Unix socket (`SO_PEERCRED`) and the groups it is in.
+/// Root may call as anyone (its mounts serve every user); anyone else only as itself.
+#[derive(Clone, Debug)]
+pub struct PeerCred {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl PeerCred {
+    fn of(pid: Option<i32>, uid: u32, gid: u32) -> PeerCred {
+        // Supplementary groups are not in SO_PEERCRED; the process's status has them.
+        let groups = pid
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .and_then(|st| {
+                st.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                    g.split_whitespace().filter_map(|n| n.parse().ok()).collect::<Vec<u32>>()
+                })
+            })
+            .unwrap_or_default();
+        PeerCred { uid, gid, groups }
+    }
+
+    pub fn allows(&self, c: &fs_proto::Cred) -> bool {
+        let member = |g: &u32| *g == self.gid || self.groups.contains(g);
+        self.uid == 0 || (c.uid == self.uid && member(&c.gid) && c.groups.iter().all(member))
+    }
+}
+
+/// A connected stream of either kind, as the connection thread needs it.
+trait Sock: Read + Write + Send + Sync + Sized + 'static {
+    fn clone_sock(&self) -> io::Result<Self>;
+    fn shut(&self);
+    fn read_timeout(&self, t: Option<std::time::Duration>);
+}
+
+impl Sock for std::net::TcpStream {
+    fn clone_sock(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn shut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+    fn read_timeout(&self, t: Option<std::time::Duration>) {
+        let _ = self.set_read_timeout(t);
+    }
+}
+
+impl Sock for std::os::unix::net::UnixStream {
+    fn clone_sock(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn shut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+    fn read_timeout(&self, t: Option<std::time::Duration>) {
+        let _ = self.set_read_timeout(t);
+    }
+}
+
+/// How long a client has to finish the key handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type Reader = Box<dyn Read + Send>;
+type Writer = Box<dyn Write + Send>;
+
+/// Sets a new connection up (the key handshake, when the server has a key) and serves it.
+fn open<S: Sock>(mut s: S, server: Arc<Server>, rt: tokio::runtime::Handle, peer: String, cred: Option<PeerCred>) {
+    let (w, c) = match (s.clone_sock(), s.clone_sock()) {
+        (Ok(w), Ok(c)) => (w, c),
+        (Err(e), _) | (_, Err(e)) => return tracing::error!(%peer, "cannot use the connection: {e}"),
+    };
+    let close: Close = Arc::new(move || c.shut());
+    let (reader, writer): (Reader, Writer) = match &server.key {
+        None => (Box::new(std::io::BufReader::with_capacity(IO_BUF, s)), Box::new(w)),
+        Some(key) => {
+            s.read_timeout(Some(HANDSHAKE_TIMEOUT));
+            match fs_proto::secure::respond(&mut s, key) {
+                Ok((session, protection)) => {
+                    s.read_timeout(None);
+                    tracing::debug!(%peer, "key handshake done, {}", protection.name());
+                    (Box::new(session.reader(std::io::BufReader::with_capacity(IO_BUF, s))), Box::new(session.writer(w)))
+                }
+                Err(e) => {
+                    server.metrics.refused.inc();
+                    if let fs_proto::secure::HandshakeError::NoHandshake(head) = e {
+                        tracing::warn!(%peer, "refused: no key handshake (a client without -o key=FILE?)");
+                        refuse_plain(&mut s, head);
+                    } else {
+                        tracing::warn!(%peer, "refused: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    connection(reader, writer, close, server, rt, peer, cred)
+}
+
+/// Answers the plain call of a client that did not run the key handshake with `AUTH`,
+/// so its mount can say why, then the connection closes.
+fn refuse_plain<S: Read + Write>(s: &mut S, head: [u8; 4]) {
+    let Ok(len) = frame_len(head) else { return };
+    let mut payload = vec![0u8; len];
+    if s.read_exact(&mut payload).is_err() {
+        return;
+    }
+    if let Ok(call) = decode::<Call>(&payload) {
+        if let Ok(f) = encode_reply(Reply { xid: call.xid, res: Err(Errno::AUTH) }) {
+            let _ = s.write_all(&f.head);
+        }
     }
 }
 
@@ -249,23 +359,38 @@ fn is_data(req: &Request) -> bool {
 }
 
 /// Serves one connection on the calling (blocking) thread until it closes.
-fn connection<S>(stream: S, write_half: S, close: Close, server: Arc<Server>, rt: tokio::runtime::Handle, peer: String)
-where
-    S: Read + Write + Send + 'static,
-{
+fn connection(
+    mut r: Reader,
+    write_half: Writer,
+    close: Close,
+    server: Arc<Server>,
+    rt: tokio::runtime::Handle,
+    peer: String,
+    cred: Option<PeerCred>,
+) {
     tracing::debug!(%peer, "connected");
     let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut subscribed = false;
     server.metrics.connections.inc();
     let replies = Arc::new(Replies { w: std::sync::Mutex::new(write_half) });
     let inflight = Arc::new(InFlight { n: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() });
-    let mut r = std::io::BufReader::with_capacity(IO_BUF, stream);
+    let mut warned = false;
     let why = loop {
         let mut header = [0u8; 4];
         match r.read_exact(&mut header) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break None,
-            Err(e) => break Some(e.to_string()),
+            Err(e) => {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    // A record that failed authentication.
+                    server.metrics.refused.inc();
+                }
+                break Some(e.to_string());
+            }
+        }
+        if header == fs_proto::secure::MAGIC {
+            server.metrics.refused.inc();
+            break Some("refused: the client offers a key handshake, and this server has no --key".into());
         }
         let len = match frame_len(header) {
             Ok(n) => n,
@@ -280,6 +405,14 @@ where
             Err(e) => break Some(format!("malformed frame: {e}")),
         };
         drop(payload);
+        if cred.as_ref().is_some_and(|c| !c.allows(&call.cred)) {
+            if !warned {
+                tracing::warn!(%peer, "refused calls as uid {} (a peer that is not root calls only as itself)", call.cred.uid);
+                warned = true;
+            }
+            replies.send(Reply { xid: call.xid, res: Err(Errno::EPERM) });
+            continue;
+        }
         if let Request::Subscribe { after } = call.req {
             if subscribed {
                 replies.send(Reply { xid: call.xid, res: Err(Errno::EINVAL) });

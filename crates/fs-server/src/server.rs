@@ -23,6 +23,8 @@ pub struct Config {
     pub notice_history: usize,
     /// Tests only: push no notice numbered a multiple of this.
     pub test_drop_notices_every: Option<u64>,
+    /// With a key, only clients that prove they hold it are served (`--key`).
+    pub key: Option<fs_proto::secure::Key>,
 }
 
 impl Config {
@@ -36,6 +38,7 @@ impl Config {
             fd_cache: 4096,
             notice_history: 65536,
             test_drop_notices_every: None,
+            key: None,
         }
     }
 }
@@ -63,6 +66,8 @@ pub struct Server {
     /// The sequencer: every change numbered and pushed to subscribed mounts.
     pub notices: crate::notices::Hub,
     pub metrics: crate::metrics::Metrics,
+    /// The clients' key, if any (see [`fs_proto::secure`]).
+    pub(crate) key: Option<fs_proto::secure::Key>,
 }
 
 impl Server {
@@ -92,6 +97,7 @@ impl Server {
             notices: crate::notices::Hub::new(handles::random_u64(), cfg.notice_history)
                 .dropping_every(cfg.test_drop_notices_every),
             metrics: Default::default(),
+            key: cfg.key.clone(),
         })
     }
 
