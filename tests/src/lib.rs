@@ -69,6 +69,16 @@ impl ServerProc {
     /// Starts a server on `listen` (e.g. "127.0.0.1:0" or a socket path) and waits for its
     /// `listening on ADDR` line.
     pub fn start(export: &Path, state: &Path, listen: &str, extra: &[&str]) -> ServerProc {
+        ServerProc::start_with(export, state, listen, extra, Stdio::inherit())
+    }
+
+    /// As [`ServerProc::start`], with the server's log (stderr) written to `log`.
+    pub fn start_logged(export: &Path, state: &Path, listen: &str, extra: &[&str], log: &Path) -> ServerProc {
+        let f = std::fs::File::create(log).expect("server log");
+        ServerProc::start_with(export, state, listen, extra, Stdio::from(f))
+    }
+
+    fn start_with(export: &Path, state: &Path, listen: &str, extra: &[&str], stderr: Stdio) -> ServerProc {
         let mut child = command(&bin_path("fs-server"))
             .arg("--export")
             .arg(export)
@@ -77,6 +87,7 @@ impl ServerProc {
             .args(["--listen", listen])
             .args(extra)
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("spawn fs-server");
         let line = first_line(&mut child, Duration::from_secs(20));

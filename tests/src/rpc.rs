@@ -37,6 +37,26 @@ impl Conn {
         })
     }
 
+    /// Over halves made elsewhere (a key session's, a recording tap).
+    pub fn from_halves(r: Box<dyn Read + Send>, w: Box<dyn Write + Send>) -> Conn {
+        Conn {
+            r: BufReader::with_capacity(1 << 20, r),
+            w: BufWriter::with_capacity(1 << 20, w),
+            client: std::process::id() as u64,
+            cred: Cred { uid: 0, gid: 0, groups: vec![] },
+            next_xid: 1,
+        }
+    }
+
+    /// A TCP connection that runs the key handshake first, as `-o key=FILE` does.
+    pub fn connect_with_key(addr: &str, key: &secure::Key, p: secure::Protection) -> io::Result<Conn> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let session = secure::initiate(&mut s, key, p).map_err(io::Error::other)?;
+        let w = s.try_clone()?;
+        Ok(Conn::from_halves(Box::new(session.reader(BufReader::new(s))), Box::new(session.writer(w))))
+    }
+
     pub fn next_xid(&mut self) -> u64 {
         let x = self.next_xid;
         self.next_xid += 1;

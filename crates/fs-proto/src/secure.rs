@@ -85,9 +85,11 @@ impl Key {
         use std::os::unix::fs::OpenOptionsExt;
         let key = Key::generate().map_err(|e| KeyError::Io(path.into(), e))?;
         let mut f =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => KeyError::Exists(path.into()),
-                _ => KeyError::Io(path.into(), e),
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+                match e.kind() {
+                    io::ErrorKind::AlreadyExists => KeyError::Exists(path.into()),
+                    _ => KeyError::Io(path.into(), e),
+                }
             })?;
         let hex: String = key.0.iter().map(|b| format!("{b:02x}")).collect();
         f.write_all(format!("{KEY_HEADER}\n{hex}\n").as_bytes())
@@ -204,7 +206,8 @@ fn write_record<W: Write>(w: &mut W, body: &[u8]) -> io::Result<()> {
 pub fn initiate<S: Read + Write>(s: &mut S, key: &Key, protection: Protection) -> Result<Session, HandshakeError> {
     let mut hs = builder(key).build_initiator().map_err(|_| HandshakeError::Malformed("noise setup"))?;
     let mut buf = vec![0u8; MAX_RECORD];
-    let n = hs.write_message(&[VERSION, protection.byte()], &mut buf).map_err(|_| HandshakeError::Malformed("noise"))?;
+    let n =
+        hs.write_message(&[VERSION, protection.byte()], &mut buf).map_err(|_| HandshakeError::Malformed("noise"))?;
     let mut first = MAGIC.to_vec();
     first.extend_from_slice(&(n as u16).to_be_bytes());
     first.extend_from_slice(&buf[..n]);

@@ -166,9 +166,9 @@ impl PeerCred {
         let groups = pid
             .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
             .and_then(|st| {
-                st.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                    g.split_whitespace().filter_map(|n| n.parse().ok()).collect::<Vec<u32>>()
-                })
+                st.lines()
+                    .find_map(|l| l.strip_prefix("Groups:"))
+                    .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect::<Vec<u32>>())
             })
             .unwrap_or_default();
         PeerCred { uid, gid, groups }
@@ -232,7 +232,10 @@ fn open<S: Sock>(mut s: S, server: Arc<Server>, rt: tokio::runtime::Handle, peer
                 Ok((session, protection)) => {
                     s.read_timeout(None);
                     tracing::debug!(%peer, "key handshake done, {}", protection.name());
-                    (Box::new(session.reader(std::io::BufReader::with_capacity(IO_BUF, s))), Box::new(session.writer(w)))
+                    (
+                        Box::new(session.reader(std::io::BufReader::with_capacity(IO_BUF, s))),
+                        Box::new(session.writer(w)),
+                    )
                 }
                 Err(e) => {
                     server.metrics.refused.inc();
