@@ -325,6 +325,11 @@ fn cluster_up_runs_a_job_and_tears_down() {
         seen.push(up.next_line(Duration::from_secs(30)).expect("cluster up prints what to do next"));
     }
     assert!(tests::is_mounted(&mnt), "{seen:?}");
+    // The server has a key made on first start, and the mount proves it holds it.
+    let key = std::fs::metadata(dir.path().join("state/fs.key")).expect("the key");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+    let status = tests::mount_status(&mnt);
+    assert!(status.contains("key handshake, authenticated"), "{status}");
     std::fs::write(mnt.join("spool/in/first.job"), "1..1000\n").unwrap();
     let out = mnt.join("spool/out/first.primes");
     let deadline = Instant::now() + Duration::from_secs(60);

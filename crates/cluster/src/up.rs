@@ -1,4 +1,4 @@
-//! `cluster up`: a file server, a lease node, a mount (locks through the node), the
+//! `cluster up`: a file server (with a key, made on first start), a lease node, a mount (locks through the node), the
 //! broker, one worker per core, a sink and the spool watcher (claims under leases), all
 //! on this machine, as child processes; Ctrl-C tears them down in the
 //! reverse order (the mount is unmounted before its server stops).
@@ -106,6 +106,12 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
         std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))?;
     }
     let sock = root.join("fs.sock");
+    // The mount proves it holds the server's key (made on first start, kept after).
+    let key = state.join("fs.key");
+    if !key.exists() {
+        let out = Command::new(&server_bin).arg("keygen").arg(&key).output()?;
+        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
     let mut procs = Procs { list: Vec::new(), mount: None };
     let say = |l: String| println!("  {l}");
     println!("starting the cluster in {}", root.display());
@@ -118,6 +124,8 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
             .arg(&state)
             .arg("--listen")
             .arg(&sock)
+            .arg("--key")
+            .arg(&key)
             .arg("--no-root-squash"),
     )?);
     // The lease tree: one node here; flock/fcntl on the mount and the spool's job claims
@@ -128,7 +136,12 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
     procs.mount = Some((client_bin.clone(), mnt.clone()));
     say(procs.start(
         "mount",
-        Command::new(&client_bin).arg("mount").arg(&sock).arg(&mnt).arg("-o").arg(format!("leases={node_s}")),
+        Command::new(&client_bin)
+            .arg("mount")
+            .arg(&sock)
+            .arg(&mnt)
+            .arg("-o")
+            .arg(format!("leases={node_s},key={}", key.display())),
     )?);
     say(procs.start("broker", Command::new(&me).args(["broker", "--listen", &cfg.broker]))?);
     let broker = cfg.broker.replace("*", "127.0.0.1");
