@@ -837,3 +837,24 @@ pub fn notice_latency(writer: &Path, reader: &Path, n: usize) -> Vec<Duration> {
     lat.sort_unstable();
     lat
 }
+
+/// `GET path` from a `--metrics` address: the whole HTTP answer.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+/// The value of the first sample whose line starts with `key` in a Prometheus text
+/// exposition (-1 when there is none).
+pub fn metric(text: &str, key: &str) -> f64 {
+    text.lines().find(|l| l.starts_with(key)).and_then(|l| l.rsplit(' ').next()).map_or(-1.0, |v| v.parse().unwrap())
+}
+
+/// A TCP port on 127.0.0.1 free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

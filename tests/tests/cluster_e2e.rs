@@ -911,24 +911,14 @@ fn the_spool_watcher_wakes_on_the_notice_of_a_new_job() {
 /// format say how many batches it took and finished and how many workers are alive.
 #[test]
 fn the_broker_serves_metrics() {
-    use std::io::{Read, Write};
     let _w = Watchdog::new(Duration::from_secs(60));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let maddr = format!("127.0.0.1:{port}");
+    let maddr = format!("127.0.0.1:{}", tests::free_port());
     let p = Pipeline::new(2, &["--metrics", &maddr, "--heartbeat-ms", "100", "--liveness-ms", "1000"], &[]);
     let values: Vec<i64> = (1..=100_000).collect();
     let c = run_job(&p.addr, &values, 1000, Duration::ZERO, |_| {});
     assert_eq!(c.done_numbers, 100_000);
-    let get = || {
-        let mut s = std::net::TcpStream::connect(&maddr).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-        let mut t = String::new();
-        s.read_to_string(&mut t).unwrap();
-        t
-    };
-    let value = |t: &str, key: &str| -> f64 {
-        t.lines().find(|l| l.starts_with(key)).and_then(|l| l.rsplit(' ').next()).map_or(-1.0, |v| v.parse().unwrap())
-    };
+    let get = || tests::http_get(&maddr, "/metrics");
+    let value = tests::metric;
     tests::wait_until(Duration::from_secs(5), "the figures after the job", || {
         let t = get();
         value(&t, "cluster_broker_batches_done_total") == 100.0 && value(&t, "cluster_broker_workers ") == 2.0

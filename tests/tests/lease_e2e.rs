@@ -544,3 +544,48 @@ fn seven_nodes_find_their_tree_and_rebuild_it_when_an_interior_node_dies() {
     assert!(ok.success() && text.contains("600 critical sections of 1 leases on 6 nodes"), "{text}{err}");
     drop(mounts);
 }
+
+/// `cluster node --metrics`: a lock held through a mount shows as a lease held and a
+/// grant, the mount as a client; released, the lease is no longer held.
+#[test]
+fn a_node_serves_its_figures_as_metrics() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s);
+    for d in ["export", "state", "m"] {
+        std::fs::create_dir(p(d)).unwrap();
+    }
+    let server = ServerProc::start(&p("export"), &p("state"), "127.0.0.1:0", &["--no-root-squash"]);
+    let maddr = format!("127.0.0.1:{}", tests::free_port());
+    let listen = p("n1").display().to_string();
+    let _node = ClusterProc::start(
+        &["node", "--id", "1", "--listen", &listen, "--metrics", &maddr, "--heartbeat-ms", "50"],
+        "node ",
+    );
+    let mut mount = MountProc::start(&server.addr, &p("m"), &format!("leases={listen}"));
+    let get = || tests::http_get(&maddr, "/metrics");
+    let file = mount.path("f").display().to_string();
+    std::fs::write(&file, format!("{:020}\n", 0)).unwrap();
+    let mut holder = command(&bin_path("lock-counter"))
+        .args([&file, "1", "flock", "--hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    tests::wait_until(Duration::from_secs(10), "the held lease in the metrics", || {
+        let t = get();
+        tests::metric(&t, "cluster_node_leases_held ") == 1.0 && tests::metric(&t, "cluster_node_grants_total") >= 1.0
+    });
+    assert!(tests::metric(&get(), "cluster_node_clients ") >= 1.0);
+    // Killed, the holder's descriptor closes and the lock (the lease) is released.
+    let _ = holder.kill();
+    let _ = holder.wait();
+    tests::wait_until(Duration::from_secs(10), "the lease released in the metrics", || {
+        tests::metric(&get(), "cluster_node_leases_held ") == 0.0
+    });
+    mount.unmount();
+}

@@ -216,7 +216,6 @@ fn retransmission_on_a_new_connection_gets_the_first_reply() {
 /// are counted; another path is a 404; a port in use is a one-line error.
 #[test]
 fn metrics_in_the_prometheus_format() {
-    use std::io::{Read, Write};
     let _w = tests::Watchdog::new(Duration::from_secs(60));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let maddr = format!("127.0.0.1:{port}");
@@ -231,13 +230,7 @@ fn metrics_in_the_prometheus_format() {
         &["--no-root-squash", "--metrics", &maddr],
     );
     let mount = tests::MountProc::start(&server.addr, &dirs.path().join("mnt"), "");
-    let get = |path: &str| {
-        let mut c = std::net::TcpStream::connect(&maddr).unwrap();
-        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut s = String::new();
-        c.read_to_string(&mut s).unwrap();
-        s
-    };
+    let get = |path: &str| tests::http_get(&maddr, path);
     let count = |text: &str, key: &str| -> f64 {
         text.lines().find(|l| l.starts_with(key)).and_then(|l| l.rsplit(' ').next()).map_or(0.0, |v| v.parse().unwrap())
     };

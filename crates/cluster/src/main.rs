@@ -169,6 +169,10 @@ enum Cmd {
         /// A neighbour or client silent this long (milliseconds) is dead.
         #[arg(long, default_value_t = 3000)]
         liveness_ms: u64,
+        /// Serve the node's figures (leases, grants, token messages, neighbours) in the
+        /// Prometheus text format at http://HOST:PORT/metrics.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: Option<String>,
     },
     /// The whole lease cluster in one answer: the node starts an echo wave that gathers
     /// every reachable node's state (one line per node, starting `node ID`).
@@ -250,7 +254,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("cannot serve metrics on {a}: {e}"))?;
                 eprintln!("broker: metrics on http://{}/metrics", l.local_addr()?);
                 let m = std::sync::Arc::new(cluster::metrics::BrokerMetrics::default());
-                cluster::metrics::serve(l, m.clone());
+                let shown = m.clone();
+                cluster::metrics::serve(l, std::sync::Arc::new(move || shown.render()));
                 cfg.metrics = Some(m);
             }
             let inproc = (workers > 0).then(|| format!("broker-{}", std::process::id()));
@@ -389,7 +394,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 spool.run(report)?;
             }
         }
-        Cmd::Node { id, listen, parent, mutex, peers, heartbeat_ms, liveness_ms } => {
+        Cmd::Node { id, listen, parent, mutex, peers, heartbeat_ms, liveness_ms, metrics } => {
             let mutex: cluster::mutex::Algorithm = mutex.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             let peers = peers
                 .iter()
@@ -444,7 +449,21 @@ fn run(args: Args) -> anyhow::Result<()> {
                 mutex,
                 peers,
             };
+            let metrics = match &metrics {
+                Some(a) => Some(
+                    std::net::TcpListener::bind(a.as_str())
+                        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {a}: {e}"))?,
+                ),
+                None => None,
+            };
             let mut n = node::Node::bind(&ctx, cfg)?;
+            if let Some(l) = metrics {
+                eprintln!("node: metrics on http://{}/metrics", l.local_addr()?);
+                let figures = std::sync::Arc::new(std::sync::Mutex::new(n.figures()));
+                n.published = Some(figures.clone());
+                let m = cluster::metrics::NodeMetrics::new(figures);
+                cluster::metrics::serve(l, std::sync::Arc::new(move || m.render()));
+            }
             println!("node {id} listening on {listen}");
             n.run()?;
         }

@@ -1,9 +1,11 @@
-//! `cluster broker --metrics ADDR`: the broker's counters in the Prometheus text format
-//! over plain HTTP (`GET /metrics`): batches accepted and done, duplicates, batches
-//! dispatched again, workers alive, dead, banned, items handed back, the queue.
+//! `cluster broker --metrics ADDR` and `cluster node --metrics ADDR`: counters in the
+//! Prometheus text format over plain HTTP (`GET /metrics`). The broker's: batches
+//! accepted and done, duplicates, batches dispatched again, workers alive, dead, banned,
+//! items handed back, the queue. A lease node's: leases held and waited for, grants,
+//! token messages, tokens regenerated, neighbours and clients, its Lamport time.
 //!
-//! The broker's one thread updates the figures at every heartbeat (500 ms) from its
-//! bookkeeping; a thread of its own answers scrapes.
+//! The broker's (and the node's) one thread updates the figures at every heartbeat from
+//! its bookkeeping; a thread of its own answers scrapes.
 
 use crate::dispatch::Stats;
 use prometheus_client::metrics::counter::Counter;
@@ -80,11 +82,76 @@ impl BrokerMetrics {
     }
 }
 
+/// A figure of a lease node that a counter or gauge follows.
+type NodeFigure = fn(&coord::node::Figures) -> u64;
+
+/// A lease node's figures ([`coord::node::Figures`]) as Prometheus metrics.
+pub struct NodeMetrics {
+    registry: Registry,
+    counters: Vec<(Counter, NodeFigure)>,
+    gauges: Vec<(Gauge, NodeFigure)>,
+    figures: Arc<std::sync::Mutex<coord::node::Figures>>,
+}
+
+impl NodeMetrics {
+    /// Metrics that follow `figures` (which the node refreshes at every beat).
+    pub fn new(figures: Arc<std::sync::Mutex<coord::node::Figures>>) -> NodeMetrics {
+        let mut registry = Registry::with_prefix("cluster_node");
+        let counters: [(&str, &str, NodeFigure); 6] = [
+            ("grants", "Leases granted to local clients", |f| f.counters.grants),
+            ("token_messages", "Token and request messages sent to other nodes", |f| f.counters.token_messages),
+            ("regenerated_tokens", "Tokens made again after the neighbour holding them died", |f| {
+                f.counters.regenerated
+            }),
+            ("dead_neighbours", "Neighbours declared dead (silent)", |f| f.counters.dead_neighbours),
+            ("foreign_messages", "Messages from nodes of another algorithm, dropped", |f| f.counters.foreign),
+            ("waves", "Echo waves started here", |f| f.counters.waves),
+        ];
+        let gauges: [(&str, &str, NodeFigure); 5] = [
+            ("leases_held", "Leases a local client holds", |f| f.leases_held),
+            ("lease_waiters", "Local clients waiting for a lease", |f| f.waiters),
+            ("clients", "Local clients (mounts, spool watchers) alive", |f| f.clients),
+            ("neighbours_alive", "Tree neighbours (parent and children) alive", |f| f.neighbours_alive),
+            ("lamport_time", "The node's Lamport clock", |f| f.lamport),
+        ];
+        let counters = counters
+            .into_iter()
+            .map(|(name, help, f)| {
+                let c = Counter::default();
+                registry.register(name, help, c.clone());
+                (c, f)
+            })
+            .collect();
+        let gauges = gauges
+            .into_iter()
+            .map(|(name, help, f)| {
+                let g = Gauge::default();
+                registry.register(name, help, g.clone());
+                (g, f)
+            })
+            .collect();
+        NodeMetrics { registry, counters, gauges, figures }
+    }
+
+    pub fn render(&self) -> String {
+        let f = self.figures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        for (c, get) in &self.counters {
+            c.inc_by(get(&f).saturating_sub(c.get()));
+        }
+        for (g, get) in &self.gauges {
+            g.set(get(&f) as i64);
+        }
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String");
+        s
+    }
+}
+
 /// Answers `GET /metrics` on `listener` with `render()` until the process ends. (The
 /// file server has the same dozen lines in `fs_server::metrics`; the two crates share
 /// no dependency to put them in.)
-pub fn serve(listener: std::net::TcpListener, metrics: Arc<BrokerMetrics>) {
-    let _ = std::thread::Builder::new().name("broker-metrics".into()).spawn(move || {
+pub fn serve(listener: std::net::TcpListener, render: Arc<dyn Fn() -> String + Send + Sync>) {
+    let _ = std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
@@ -93,7 +160,7 @@ pub fn serve(listener: std::net::TcpListener, metrics: Arc<BrokerMetrics>) {
                 continue;
             }
             let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
-                ("200 OK", metrics.render())
+                ("200 OK", render())
             } else {
                 ("404 Not Found", "try GET /metrics\n".to_string())
             };

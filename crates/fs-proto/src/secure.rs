@@ -306,7 +306,14 @@ impl Session {
     /// The reading half over `r` (which should be buffered: a record is read in two
     /// reads).
     pub fn reader<R: Read>(&self, r: R) -> SecureRead<R> {
-        SecureRead { inner: r, cipher: self.cipher.clone(), nonce: self.recv_from, buf: Vec::new(), pos: 0 }
+        SecureRead {
+            inner: r,
+            cipher: self.cipher.clone(),
+            nonce: self.recv_from,
+            buf: Vec::new(),
+            pos: 0,
+            raw: Vec::new(),
+        }
     }
 
     /// The writing half over `w`. Every `write` sends one record: give it whole frames.
@@ -322,6 +329,8 @@ pub struct SecureRead<R> {
     nonce: u64,
     buf: Vec<u8>,
     pos: usize,
+    /// The last record as read (its capacity is used again).
+    raw: Vec<u8>,
 }
 
 fn forged() -> io::Error {
@@ -341,18 +350,20 @@ impl<R: Read> SecureRead<R> {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
             Err(e) => return Err(e),
         }
-        let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+        // Both buffers keep their capacity from record to record.
+        let mut body = std::mem::take(&mut self.raw);
+        body.resize(u16::from_be_bytes(len) as usize, 0);
         self.inner.read_exact(&mut body)?;
         let nonce = self.nonce;
         self.nonce += 1;
-        self.buf = match &*self.cipher {
+        match &*self.cipher {
             Cipher::Encrypt(t) => {
                 if body.len() <= TAG {
                     return Err(forged());
                 }
-                let mut plain = vec![0u8; body.len() - TAG];
-                t.read_message(nonce, &body, &mut plain).map_err(|_| forged())?;
-                plain
+                self.buf.resize(body.len() - TAG, 0);
+                t.read_message(nonce, &body, &mut self.buf).map_err(|_| forged())?;
+                self.raw = body;
             }
             Cipher::Authenticate { recv, .. } => {
                 if body.len() <= MAC {
@@ -365,9 +376,9 @@ impl<R: Read> SecureRead<R> {
                     return Err(forged());
                 }
                 body.truncate(body.len() - MAC);
-                body
+                self.raw = std::mem::replace(&mut self.buf, body);
             }
-        };
+        }
         self.pos = 0;
         Ok(true)
     }
@@ -449,13 +460,12 @@ mod tests {
         Key([b; 32])
     }
 
+    type Sides =
+        (Result<Session, HandshakeError>, Result<(Session, Protection), HandshakeError>, UnixStream, UnixStream);
+
     /// A client and a server over a socket pair; returns what each side's handshake
-    /// gave.
-    fn pair(
-        ck: Key,
-        sk: Key,
-        p: Protection,
-    ) -> (Result<Session, HandshakeError>, Result<(Session, Protection), HandshakeError>, UnixStream, UnixStream) {
+    /// gave, and the client's and the server's socket.
+    fn pair(ck: Key, sk: Key, p: Protection) -> Sides {
         let (mut c, mut s) = UnixStream::pair().unwrap();
         let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
         let server = std::thread::spawn(move || respond(&mut s, &sk));

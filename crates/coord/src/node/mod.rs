@@ -178,7 +178,23 @@ pub struct Counters {
     pub stale: u64,
 }
 
+/// What `cluster node --metrics` publishes, refreshed at every beat.
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    pub counters: Counters,
+    /// Leases a local client holds now, and local clients waiting for one.
+    pub leases_held: u64,
+    pub waiters: u64,
+    /// Local clients (mounts, spool watchers) heard from within `liveness`.
+    pub clients: u64,
+    /// Tree neighbours (parent and children) alive.
+    pub neighbours_alive: u64,
+    pub lamport: u64,
+}
+
 pub struct Node {
+    /// Where `figures()` goes at every beat, when someone reads it (`--metrics`).
+    pub published: Option<std::sync::Arc<std::sync::Mutex<Figures>>>,
     cfg: NodeConfig,
     boot: u64,
     /// The parent's id and address, once known.
@@ -272,6 +288,7 @@ impl Node {
         }
         let graph = graph.then(|| graph::Graph::new(cfg.id, cfg.peers.iter().map(|p| p.0), cfg.liveness * 2));
         Ok(Node {
+            published: None,
             graph,
             boot,
             parent,
@@ -667,7 +684,24 @@ impl Node {
         let _ = self.router.send_multipart([route, &encode(w)], zmq::DONTWAIT);
     }
 
+    /// The figures `--metrics` publishes.
+    pub fn figures(&self) -> Figures {
+        let parent = u64::from(self.parent.is_some() && self.parent_alive);
+        Figures {
+            counters: self.counters.clone(),
+            leases_held: self.leases.values().filter(|l| l.holder.is_some()).count() as u64,
+            waiters: self.leases.values().map(|l| l.waiters.len() as u64).sum(),
+            clients: self.clients.len() as u64,
+            neighbours_alive: parent + self.children.values().filter(|c| c.alive).count() as u64,
+            lamport: self.lamport.now(),
+        }
+    }
+
     fn beat(&mut self, now: Instant) -> anyhow::Result<()> {
+        if let Some(p) = &self.published {
+            let f = self.figures();
+            *p.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = f;
+        }
         let beat = self.stamp(PeerBody::Beat);
         if self.up.is_some() {
             let parent = self.parent_id().expect("a parent socket means a parent");
