@@ -139,7 +139,21 @@ pub struct ClusterProc {
 impl ClusterProc {
     /// Starts `cluster ARGS` and waits for its first line to start with `ready_prefix`.
     pub fn start(args: &[&str], ready_prefix: &str) -> ClusterProc {
-        let mut child = command(&bin_path("cluster")).args(args).stdout(Stdio::piped()).spawn().expect("spawn cluster");
+        ClusterProc::start_with(args, ready_prefix, Stdio::inherit())
+    }
+
+    /// As [`ClusterProc::start`], with the process's log (stderr) written to `log`.
+    pub fn start_logged(args: &[&str], ready_prefix: &str, log: &Path) -> ClusterProc {
+        ClusterProc::start_with(args, ready_prefix, Stdio::from(std::fs::File::create(log).expect("log file")))
+    }
+
+    fn start_with(args: &[&str], ready_prefix: &str, stderr: Stdio) -> ClusterProc {
+        let mut child = command(&bin_path("cluster"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn cluster");
         let out = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

@@ -330,6 +330,9 @@ fn cluster_up_runs_a_job_and_tears_down() {
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
     let status = tests::mount_status(&mnt);
     assert!(status.contains("key handshake, authenticated"), "{status}");
+    // And a CURVE cluster key for the ZeroMQ sockets.
+    let curve = std::fs::metadata(dir.path().join("state/curve/cluster.key")).expect("the cluster key");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&curve.permissions()) & 0o777, 0o600);
     std::fs::write(mnt.join("spool/in/first.job"), "1..1000\n").unwrap();
     let out = mnt.join("spool/out/first.primes");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -102,10 +102,10 @@ impl Broker {
                     anyhow::bail!("cannot listen on {ep}: another process is listening there");
                 }
             }
-            s.bind(&ep).map_err(|e| sock_err("listen on", &ep, e))?;
+            crate::curve::bind(&s, &ep).map_err(|e| sock_err("listen on", &ep, e))?;
             if let Some(name) = &cfg.inproc {
                 let ep = BrokerAddr::Inproc { name: name.clone() }.endpoint(role);
-                s.bind(&ep).map_err(|e| sock_err("listen on", &ep, e))?;
+                crate::curve::bind(&s, &ep).map_err(|e| sock_err("listen on", &ep, e))?;
             }
             Ok(s)
         };

@@ -68,7 +68,7 @@ impl Classic {
             if kind == zmq::PUB {
                 s.set_sndhwm(0)?;
             }
-            s.bind(&ep).map_err(|e| sock_err("listen on", &ep, e))?;
+            crate::curve::bind(&s, &ep).map_err(|e| sock_err("listen on", &ep, e))?;
             Ok(s)
         };
         Ok(Classic {

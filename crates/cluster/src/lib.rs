@@ -38,4 +38,4 @@ pub mod vote;
 pub mod wire;
 pub mod worker;
 
-pub use coord::{clock, lease, mutex, node, util};
+pub use coord::{clock, curve, lease, mutex, node, util};

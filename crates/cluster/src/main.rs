@@ -17,10 +17,19 @@ use std::time::Duration;
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Secure every ZeroMQ socket with CURVE, with the cluster key in DIR (made by
+    /// `cluster keygen DIR`): no one without it is answered.
+    #[arg(long, global = true, value_name = "DIR")]
+    curve: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Make a cluster key (CURVE) in DIR for `--curve DIR` and the mount option `curve=DIR`.
+    Keygen {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Take numbers from sources, deal them to workers, publish numbers and primes.
     Broker {
         /// HOST[:PORT] (four TCP ports from PORT, default 5555) or a path for ipc:// sockets.
@@ -224,7 +233,14 @@ fn broker_addr(s: &str) -> anyhow::Result<BrokerAddr> {
 fn run(args: Args) -> anyhow::Result<()> {
     util::install_stop_handler();
     let ctx = zmq::Context::new();
+    if let Some(dir) = &args.curve {
+        cluster::curve::enable(&ctx, dir)?;
+    }
     match args.cmd {
+        Cmd::Keygen { dir } => {
+            let path = cluster::curve::keygen(&dir)?;
+            eprintln!("cluster keygen: key written to {} (mode 0600)", path.display());
+        }
         Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms, test_drop_every, classic, workers, metrics } => {
             let addr = broker_addr(&listen)?;
             anyhow::ensure!(

@@ -14,7 +14,7 @@ pub fn subscribe(ctx: &zmq::Context, addr: &BrokerAddr, prefixes: &[&[u8]]) -> a
     for p in prefixes {
         s.set_subscribe(p)?;
     }
-    s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
+    crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
     Ok(s)
 }
 

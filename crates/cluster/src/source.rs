@@ -54,7 +54,8 @@ impl<'a> Source<'a> {
     fn open(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, SourceError> {
         let s = ctx.socket(zmq::REQ)?;
         s.set_linger(0)?;
-        s.connect(endpoint).map_err(|source| SourceError::Connect { endpoint: endpoint.to_string(), source })?;
+        crate::curve::connect(&s, endpoint)
+            .map_err(|source| SourceError::Connect { endpoint: endpoint.to_string(), source })?;
         Ok(s)
     }
 

@@ -1,4 +1,5 @@
-//! `cluster up`: a file server (with a key, made on first start), a lease node, a mount (locks through the node), the
+//! `cluster up`: a file server (with a key, made on first start; the ZeroMQ sockets get
+//! a CURVE cluster key the same way), a lease node, a mount (locks through the node), the
 //! broker, one worker per core, a sink and the spool watcher (claims under leases), all
 //! on this machine, as child processes; Ctrl-C tears them down in the
 //! reverse order (the mount is unmounted before its server stops).
@@ -112,6 +113,17 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
         let out = Command::new(&server_bin).arg("keygen").arg(&key).output()?;
         anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr).trim());
     }
+    // Every ZeroMQ socket of the cluster uses CURVE with a cluster key made here once.
+    let curve = state.join("curve");
+    if !crate::curve::key_path(&curve).exists() {
+        crate::curve::keygen(&curve)?;
+    }
+    let curve_s = curve.display().to_string();
+    let cluster = || {
+        let mut c = Command::new(&me);
+        c.args(["--curve", &curve_s]);
+        c
+    };
     let mut procs = Procs { list: Vec::new(), mount: None };
     let say = |l: String| println!("  {l}");
     println!("starting the cluster in {}", root.display());
@@ -132,7 +144,7 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
     // go through it. More machines join with `cluster node --parent 1@...`.
     let node = root.join("node.sock");
     let node_s = node.display().to_string();
-    say(procs.start("node", Command::new(&me).args(["node", "--id", "1", "--listen", &node_s]))?);
+    say(procs.start("node", cluster().args(["node", "--id", "1", "--listen", &node_s]))?);
     procs.mount = Some((client_bin.clone(), mnt.clone()));
     say(procs.start(
         "mount",
@@ -141,20 +153,20 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
             .arg(&sock)
             .arg(&mnt)
             .arg("-o")
-            .arg(format!("leases={node_s},key={}", key.display())),
+            .arg(format!("leases={node_s},curve={curve_s},key={}", key.display())),
     )?);
-    say(procs.start("broker", Command::new(&me).args(["broker", "--listen", &cfg.broker]))?);
+    say(procs.start("broker", cluster().args(["broker", "--listen", &cfg.broker]))?);
     let broker = cfg.broker.replace("*", "127.0.0.1");
     for i in 0..cfg.workers {
-        say(procs.start(&format!("worker {i}"), Command::new(&me).args(["worker", "--broker", &broker]))?);
+        say(procs.start(&format!("worker {i}"), cluster().args(["worker", "--broker", &broker]))?);
     }
     let log = root.join("primes.log");
-    say(procs.start("sink", Command::new(&me).args(["sink", "--broker", &broker, "--tag", "p", "--out"]).arg(&log))?);
+    say(procs.start("sink", cluster().args(["sink", "--broker", &broker, "--tag", "p", "--out"]).arg(&log))?);
     let spool = mnt.join("spool");
     std::fs::create_dir_all(&spool).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", spool.display()))?;
     say(procs.start(
         "spool",
-        Command::new(&me).args(["spool", "--broker", &broker, "--progress", "--leases", &node_s, "--dir"]).arg(&spool),
+        cluster().args(["spool", "--broker", &broker, "--progress", "--leases", &node_s, "--dir"]).arg(&spool),
     )?);
     let rel = |p: &Path| p.strip_prefix(std::env::current_dir().unwrap_or_default()).unwrap_or(p).display().to_string();
     println!(

@@ -311,13 +311,13 @@ fn work_socket(ctx: &zmq::Context, cfg: &WorkerConfig) -> anyhow::Result<zmq::So
         // round-robin without looking at who is busy.
         s.set_rcvhwm(1)?;
     }
-    s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
+    crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
     Ok(s)
 }
 
 fn result_socket(ctx: &zmq::Context, cfg: &WorkerConfig) -> anyhow::Result<zmq::Socket> {
     let ep = cfg.addr.endpoint(Role::Results);
     let s = util::socket(ctx, zmq::REQ)?;
-    s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
+    crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
     Ok(s)
 }

@@ -70,7 +70,7 @@ impl LeaseClient {
             let setup = (|| -> anyhow::Result<zmq::Socket> {
                 let s = util::socket(&ctx, zmq::DEALER)?;
                 s.set_identity(format!("c{:016x}", util::random_u64()).as_bytes())?;
-                s.connect(&ep2).map_err(|e| util::sock_err("connect to", &ep2, e))?;
+                crate::curve::connect(&s, &ep2).map_err(|e| util::sock_err("connect to", &ep2, e))?;
                 Ok(s)
             })();
             match setup {

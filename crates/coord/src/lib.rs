@@ -18,6 +18,7 @@
 
 pub mod audit;
 pub mod clock;
+pub mod curve;
 pub mod echo;
 pub mod lease;
 pub mod mutex;

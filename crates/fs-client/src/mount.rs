@@ -193,6 +193,9 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     config.clone_fd = true;
     let locks = match &opts.leases {
         Some(node) => {
+            if let Some(dir) = &opts.curve {
+                coord::curve::enable_client(dir).map_err(|e| anyhow!("curve: {e}"))?;
+            }
             let lease = coord::lease::LeaseClient::connect(node).map_err(|e| anyhow!("leases: {e}"))?;
             anyhow::ensure!(
                 lease.status(Duration::from_secs(10)).is_some(),

@@ -26,6 +26,8 @@ pub struct MountOptions {
     /// `leases=NODE_ADDR`: flock and fcntl locks take the file's lease through this
     /// `cluster node` (whole-file, exclusive), across every mount of the cluster.
     pub leases: Option<String>,
+    /// `curve=DIR`: talk to the lease node with CURVE, with the cluster key in DIR.
+    pub curve: Option<std::path::PathBuf>,
     /// `noatime`: reads do not update access times (no read is sent to the server for
     /// that alone). The default is `relatime`, as a local file system's.
     pub noatime: bool,
@@ -61,6 +63,7 @@ impl Default for MountOptions {
             read_only: false,
             allow_other: true,
             leases: None,
+            curve: None,
             noatime: false,
             clock_check: Duration::from_secs(60),
             notify: true,
@@ -165,6 +168,7 @@ impl MountOptions {
                 "allow_other" => flag(&mut o.allow_other, true)?,
                 "noallow_other" => flag(&mut o.allow_other, false)?,
                 "leases" => o.leases = Some(need()?.to_string()),
+                "curve" => o.curve = Some(need()?.into()),
                 "notify" => flag(&mut o.notify, true)?,
                 "nonotify" => flag(&mut o.notify, false)?,
                 "callback" => o.callback = secs(key, need()?)?,
@@ -182,6 +186,12 @@ impl MountOptions {
                 }
                 _ => return Err(OptionError::Unknown(item.into())),
             }
+        }
+        if o.curve.is_some() && o.leases.is_none() {
+            return Err(OptionError::BadValue(
+                "curve".into(),
+                "curve=DIR secures the lease node's connection: it needs leases=NODE_ADDR".into(),
+            ));
         }
         if o.encrypt.is_some() && o.key.is_none() {
             return Err(OptionError::BadValue(

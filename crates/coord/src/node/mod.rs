@@ -242,13 +242,13 @@ impl Node {
         // A child that restarts reconnects under the same identity and takes its route over.
         router.set_router_handover(true)?;
         let boot = util::random_u64();
-        router.bind(&ep).map_err(|e| sock_err("listen on", &ep, e))?;
+        crate::curve::bind(&router, &ep).map_err(|e| sock_err("listen on", &ep, e))?;
         let (up, parent) = match &cfg.parent {
             Some((pid, addr)) => {
                 let ep = endpoint(addr)?;
                 let s = util::socket(ctx, zmq::DEALER)?;
                 s.set_identity(format!("n{}", cfg.id).as_bytes())?;
-                s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
+                crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
                 let pid = match pid {
                     Some(p) => *p,
                     None => learn_parent_id(&s, &cfg, boot)?,
@@ -282,7 +282,7 @@ impl Node {
                 let ep = endpoint(addr)?;
                 let s = util::socket(ctx, zmq::DEALER)?;
                 s.set_identity(format!("n{}", cfg.id).as_bytes())?;
-                s.connect(&ep).map_err(|e| sock_err("connect to", &ep, e))?;
+                crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
                 dealers.insert(*id, s);
             }
         }
