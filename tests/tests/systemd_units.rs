@@ -41,6 +41,9 @@ fn the_example_units_verify_and_their_commands_start() {
     }
     let out = command(&bin_path("fs-server")).arg("keygen").arg(&key).output().unwrap();
     assert!(out.status.success());
+    let curve = tmp.path().join("curve");
+    let out = command(&bin_path("cluster")).arg("keygen").arg(&curve).output().unwrap();
+    assert!(out.status.success());
     let broker = free_ports(4);
     // What differs on this machine: where the binaries are, folders, ports.
     let local = |text: &str| {
@@ -48,6 +51,8 @@ fn the_example_units_verify_and_their_commands_start() {
             .replace("/srv/share", export.to_str().unwrap())
             .replace("/var/lib/fs-server", state.to_str().unwrap())
             .replace("/etc/fs/fs.key", key.to_str().unwrap())
+            .replace("/etc/fs/curve", curve.to_str().unwrap())
+            .replace("${CREDENTIALS_DIRECTORY}", curve.to_str().unwrap())
             .replace("/run/", &format!("{}/", run.display()))
             .replace("0.0.0.0:7000", "127.0.0.1:0")
             .replace("0.0.0.0:5555", &format!("127.0.0.1:{broker}"))
