@@ -9,6 +9,7 @@ use fs_proto::{encode_frame, Call, Cred, Errno, Request, Response};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tests::rpc::Conn;
@@ -280,4 +281,80 @@ fn a_peer_on_a_unix_socket_that_is_not_root_calls_only_as_itself() {
     let root = c.mount();
     c.cred = cred(USER + 1, USER + 1);
     assert!(c.call(Request::Lookup { dir: root, name: "secret".into() }).is_ok());
+}
+
+/// Installs `/sbin/mount.fuse.fs` (a link to this build's `fs-client`) for the test and
+/// removes it after, unless one was there already.
+struct Helper(Option<PathBuf>);
+
+impl Helper {
+    fn install() -> Helper {
+        let path = PathBuf::from("/sbin/mount.fuse.fs");
+        let ours = bin_path("fs-client");
+        match std::fs::read_link(&path) {
+            Ok(to) if to == ours => Helper(None),
+            Ok(to) => panic!("{} already links to {}: remove it to run this test", path.display(), to.display()),
+            Err(_) if path.exists() => panic!("{} exists: remove it to run this test", path.display()),
+            Err(_) => {
+                std::os::unix::fs::symlink(&ours, &path).expect("install the mount helper");
+                Helper(Some(path))
+            }
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The fstab line of the README with a key, through mount(8): `mount -a -T FILE` mounts
+/// it (type `fuse.fs`, the server as the source), files cross, and `umount` ends it.
+#[test]
+fn an_fstab_line_with_a_key_mounts_through_mount_and_umount_ends_it() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let (_kd, key, _) = keys();
+    let dirs = tempfile::tempdir().unwrap();
+    for d in ["export", "state", "mnt"] {
+        std::fs::create_dir(dirs.path().join(d)).unwrap();
+    }
+    let server = ServerProc::start(
+        &dirs.path().join("export"),
+        &dirs.path().join("state"),
+        "127.0.0.1:0",
+        &["--no-root-squash", "--key", key.to_str().unwrap()],
+    );
+    let mp = dirs.path().join("mnt");
+    let _guard = MountGuard::new(&mp);
+    let _helper = Helper::install();
+    let fstab = dirs.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# a test fstab\n{} {} fuse.fs _netdev,actimeo=5,key={} 0 0\n",
+            server.addr,
+            mp.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let (st, _, err) = run_with_timeout(Command::new("mount").args(["-a", "-T"]).arg(&fstab), Duration::from_secs(30));
+    assert!(st.success(), "mount -a -T: {err}");
+    let line = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(mp.to_str().unwrap()))
+        .map(String::from)
+        .expect("mounted");
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!((f[0], f[2]), (server.addr.as_str(), "fuse.fs"), "{line}");
+    std::fs::write(mp.join("from-fstab"), b"keyed").unwrap();
+    assert_eq!(std::fs::read(dirs.path().join("export/from-fstab")).unwrap(), b"keyed");
+    assert!(mount_status(&mp).contains("key handshake, encrypted"));
+    let (st, _, err) = run_with_timeout(Command::new("umount").arg(&mp), Duration::from_secs(30));
+    assert!(st.success(), "umount: {err}");
+    wait_until(Duration::from_secs(10), "unmounted", || !is_mounted(&mp));
 }
