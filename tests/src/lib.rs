@@ -78,7 +78,49 @@ impl ServerProc {
         ServerProc::start_with(export, state, listen, extra, Stdio::from(f))
     }
 
+    /// A standby of `primary` (`--standby-of`), serving on `listen` once it takes over;
+    /// waits for its `standby of` line. Its log goes to `log`.
+    pub fn start_standby(
+        export: &Path,
+        state: &Path,
+        listen: &str,
+        primary: &str,
+        extra: &[&str],
+        log: &Path,
+    ) -> ServerProc {
+        let mut args = vec!["--standby-of", primary];
+        args.extend_from_slice(extra);
+        let f = std::fs::File::create(log).expect("standby log");
+        ServerProc::start_expecting(export, state, listen, &args, Stdio::from(f), "standby of ")
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Whether the process has ended, and how (reaps it).
+    pub fn ended(&mut self) -> Option<ExitStatus> {
+        let st = self.child.as_mut()?.try_wait().ok()??;
+        let mut c = self.child.take().expect("child");
+        SERVERS.lock().unwrap().retain(|&p| p != c.id());
+        // Already reaped by try_wait; this returns the same status at once.
+        let _ = c.wait();
+        Some(st)
+    }
+
     fn start_with(export: &Path, state: &Path, listen: &str, extra: &[&str], stderr: Stdio) -> ServerProc {
+        ServerProc::start_expecting(export, state, listen, extra, stderr, "listening on ")
+    }
+
+    fn start_expecting(
+        export: &Path,
+        state: &Path,
+        listen: &str,
+        extra: &[&str],
+        stderr: Stdio,
+        ready: &str,
+    ) -> ServerProc {
         let mut child = command(&bin_path("fs-server"))
             .arg("--export")
             .arg(export)
@@ -91,8 +133,9 @@ impl ServerProc {
             .spawn()
             .expect("spawn fs-server");
         let line = first_line(&mut child, Duration::from_secs(20));
-        let addr = match line.as_deref().and_then(|l| l.strip_prefix("listening on ")) {
-            Some(a) => a.to_string(),
+        let addr = match line.as_deref().and_then(|l| l.strip_prefix(ready)) {
+            Some(a) if ready == "listening on " => a.to_string(),
+            Some(_) => listen.to_string(),
             None => {
                 let _ = child.kill();
                 panic!("fs-server did not start: first line {line:?}");

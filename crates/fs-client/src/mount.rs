@@ -128,7 +128,9 @@ fn mount_fuse_fs(mp: &Path, source: &str, read_only: bool, allow_other: bool) ->
 
 /// `fs-client mount`: runs in the foreground until unmounted or signalled.
 pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
-    let addr: Addr = addr.parse()?;
+    // ADDR1,ADDR2,...: a primary and its standbys, tried in turn.
+    let addrs = addr.split(',').map(str::parse).collect::<Result<Vec<Addr>, _>>()?;
+    let addr = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let opts = MountOptions::parse(opts)?;
     let mp = check_mountpoint(mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -138,11 +140,10 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     };
     // Over a Unix socket only the kernel sees the bytes: authenticated, not encrypted,
     // unless asked (README, "Keys").
-    let encrypt = opts.encrypt.unwrap_or(!matches!(addr, Addr::Unix(_)));
+    let encrypt = opts.encrypt.unwrap_or(!addrs.iter().all(|a| matches!(a, Addr::Unix(_))));
     let protection =
         if encrypt { fs_proto::secure::Protection::Encrypt } else { fs_proto::secure::Protection::Authenticate };
-    let cfg =
-        RpcConfig { addr: addr.clone(), soft: opts.soft, timeo: opts.timeo, retrans: opts.retrans, key, protection };
+    let cfg = RpcConfig { addrs, soft: opts.soft, timeo: opts.timeo, retrans: opts.retrans, key, protection };
     let rpc = Rpc::connect(cfg, random_u64(), Duration::from_secs(10)).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => anyhow!("server {addr}: {e}"),
         _ => anyhow!("cannot reach server {addr}: {e}"),

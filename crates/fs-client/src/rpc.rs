@@ -25,7 +25,9 @@ use tokio::sync::oneshot;
 
 #[derive(Clone, Debug)]
 pub struct RpcConfig {
-    pub addr: Addr,
+    /// The server's addresses: a primary and its standbys, tried in turn (passive
+    /// redundancy); usually one.
+    pub addrs: Vec<Addr>,
     /// Fail calls with `EIO` after `timeo * (retrans + 1)` instead of waiting forever.
     pub soft: bool,
     pub timeo: Duration,
@@ -71,8 +73,24 @@ struct Channel {
 }
 
 impl Channel {
-    fn open(cfg: &RpcConfig, timeout: Duration) -> io::Result<Channel> {
-        let mut s = Stream::connect(&cfg.addr, timeout)?;
+    /// Connects to the first of the server's addresses, from `start` on, that answers;
+    /// returns which it was.
+    fn open_any(cfg: &RpcConfig, timeout: Duration, start: usize) -> io::Result<(Channel, usize)> {
+        let n = cfg.addrs.len();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for i in (0..n).map(|k| (start + k) % n) {
+            match Channel::open(cfg, &cfg.addrs[i], timeout) {
+                Ok(c) => return Ok((c, i)),
+                // A key refused is the answer, not an address to skip.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn open(cfg: &RpcConfig, addr: &Addr, timeout: Duration) -> io::Result<Channel> {
+        let mut s = Stream::connect(addr, timeout)?;
         let (w, raw) = (s.try_clone()?, s.try_clone()?);
         let Some(key) = &cfg.key else {
             return Ok(Channel { reader: Box::new(BufReader::with_capacity(IO_BUF, s)), writer: Box::new(w), raw });
@@ -111,6 +129,8 @@ pub enum Push {
 }
 
 struct Inner {
+    /// Which of `cfg.addrs` the connection goes to (or last went to).
+    current: std::sync::atomic::AtomicUsize,
     pushes: Mutex<Option<std::sync::mpsc::Sender<Push>>>,
     cfg: RpcConfig,
     client: u64,
@@ -201,8 +221,9 @@ impl Rpc {
     /// Connects once (an unreachable server is an immediate error, so `mount` can say
     /// so), then hands the connection to the connection thread, which keeps it alive.
     pub fn connect(cfg: RpcConfig, client: u64, timeout: Duration) -> io::Result<Rpc> {
-        let stream = Channel::open(&cfg, timeout)?;
+        let (stream, current) = Channel::open_any(&cfg, timeout, 0)?;
         let inner = Arc::new(Inner {
+            current: current.into(),
             pushes: Mutex::new(None),
             cfg,
             client,
@@ -241,7 +262,13 @@ impl Rpc {
             Some(_) => format!("key handshake, {}", self.inner.cfg.protection.name()),
             None => "no key".to_string(),
         };
-        format!("{} {state} ({auth}), {} calls outstanding", self.inner.cfg.addr, st.pending.len())
+        let others = if self.inner.cfg.addrs.len() > 1 {
+            let all: Vec<String> = self.inner.cfg.addrs.iter().map(|a| a.to_string()).collect();
+            format!(" (of {})", all.join(","))
+        } else {
+            String::new()
+        };
+        format!("{}{others} {state} ({auth}), {} calls outstanding", self.inner.addr(), st.pending.len())
     }
 
     /// Calls per operation, latencies and retransmissions so far.
@@ -282,7 +309,7 @@ impl Rpc {
             match tokio::time::timeout(limit, rx).await {
                 Ok(r) => r,
                 Err(_) => {
-                    tracing::warn!(xid, "server {} not responding, timed out", self.inner.cfg.addr);
+                    tracing::warn!(xid, "server {} not responding, timed out", self.inner.addr());
                     return Err(Errno::EIO);
                 }
             }
@@ -343,10 +370,16 @@ fn manage(inner: Arc<Inner>, first: Channel) {
         conn.raw.shutdown();
         if refused {
             // The server closes a connection it refused; the caller says why.
-            tracing::debug!("connection to {} refused ({why})", inner.cfg.addr);
+            tracing::debug!("connection to {} refused ({why})", inner.addr());
         } else {
-            tracing::warn!("connection to {} lost ({why}); reconnecting", inner.cfg.addr);
+            tracing::warn!("connection to {} lost ({why}); reconnecting", inner.addr());
         }
+    }
+}
+
+impl Inner {
+    fn addr(&self) -> &Addr {
+        &self.cfg.addrs[self.current.load(Ordering::Relaxed) % self.cfg.addrs.len()]
     }
 }
 
@@ -360,16 +393,18 @@ fn reconnect(inner: &Inner) -> Channel {
     let mut delay = Duration::from_millis(20);
     let mut said = false;
     loop {
-        match Channel::open(&inner.cfg, Duration::from_secs(5)) {
-            Ok(s) => {
-                if said {
-                    tracing::warn!("server {} OK", inner.cfg.addr);
+        let start = inner.current.load(Ordering::Relaxed);
+        match Channel::open_any(&inner.cfg, Duration::from_secs(5), start) {
+            Ok((s, i)) => {
+                inner.current.store(i, Ordering::Relaxed);
+                if said || i != start {
+                    tracing::warn!("server {} OK", inner.addr());
                 }
                 return s;
             }
             Err(e) => {
                 if !said {
-                    tracing::warn!("server {} not responding ({e}), still trying", inner.cfg.addr);
+                    tracing::warn!("server {} not responding ({e}), still trying", inner.addr());
                     said = true;
                 }
                 std::thread::sleep(delay);
@@ -431,7 +466,7 @@ mod tests {
             }
         });
         let cfg = RpcConfig {
-            addr: Addr::Unix(path),
+            addrs: vec![Addr::Unix(path)],
             soft: false,
             timeo: Duration::from_secs(1),
             retrans: 0,

@@ -57,6 +57,13 @@ pub fn encode_frame<T: Encode>(msg: &T) -> Result<Vec<u8>, FrameError> {
     Ok(buf)
 }
 
+/// Encodes `msg` as a frame payload alone (no header): a message carried inside another.
+pub fn encode_payload<T: Encode>(msg: &T) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(128);
+    bincode::encode_into_std_write(msg, &mut buf, CONFIG).expect("encoding into a Vec");
+    buf
+}
+
 /// A frame in two parts, sent one after the other: `head` holds the header and every
 /// field but a READ reply's data, which stays in `tail` so it is never copied into the
 /// frame buffer. For other replies `tail` is empty.

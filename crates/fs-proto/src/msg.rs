@@ -222,6 +222,18 @@ pub enum Request {
     Subscribe {
         after: u64,
     },
+    /// A standby server follows this (primary) server: `root` is the standby's root
+    /// handle, which must be the primary's (the same export and handle key). Answered
+    /// with `Following`; from then on the primary pushes every non-idempotent call's
+    /// reply (`Replica`) before its client sees it, and a `Following` beat.
+    Follow {
+        root: FileHandle,
+    },
+    /// The standby has the replica numbered `seq` (and all before it) in its duplicate
+    /// request cache. No answer.
+    FollowAck {
+        seq: u64,
+    },
 }
 
 impl Request {
@@ -282,6 +294,8 @@ impl Request {
             Request::Fallocate { .. } => "FALLOCATE",
             Request::Time => "TIME",
             Request::Subscribe { .. } => "SUBSCRIBE",
+            Request::Follow { .. } => "FOLLOW",
+            Request::FollowAck { .. } => "FOLLOWACK",
         }
     }
 }
@@ -398,6 +412,21 @@ pub enum Response {
         complete: bool,
         #[cfg_attr(test, proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<Notice>(), 0..3)"))]
         notices: Vec<Notice>,
+    },
+    /// FOLLOW's answer and the primary's beat to its standbys (xid 0): `next` is the
+    /// number the next replica will get.
+    Following {
+        next: u64,
+    },
+    /// Pushed to standbys (xid 0): one non-idempotent call (`req`, an encoded `Request`)
+    /// of `client` under `xid` and the reply it got (an encoded `Reply`), for the
+    /// standby's duplicate request cache.
+    Replica {
+        seq: u64,
+        client: u64,
+        xid: u64,
+        req: Vec<u8>,
+        reply: Vec<u8>,
     },
 }
 

@@ -26,7 +26,9 @@ pub mod metrics;
 pub mod net;
 pub mod notices;
 pub mod ops;
+pub mod replica;
 pub mod server;
+pub mod standby;
 pub mod sys;
 
 pub use server::{Config, Server, StartError};

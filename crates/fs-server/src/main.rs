@@ -33,6 +33,15 @@ struct Args {
     /// see README, "Keys".
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Be a standby of the primary at ADDR (same export, same state folder or handle key):
+    /// follow it, and when it is gone, fence it and serve on --listen.
+    #[arg(long, value_name = "ADDR")]
+    standby_of: Option<String>,
+    /// How a standby fences the primary before serving (run with `sh -c`, must exit 0;
+    /// FS_PRIMARY_PID and FS_PRIMARY_ADDR set). Default: SIGKILL the primary process
+    /// recorded in the state folder (one machine).
+    #[arg(long, value_name = "CMD", requires = "standby_of")]
+    fence: Option<String>,
     /// Serve the server's counters in the Prometheus text format at http://ADDR/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<String>,
@@ -100,16 +109,52 @@ fn run(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let (standby_of, fence) = (args.standby_of.clone(), args.fence.clone());
     let (cfg, addr) = config(args)?;
     let server = Arc::new(Server::new(&cfg)?);
     if let Some(l) = metrics {
         eprintln!("fs-server: metrics on http://{}/metrics", l.local_addr()?);
         fs_server::metrics::serve(l, server.clone());
     }
+    // A standby follows until the primary is gone and fenced; then it serves as primary.
+    let standby = match standby_of {
+        Some(primary) => {
+            anyhow::ensure!(
+                !matches!(&addr, Addr::Tcp { port: 0, .. }),
+                "a standby needs a fixed --listen port (the mounts list it)"
+            );
+            let scfg = fs_server::standby::StandbyConfig {
+                primary: primary.parse()?,
+                state: cfg.state_dir.clone(),
+                fence,
+                key: cfg.key.clone(),
+                listen: addr.to_string(),
+            };
+            let guard = fs_server::standby::run(&server, scfg, || {
+                use std::io::Write;
+                println!("standby of {primary}");
+                let _ = std::io::stdout().flush();
+            })?;
+            eprintln!("fs-server: took over from {primary}; serving on {addr}");
+            Some(guard)
+        }
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = Listener::bind(&addr).await?;
-        println!("listening on {}", listener.local_addr());
+        let _primary = match standby {
+            Some(g) => g,
+            None => {
+                let g = fs_server::standby::become_primary(
+                    &cfg.state_dir,
+                    &listener.local_addr(),
+                    std::time::Duration::ZERO,
+                )?;
+                println!("listening on {}", listener.local_addr());
+                g
+            }
+        };
         tracing::info!(export = %cfg.export.display(), read_only = cfg.read_only, "serving");
         listener.serve(server, shutdown_signal()).await;
         tracing::info!("shutting down");

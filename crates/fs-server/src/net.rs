@@ -92,14 +92,18 @@ impl Listener {
     /// Accepts connections until `shutdown` completes.
     pub async fn serve(self, server: Arc<Server>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        // The subscribers' beat (see `Hub::beat`).
+        // The subscribers' beat (see `Hub::beat`), and the standbys' (`Standbys::beat`).
         let beats = {
             let server = server.clone();
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-                loop {
+                let mut every = tokio::time::interval(crate::replica::BEAT);
+                let per_second = (1000 / crate::replica::BEAT.as_millis()).max(1) as u64;
+                for n in 0u64.. {
                     every.tick().await;
-                    server.notices.beat();
+                    server.standbys.beat();
+                    if n % per_second == 0 {
+                        server.notices.beat();
+                    }
                 }
             })
         };
@@ -374,6 +378,7 @@ fn connection(
     tracing::debug!(%peer, "connected");
     let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut subscribed = false;
+    let mut following = false;
     server.metrics.connections.inc();
     let replies = Arc::new(Replies { w: std::sync::Mutex::new(write_half) });
     let inflight = Arc::new(InFlight { n: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() });
@@ -416,6 +421,31 @@ fn connection(
             replies.send(Reply { xid: call.xid, res: Err(Errno::EPERM) });
             continue;
         }
+        match call.req {
+            Request::Follow { root } => {
+                if following || &root != server.root() {
+                    // Another export, or another handle key: handles would not survive.
+                    replies.send(Reply { xid: call.xid, res: Err(Errno::BADHANDLE) });
+                    continue;
+                }
+                match pusher(replies.clone(), close.clone()) {
+                    Ok(tx) => {
+                        server.standbys.add(conn, peer.clone(), call.xid, tx);
+                        following = true;
+                    }
+                    Err(e) => {
+                        tracing::error!("no thread for a standby: {e}");
+                        replies.send(Reply { xid: call.xid, res: Err(Errno::EAGAIN) });
+                    }
+                }
+                continue;
+            }
+            Request::FollowAck { seq } => {
+                server.standbys.ack(conn, seq);
+                continue;
+            }
+            _ => {}
+        }
         if let Request::Subscribe { after } = call.req {
             if subscribed {
                 replies.send(Reply { xid: call.xid, res: Err(Errno::EINVAL) });
@@ -451,6 +481,10 @@ fn connection(
     };
     if subscribed {
         server.notices.unsubscribe(conn);
+    }
+    if following {
+        server.standbys.remove(conn);
+        tracing::warn!(%peer, "a standby stopped following");
     }
     server.metrics.connections.dec();
     match why {

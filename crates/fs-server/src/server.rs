@@ -68,6 +68,8 @@ pub struct Server {
     pub metrics: crate::metrics::Metrics,
     /// The clients' key, if any (see [`fs_proto::secure`]).
     pub(crate) key: Option<fs_proto::secure::Key>,
+    /// Standby servers following this one ([`crate::replica`]).
+    pub standbys: crate::replica::Standbys,
 }
 
 impl Server {
@@ -98,6 +100,7 @@ impl Server {
                 .dropping_every(cfg.test_drop_notices_every),
             metrics: Default::default(),
             key: cfg.key.clone(),
+            standbys: Default::default(),
         })
     }
 
@@ -148,8 +151,20 @@ impl Server {
         if let Ok(r) = &reply.res {
             self.notices.publish(client, crate::notices::changes(&req, r));
         }
-        crate::lock(&self.drc).finish(client, xid, req, reply.clone());
+        if self.standbys.is_empty() {
+            crate::lock(&self.drc).finish(client, xid, req, reply.clone());
+        } else {
+            crate::lock(&self.drc).finish(client, xid, req.clone(), reply.clone());
+            // Before the client sees it: a retransmission to a standby that took over
+            // gets this same reply.
+            self.standbys.replicate(client, xid, &req, &reply);
+        }
         Some(reply)
+    }
+
+    /// A standby's side of replication: a call the primary answered, for our cache.
+    pub fn remember(&self, client: u64, xid: u64, req: Request, reply: Reply) {
+        crate::lock(&self.drc).finish(client, xid, req, reply);
     }
 
     /// [`Server::dispatch`], a panic costing this call a SERVERFAULT and nothing more.
@@ -211,7 +226,7 @@ impl Server {
             Request::Fallocate { fh, mode, offset, len } => self.op_fallocate(cred, &fh, mode, offset, len),
             Request::Time => self.op_time(),
             // A connection's business (`net`): never reaches here from a connection.
-            Request::Subscribe { .. } => Err(Errno::EINVAL),
+            Request::Subscribe { .. } | Request::Follow { .. } | Request::FollowAck { .. } => Err(Errno::EINVAL),
         }
     }
 }

@@ -298,7 +298,7 @@ mod tests {
         fake_server(&path);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let cfg = RpcConfig {
-            addr: Addr::Unix(path),
+            addrs: vec![Addr::Unix(path)],
             soft: false,
             timeo: Duration::from_secs(1),
             retrans: 0,

@@ -1,0 +1,330 @@
+//! Passive redundancy of the file server end to end: a standby (`--standby-of`) follows
+//! the primary, fences it when it is gone, and serves; mounts of `PRIMARY,STANDBY` carry
+//! on. Retransmissions across the takeover get their first replies; a frozen primary
+//! never writes again; a standby that cannot fence never serves; of two standbys exactly
+//! one takes over and the other follows it.
+
+use fs_proto::{CreateHow, Errno, FileHandle, Request, Response};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tests::rpc::Conn;
+use tests::*;
+
+/// An export and state folder, a primary on a free port, standbys on others.
+struct Pair {
+    dirs: tempfile::TempDir,
+    primary: ServerProc,
+    standbys: Vec<ServerProc>,
+}
+
+impl Pair {
+    fn new(standbys: usize, standby_extra: &[&str]) -> Pair {
+        let dirs = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dirs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for d in ["export", "state", "mnt"] {
+            std::fs::create_dir(dirs.path().join(d)).unwrap();
+        }
+        // Root is squashed (the default): the export is open to everyone.
+        std::fs::set_permissions(dirs.path().join("export"), std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let primary = ServerProc::start(&dirs.path().join("export"), &dirs.path().join("state"), &listen, &[]);
+        let mut p = Pair { dirs, primary, standbys: Vec::new() };
+        for _ in 0..standbys {
+            p.add_standby(standby_extra);
+        }
+        p
+    }
+
+    fn add_standby(&mut self, extra: &[&str]) {
+        let i = self.standbys.len();
+        let s = ServerProc::start_standby(
+            &self.path("export"),
+            &self.path("state"),
+            &format!("127.0.0.1:{}", free_port()),
+            &self.primary.addr,
+            extra,
+            &self.path(&format!("standby{i}.log")),
+        );
+        self.standbys.push(s);
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dirs.path().join(rel)
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.path(&format!("standby{i}.log"))).unwrap_or_default()
+    }
+
+    /// Every server's address, the primary's first: what a mount lists.
+    fn addrs(&self) -> String {
+        std::iter::once(&self.primary).chain(&self.standbys).map(|s| s.addr.as_str()).collect::<Vec<_>>().join(",")
+    }
+}
+
+fn serving(addr: &str) -> bool {
+    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)).is_ok()
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a child of this test.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+/// A mount writes a 200 MiB file and reads another while the primary is SIGKILLed after
+/// a known part was written (and synced) and before the rest: no error, identical bytes,
+/// and the longest pause is printed.
+#[test]
+fn a_mount_carries_on_when_the_primary_is_killed_mid_write_and_read() {
+    let _w = Watchdog::new(Duration::from_secs(300));
+    let mut pair = Pair::new(1, &[]);
+    let mut mount = MountProc::start(&pair.addrs(), &pair.path("mnt"), "");
+    // The file to read, made in the export beforehand; the one to write, made here.
+    let mib = 1 << 20;
+    let pattern = |seed: u64, n: usize| -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let to_read = pattern(1, 64 * mib);
+    std::fs::write(pair.path("export/old"), &to_read).unwrap();
+    let to_write = pattern(2, 200 * mib);
+    let reader = {
+        let path = mount.path("old");
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::open(path).unwrap();
+            let (mut got, mut buf, mut worst, mut last) =
+                (Vec::new(), vec![0u8; 256 << 10], Duration::ZERO, Instant::now());
+            loop {
+                let n = f.read(&mut buf).unwrap();
+                if n == 0 {
+                    return (got, worst);
+                }
+                got.extend_from_slice(&buf[..n]);
+                worst = worst.max(last.elapsed());
+                last = Instant::now();
+                // Slow enough to still be reading when the primary dies.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut f = std::fs::File::create(mount.path("new")).unwrap();
+    let (mut worst, mut last) = (Duration::ZERO, Instant::now());
+    for (i, chunk) in to_write.chunks(mib).enumerate() {
+        if i == 64 {
+            // 64 MiB written and on the server's disk; the rest not yet.
+            f.sync_all().unwrap();
+            pair.primary.kill();
+        }
+        f.write_all(chunk).unwrap();
+        worst = worst.max(last.elapsed());
+        last = Instant::now();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    let (got, read_worst) = reader.join().unwrap();
+    assert!(got == to_read, "the file read across the failover differs");
+    let on_disk = std::fs::read(pair.path("export/new")).unwrap();
+    assert_eq!(blake3::hash(&on_disk), blake3::hash(&to_write), "the file written across the failover differs");
+    assert!(pair.log(0).contains("took over"), "{}", pair.log(0));
+    eprintln!("failover pause: writer {worst:?}, reader {read_worst:?}");
+    mount.unmount();
+}
+
+fn create(dir: &FileHandle, name: &str) -> Request {
+    Request::Create { dir: dir.clone(), name: name.into(), mode: 0o644, how: CreateHow::Exclusive(7) }
+}
+
+/// CREATE, REMOVE and RENAME answered by the primary, then resent (same client, same
+/// xids) to the standby after it took over: the first replies come back, not EEXIST or
+/// ENOENT.
+#[test]
+fn retransmissions_across_a_takeover_get_their_first_replies() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let mut pair = Pair::new(1, &[]);
+    std::fs::write(pair.path("export/doomed"), b"x").unwrap();
+    std::fs::write(pair.path("export/a"), b"y").unwrap();
+    let mut c = Conn::connect(&pair.primary.addr).unwrap();
+    c.client = 0xfa11;
+    let root = c.mount();
+    let calls = [
+        (100, create(&root, "made")),
+        (101, Request::Remove { dir: root.clone(), name: b"doomed".to_vec() }),
+        (
+            102,
+            Request::Rename {
+                from_dir: root.clone(),
+                from: b"a".to_vec(),
+                to_dir: root.clone(),
+                to: b"b".to_vec(),
+                flags: 0,
+            },
+        ),
+    ];
+    let first: Vec<_> = calls.iter().map(|(xid, req)| c.call_xid(*xid, req.clone())).collect();
+    assert!(first.iter().all(Result::is_ok), "{first:?}");
+    pair.primary.kill();
+    let standby = pair.standbys[0].addr.clone();
+    wait_until(Duration::from_secs(10), "the standby serves", || serving(&standby));
+    let mut s = Conn::connect(&standby).unwrap();
+    s.client = 0xfa11;
+    for ((xid, req), want) in calls.iter().zip(&first) {
+        let again = s.call_xid(*xid, req.clone());
+        assert_eq!(&again, want, "{} resent across the takeover", req.name());
+    }
+    // A new call of the same kind is not a replay.
+    assert_eq!(s.call(create(&root, "made")).err(), None, "an exclusive create with the same verifier");
+    assert_eq!(s.call(Request::Remove { dir: root.clone(), name: b"doomed".to_vec() }).err(), Some(Errno::ENOENT));
+}
+
+/// The primary frozen (SIGSTOP): the standby fences it (SIGKILL) and serves; a write
+/// sent to the frozen primary never lands, and after SIGCONT it is gone.
+#[test]
+fn a_frozen_primary_is_fenced_and_never_writes_again() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let mut pair = Pair::new(1, &[]);
+    std::fs::write(pair.path("export/marker"), b"before\n").unwrap();
+    std::fs::set_permissions(pair.path("export/marker"), std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let mut c = Conn::connect(&pair.primary.addr).unwrap();
+    let root = c.mount();
+    let fh = match c.call(Request::Lookup { dir: root, name: b"marker".to_vec() }) {
+        Ok(Response::Lookup { fh, .. }) => fh,
+        r => panic!("{r:?}"),
+    };
+    signal(pair.primary.pid(), libc::SIGSTOP);
+    // Queued in the frozen primary's socket: it must never reach the file.
+    let write =
+        Request::Write { fh, offset: 0, stable: fs_proto::Stable::FileSync, fence: 0, data: b"FROZEN\n".to_vec() };
+    let xid = c.next_xid();
+    c.send(xid, write).unwrap();
+    c.flush().unwrap();
+    let standby = pair.standbys[0].addr.clone();
+    wait_until(Duration::from_secs(15), "the standby serves", || serving(&standby));
+    signal(pair.primary.pid(), libc::SIGCONT);
+    let st = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = pair.primary.ended() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "the old primary still runs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL), "{st:?}");
+    assert_eq!(std::fs::read(pair.path("export/marker")).unwrap(), b"before\n", "the frozen primary wrote");
+    assert!(c.recv().is_err(), "the frozen primary answered");
+    assert!(pair.log(0).contains("pid"), "{}", pair.log(0));
+}
+
+/// A standby whose fence command fails never serves while the primary lives (frozen),
+/// says why, and follows the primary again once it thaws.
+#[test]
+fn a_standby_that_cannot_fence_never_serves() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let pair = Pair::new(1, &["--fence", "exit 3"]);
+    let standby = pair.standbys[0].addr.clone();
+    signal(pair.primary.pid(), libc::SIGSTOP);
+    wait_until(Duration::from_secs(15), "the standby says it cannot fence", || pair.log(0).contains("cannot fence"));
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert!(!serving(&standby), "a standby that could not fence serves");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = pair.log(0).lines().find(|l| l.contains("cannot fence")).unwrap().to_string();
+    assert!(line.contains("exit 3") || line.contains("failed"), "{line}");
+    signal(pair.primary.pid(), libc::SIGCONT);
+    wait_until(Duration::from_secs(15), "the standby follows the thawed primary", || {
+        pair.log(0).contains("answers again")
+    });
+    assert!(!serving(&standby));
+    let mut c = Conn::connect(&pair.primary.addr).unwrap();
+    c.mount();
+}
+
+/// Two standbys: when the primary dies exactly one takes over and the other follows it;
+/// when that one dies too, the other takes over; the mount of all three carries on.
+#[test]
+fn of_two_standbys_exactly_one_takes_over_and_the_other_follows_it() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let mut pair = Pair::new(2, &[]);
+    let mut mount = MountProc::start(&pair.addrs(), &pair.path("mnt"), "");
+    std::fs::write(mount.path("one"), b"1").unwrap();
+    pair.primary.kill();
+    let (a, b) = (pair.standbys[0].addr.clone(), pair.standbys[1].addr.clone());
+    wait_until(Duration::from_secs(15), "a standby serves", || serving(&a) || serving(&b));
+    std::fs::write(mount.path("two"), b"2").unwrap();
+    // Give the other every chance to take over too: it must not.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(serving(&a) != serving(&b), "exactly one serves: {} {}", serving(&a), serving(&b));
+    let (winner, loser) = if serving(&a) { (0, 1) } else { (1, 0) };
+    assert!(
+        pair.log(loser).contains("another standby took over"),
+        "loser:\n{}\nwinner:\n{}",
+        pair.log(loser),
+        pair.log(winner)
+    );
+    pair.standbys[winner].kill();
+    let other = pair.standbys[loser].addr.clone();
+    wait_until(Duration::from_secs(15), "the other standby serves", || serving(&other));
+    std::fs::write(mount.path("three"), b"3").unwrap();
+    for (f, want) in [("one", "1"), ("two", "2"), ("three", "3")] {
+        assert_eq!(std::fs::read_to_string(pair.path(&format!("export/{f}"))).unwrap(), want);
+    }
+    // The new primary takes a new standby without a restart.
+    let addr = pair.standbys[loser].addr.clone();
+    let s = ServerProc::start_standby(
+        &pair.path("export"),
+        &pair.path("state"),
+        &format!("127.0.0.1:{}", free_port()),
+        &addr,
+        &[],
+        &pair.path("standby-new.log"),
+    );
+    pair.standbys[loser].kill();
+    wait_until(Duration::from_secs(15), "the new standby serves", || serving(&s.addr));
+    mount.unmount();
+}
+
+/// A second primary of one export, and a standby of a server with another export: one
+/// line each, and nothing served.
+#[test]
+fn bad_redundancy_setups_get_one_line() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let pair = Pair::new(0, &[]);
+    let run = |args: &[&str]| {
+        let mut cmd = command(&bin_path("fs-server"));
+        cmd.args(args);
+        let (st, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+        assert!(!st.success() && out.is_empty(), "{out}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("fs-server:")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        lines[0].to_string()
+    };
+    let (export, state) = (pair.path("export"), pair.path("state"));
+    let e =
+        run(&["--export", export.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert!(e.contains("two primaries"), "{e}");
+    let other = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let e = run(&[
+        "--export",
+        other.path().to_str().unwrap(),
+        "--state-dir",
+        other.path().to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--standby-of",
+        &pair.primary.addr,
+    ]);
+    assert!(e.contains("another export"), "{e}");
+    assert!(!serving(&listen));
+}
