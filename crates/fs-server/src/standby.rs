@@ -306,26 +306,25 @@ struct Link {
 }
 
 fn connect(cfg: &StandbyConfig) -> io::Result<Link> {
-    let (r, w, timeouts): (Box<dyn Read + Send>, Box<dyn Write + Send>, Box<dyn Fn(Option<Duration>)>) =
-        match &cfg.primary {
-            Addr::Tcp { host, port } => {
-                use std::net::ToSocketAddrs;
-                let a = (host.as_str(), *port)
-                    .to_socket_addrs()?
-                    .next()
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-                let s = std::net::TcpStream::connect_timeout(&a, SUSPECT)?;
-                s.set_nodelay(true)?;
-                let t = s.try_clone()?;
-                (Box::new(s.try_clone()?), Box::new(s), Box::new(move |d| drop(t.set_read_timeout(d))))
-            }
-            Addr::Unix(p) => {
-                let s = std::os::unix::net::UnixStream::connect(p)?;
-                let t = s.try_clone()?;
-                (Box::new(s.try_clone()?), Box::new(s), Box::new(move |d| drop(t.set_read_timeout(d))))
-            }
-        };
-    timeouts(Some(SUSPECT));
+    let (r, w): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &cfg.primary {
+        Addr::Tcp { host, port } => {
+            use std::net::ToSocketAddrs;
+            let a = (host.as_str(), *port)
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+            let s = std::net::TcpStream::connect_timeout(&a, SUSPECT)?;
+            s.set_nodelay(true)?;
+            // Silence for this long is a lost primary (the read timeout covers both halves).
+            s.set_read_timeout(Some(SUSPECT))?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        }
+        Addr::Unix(p) => {
+            let s = std::os::unix::net::UnixStream::connect(p)?;
+            s.set_read_timeout(Some(SUSPECT))?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        }
+    };
     let Some(key) = &cfg.key else {
         return Ok(Link { r: Box::new(BufReader::new(r)), w });
     };
