@@ -162,6 +162,9 @@ pub struct Unstable {
     /// write over an older one wins as it did the first time.
     writes: Vec<(u64, Vec<u8>, u64)>,
     bytes: usize,
+    /// Ranges forgotten since the last [`Unstable::take`]: a batch out for a COMMIT
+    /// must not bring them back either.
+    forgotten: Vec<(u64, u64)>,
 }
 
 /// What a COMMIT's answer means for the writes it covered.
@@ -206,20 +209,34 @@ impl Unstable {
     /// Everything so far, for a COMMIT.
     pub fn take(&mut self) -> Batch {
         self.bytes = 0;
+        self.forgotten.clear();
         Batch(std::mem::take(&mut self.writes))
     }
 
-    /// The COMMIT failed: the batch is still uncommitted (older than anything since).
+    /// The COMMIT failed: the batch is still uncommitted (older than anything since),
+    /// less what was forgotten while it was out.
     pub fn restore(&mut self, batch: Batch) {
-        self.bytes += batch.0.iter().map(|w| w.1.len()).sum::<usize>();
         let newer = std::mem::replace(&mut self.writes, batch.0);
+        for (s, e) in std::mem::take(&mut self.forgotten) {
+            self.forget(s, e);
+        }
         self.writes.extend(newer);
+        self.bytes = self.writes.iter().map(|w| w.1.len()).sum();
+    }
+
+    /// What a batch being resent must not overwrite: the ranges written since it was
+    /// taken (newer data) and those forgotten since (truncated, punched, zeroed).
+    pub fn newer_than_batch(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self.writes.iter().map(|(o, d, _)| (*o, o + d.len() as u64)).collect();
+        v.extend_from_slice(&self.forgotten);
+        v
     }
 
     /// Forgets the bytes in `[start, end)`: a truncate, a punched hole or a zeroed range
     /// replaced them on the server, and resending them after a restart would bring the
     /// old data back.
     pub fn forget(&mut self, start: u64, end: u64) {
+        self.forgotten.push((start, end));
         let mut kept = Vec::with_capacity(self.writes.len());
         for (off, data, v) in std::mem::take(&mut self.writes) {
             let w_end = off + data.len() as u64;
@@ -280,6 +297,35 @@ impl InFlight {
     pub fn is_empty(&self) -> bool {
         self.sending.is_empty()
     }
+
+    /// The ranges on their way now.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.sending.iter().map(|&(_, s, e)| (s, e)).collect()
+    }
+}
+
+/// `writes` less every byte inside one of `holes` (`[start, end)` ranges): what an old
+/// write may still put back without overwriting anything newer.
+pub fn subtract(writes: Vec<(u64, Vec<u8>)>, holes: &[(u64, u64)]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = writes;
+    for &(hs, he) in holes {
+        let mut next = Vec::with_capacity(out.len());
+        for (off, data) in out {
+            let end = off + data.len() as u64;
+            if end <= hs || off >= he {
+                next.push((off, data));
+                continue;
+            }
+            if off < hs {
+                next.push((off, data[..(hs - off) as usize].to_vec()));
+            }
+            if end > he {
+                next.push((he, data[(he - off) as usize..].to_vec()));
+            }
+        }
+        out = next;
+    }
+    out
 }
 
 /// Whether the change attribute a COMMIT reports after it is ours to adopt: only when
@@ -382,6 +428,30 @@ mod tests {
             prop_assert_eq!(back, model);
         }
     }
+    /// A batch resent after a restart skips what was written, truncated or punched
+    /// while it was out, and what is on its way (fsx across failovers found old bytes
+    /// landing over newer ones).
+    #[test]
+    fn a_resent_batch_skips_what_is_newer() {
+        let mut u = Unstable::default();
+        u.push(0, vec![1; 10], 7);
+        let batch = u.take();
+        u.push(2, vec![2; 2], 7);
+        u.forget(6, 8);
+        let Committed::Resend(w) = batch.committed(9) else { panic!("a new verifier") };
+        let mut holes = u.newer_than_batch();
+        holes.push((9, 10));
+        assert_eq!(subtract(w, &holes), vec![(0, vec![1, 1]), (4, vec![1, 1]), (8, vec![1])]);
+        // A failed COMMIT puts the batch back less what was forgotten meanwhile.
+        let mut u = Unstable::default();
+        u.push(0, vec![1; 10], 7);
+        let batch = u.take();
+        u.forget(0, 5);
+        u.push(0, vec![3; 2], 7);
+        u.restore(batch);
+        assert_eq!(u.take().0, vec![(5, vec![1; 5], 7), (0, vec![3; 2], 7)]);
+    }
+
     #[test]
     fn unstable_writes_resent_only_under_another_verifier() {
         let mut u = Unstable::default();

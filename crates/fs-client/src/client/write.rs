@@ -6,7 +6,7 @@
 //! [`crate::writeback`] module; this is the shell that sends.
 
 use super::{unexpected, Caller, Client};
-use crate::writeback::{commit_change_is_ours, Committed, Dirty, InFlight, Unstable};
+use crate::writeback::{commit_change_is_ours, subtract, Committed, Dirty, InFlight, Unstable};
 use fs_proto::*;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -191,7 +191,12 @@ impl Client {
                         for (offset, data) in writes {
                             again.write(offset, &data);
                         }
-                        for (offset, data) in again.take_all(usize::MAX) {
+                        // Nor over what was written (acknowledged or on its way) or
+                        // truncated, punched or zeroed while the COMMIT was out: fsx
+                        // across failovers found old bytes landing over newer ones.
+                        let mut newer = wb.unstable.newer_than_batch();
+                        newer.extend(wb.in_flight.ranges());
+                        for (offset, data) in subtract(again.take_all(usize::MAX), &newer) {
                             wb.dirty.write_older(offset, &data);
                         }
                         false
