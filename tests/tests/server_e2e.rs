@@ -211,6 +211,36 @@ fn retransmission_on_a_new_connection_gets_the_first_reply() {
     assert_eq!(names, vec![std::ffi::OsString::from("renamed")]);
 }
 
+/// A retransmission that arrives on a new connection while the first call still runs
+/// (the client reset its connection) waits for the first to finish and gets its reply;
+/// the first's connection is gone, so a dropped duplicate would never be answered (a
+/// hard mount hung on a CREATE that way).
+#[test]
+fn a_retransmission_while_the_first_still_runs_gets_its_reply() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let (export, state) = dirs();
+    let srv = ServerProc::start(
+        export.path(),
+        state.path(),
+        "127.0.0.1:0",
+        &["--no-root-squash", "--test-delay-changes-ms", "500"],
+    );
+    let mut c = Conn::connect(&srv.addr).unwrap();
+    let root = c.mount();
+    let req = Request::Create { dir: root, name: b"once".to_vec(), mode: 0o644, how: CreateHow::Guarded };
+    c.send(77, req.clone()).unwrap();
+    c.flush().unwrap();
+    // The first is running (500 ms); its connection goes away.
+    std::thread::sleep(Duration::from_millis(100));
+    drop(c);
+    let mut c2 = Conn::connect(&srv.addr).unwrap();
+    c2.client = std::process::id() as u64;
+    let started = std::time::Instant::now();
+    let again = c2.call_xid(77, req);
+    assert!(matches!(again, Ok(Response::Created { .. })), "the first reply, not EEXIST: {again:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
 /// `--metrics`: the server's counters in the Prometheus text format over HTTP: calls and
 /// latency per operation grow with a mount's work, connections and notice subscribers
 /// are counted; another path is a 404; a port in use is a one-line error.

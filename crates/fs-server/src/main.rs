@@ -53,6 +53,9 @@ struct Args {
     /// history all the same), so mounts see gaps and catch up.
     #[arg(long, value_name = "K", hide = true)]
     test_drop_notices_every: Option<u64>,
+    /// For tests only: every non-idempotent call takes MS milliseconds longer.
+    #[arg(long, value_name = "MS", hide = true)]
+    test_delay_changes_ms: Option<u64>,
 }
 
 /// Makes a key file for `--key` and `-o key=FILE` (32 random bytes, mode 0600; an
@@ -91,6 +94,10 @@ fn config(args: Args) -> anyhow::Result<(Config, Addr)> {
         anyhow::ensure!(k > 0, "--test-drop-notices-every must be at least 1");
         eprintln!("fs-server: TEST ONLY: every {k}th change notice is not pushed");
         cfg.test_drop_notices_every = Some(k);
+    }
+    if let Some(ms) = args.test_delay_changes_ms {
+        eprintln!("fs-server: TEST ONLY: every non-idempotent call takes {ms} ms longer");
+        cfg.test_delay_changes = std::time::Duration::from_millis(ms);
     }
     Ok((cfg, addr))
 }

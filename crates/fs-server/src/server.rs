@@ -23,6 +23,9 @@ pub struct Config {
     pub notice_history: usize,
     /// Tests only: push no notice numbered a multiple of this.
     pub test_drop_notices_every: Option<u64>,
+    /// Tests only: every call that goes through the duplicate request cache takes this
+    /// much longer (so a retransmission can arrive while the first still runs).
+    pub test_delay_changes: std::time::Duration,
     /// With a key, only clients that prove they hold it are served (`--key`).
     pub key: Option<fs_proto::secure::Key>,
 }
@@ -38,6 +41,7 @@ impl Config {
             fd_cache: 4096,
             notice_history: 65536,
             test_drop_notices_every: None,
+            test_delay_changes: std::time::Duration::ZERO,
             key: None,
         }
     }
@@ -53,10 +57,16 @@ pub enum StartError {
     State(String, std::io::Error),
 }
 
+/// How long a retransmission waits for the first of its kind to finish.
+const DUPLICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Server {
     pub(crate) handles: Handles,
     pub(crate) ident: Identity,
     drc: Mutex<Drc<Reply>>,
+    /// Signalled whenever a call is finished in the duplicate request cache.
+    drc_done: std::sync::Condvar,
+    test_delay_changes: std::time::Duration,
     /// Changes on every start: a client that sees a new one resends uncommitted writes.
     pub(crate) verifier: u64,
     pub(crate) read_only: bool,
@@ -92,6 +102,8 @@ impl Server {
             handles,
             ident,
             drc: Mutex::new(Drc::new(cfg.drc_size)),
+            drc_done: std::sync::Condvar::new(),
+            test_delay_changes: cfg.test_delay_changes,
             verifier: handles::random_u64(),
             read_only: cfg.read_only,
             fence_locks: Default::default(),
@@ -136,14 +148,33 @@ impl Server {
             }
             return Some(Reply { xid, res });
         }
-        match crate::lock(&self.drc).begin(client, xid, &req) {
-            Begin::New => {}
-            Begin::InProgress => return None,
-            Begin::Replay(r) => {
-                self.metrics.drc_replays.inc();
-                tracing::debug!(xid, client, "replaying {} from the duplicate request cache", req.name());
-                return Some(r);
+        let mut drc = crate::lock(&self.drc);
+        let waiting_since = std::time::Instant::now();
+        loop {
+            match drc.begin(client, xid, &req) {
+                Begin::New => break,
+                // The first of these is still running. Its reply may go to a connection
+                // that is gone (the client reset it and resent the call on a new one, and
+                // a hard mount waits for this answer forever): wait for it, and answer
+                // here too. (Dropping the duplicate, as a UDP server may, hung a mount
+                // whose notices made it reconnect while a CREATE ran.)
+                Begin::InProgress => {
+                    let left = DUPLICATE_WAIT.saturating_sub(waiting_since.elapsed());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    drc = self.drc_done.wait_timeout(drc, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+                }
+                Begin::Replay(r) => {
+                    self.metrics.drc_replays.inc();
+                    tracing::debug!(xid, client, "replaying {} from the duplicate request cache", req.name());
+                    return Some(r);
+                }
             }
+        }
+        drop(drc);
+        if !self.test_delay_changes.is_zero() {
+            std::thread::sleep(self.test_delay_changes);
         }
         // The call is finished in the cache however it ends: a panic left it "in
         // progress" for good, and every retransmission went unanswered.
@@ -153,8 +184,10 @@ impl Server {
         }
         if self.standbys.is_empty() {
             crate::lock(&self.drc).finish(client, xid, req, reply.clone());
+            self.drc_done.notify_all();
         } else {
             crate::lock(&self.drc).finish(client, xid, req.clone(), reply.clone());
+            self.drc_done.notify_all();
             // Before the client sees it: a retransmission to a standby that took over
             // gets this same reply.
             self.standbys.replicate(client, xid, &req, &reply);
@@ -165,6 +198,7 @@ impl Server {
     /// A standby's side of replication: a call the primary answered, for our cache.
     pub fn remember(&self, client: u64, xid: u64, req: Request, reply: Reply) {
         crate::lock(&self.drc).finish(client, xid, req, reply);
+        self.drc_done.notify_all();
     }
 
     /// [`Server::dispatch`], a panic costing this call a SERVERFAULT and nothing more.
