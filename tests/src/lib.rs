@@ -911,6 +911,17 @@ pub fn metric(text: &str, key: &str) -> f64 {
     text.lines().find(|l| l.starts_with(key)).and_then(|l| l.rsplit(' ').next()).map_or(-1.0, |v| v.parse().unwrap())
 }
 
+/// A TCP port on 127.0.0.1 with the `n - 1` after it free right now too.
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65000 && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
 /// A TCP port on 127.0.0.1 free right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

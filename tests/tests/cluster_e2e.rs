@@ -309,14 +309,7 @@ fn cluster_up_runs_a_job_and_tears_down() {
     let mnt = dir.path().join("mnt");
     let _guard = tests::MountGuard::new(&mnt);
     // Four ports in a row that are free now.
-    let port = loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65000 && (1..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
-        }
-    };
-    let broker = format!("127.0.0.1:{port}");
+    let broker = format!("127.0.0.1:{}", tests::free_ports(4));
     let dir_s = dir.path().display().to_string();
     let mut up =
         ClusterProc::start(&["up", "--dir", &dir_s, "--broker", &broker, "--workers", "1"], "starting the cluster");
@@ -354,6 +347,40 @@ fn cluster_up_runs_a_job_and_tears_down() {
     assert!(up.terminate(), "cluster up exits by itself on SIGTERM");
     assert!(!tests::is_mounted(&mnt), "unmounted");
     assert_eq!(std::fs::read_to_string(dir.path().join("export/spool/out/first.primes")).unwrap(), want);
+}
+
+/// `cluster up --standby`: the file server SIGKILLed, its standby takes over, the mount
+/// and the spool carry on, and `cluster up` keeps running.
+#[test]
+fn cluster_up_with_a_standby_survives_the_file_servers_death() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let _guard = tests::MountGuard::new(&mnt);
+    let broker = format!("127.0.0.1:{}", tests::free_ports(4));
+    let dir_s = dir.path().display().to_string();
+    let mut up = ClusterProc::start(
+        &["up", "--dir", &dir_s, "--broker", &broker, "--workers", "1", "--standby"],
+        "starting the cluster",
+    );
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("Ctrl-C")) {
+        seen.push(up.next_line(Duration::from_secs(30)).expect("cluster up prints what to do next"));
+    }
+    std::fs::write(mnt.join("before"), b"1").unwrap();
+    let record = std::fs::read_to_string(dir.path().join("state/primary")).unwrap();
+    let pid: i32 = record.lines().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) of the file server cluster up started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    std::fs::write(mnt.join("after"), b"2").unwrap();
+    assert_eq!(std::fs::read(dir.path().join("export/after")).unwrap(), b"2");
+    assert!(tests::mount_status(&mnt).starts_with(&format!("server {}", dir.path().join("fs-standby.sock").display())));
+    std::fs::write(mnt.join("spool/in/late.job"), "1..100\n").unwrap();
+    let out = mnt.join("spool/out/late.primes");
+    tests::wait_until(Duration::from_secs(60), "the job's result", || out.exists());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 25);
+    assert!(up.terminate(), "cluster up exits by itself on SIGTERM");
+    assert!(!tests::is_mounted(&mnt), "unmounted");
 }
 
 /// Lazy Pirate from the broker's side: a source whose acknowledgement was lost resends

@@ -15,17 +15,6 @@ fn units() -> Vec<PathBuf> {
     v
 }
 
-/// A free TCP port on 127.0.0.1 with `n` free ports from it.
-fn free_ports(n: u16) -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65000 && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            return p;
-        }
-    }
-}
-
 #[test]
 fn the_example_units_verify_and_their_commands_start() {
     let _w = Watchdog::new(Duration::from_secs(120));
@@ -45,6 +34,7 @@ fn the_example_units_verify_and_their_commands_start() {
     let out = command(&bin_path("cluster")).arg("keygen").arg(&curve).output().unwrap();
     assert!(out.status.success());
     let broker = free_ports(4);
+    let (server, standby) = (free_ports(1), free_ports(1));
     // What differs on this machine: where the binaries are, folders, ports.
     let local = |text: &str| {
         text.replace("/usr/local/bin/", &format!("{}/", bin.display()))
@@ -54,7 +44,9 @@ fn the_example_units_verify_and_their_commands_start() {
             .replace("/etc/fs/curve", curve.to_str().unwrap())
             .replace("${CREDENTIALS_DIRECTORY}", curve.to_str().unwrap())
             .replace("/run/", &format!("{}/", run.display()))
-            .replace("0.0.0.0:7000", "127.0.0.1:0")
+            .replace("0.0.0.0:7000", &format!("127.0.0.1:{server}"))
+            .replace("127.0.0.1:7000", &format!("127.0.0.1:{server}"))
+            .replace("0.0.0.0:7001", &format!("127.0.0.1:{standby}"))
             .replace("0.0.0.0:5555", &format!("127.0.0.1:{broker}"))
             .replace("127.0.0.1:5555", &format!("127.0.0.1:{broker}"))
             .replace(":9700", ":0")
@@ -75,9 +67,9 @@ fn the_example_units_verify_and_their_commands_start() {
         }
     }
     // The commands, in the order a machine would start them (the broker before its
-    // workers); each must print its ready line.
-    execs.sort_by_key(|(n, _)| (n.contains("worker"), n.clone()));
-    assert_eq!(execs.len(), 4, "{execs:?}");
+    // workers, the server before its standby); each must print its ready line.
+    execs.sort_by_key(|(n, _)| (n.contains("worker") || n.contains("standby"), n.clone()));
+    assert_eq!(execs.len(), 5, "{execs:?}");
     let mut running = Vec::new();
     for (name, line) in &execs {
         let words: Vec<&str> = line.split_whitespace().collect();

@@ -207,6 +207,10 @@ enum Cmd {
         /// Workers to start (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// Also a standby file server (it takes over when the server dies); the mount
+        /// lists both. (A backup broker is not there yet.)
+        #[arg(long)]
+        standby: bool,
     },
 }
 
@@ -519,10 +523,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 c.status(Duration::from_secs(3)).ok_or_else(|| anyhow::anyhow!("node at {node} did not answer"))?;
             print!("{text}");
         }
-        Cmd::Up { dir, broker, workers } => {
+        Cmd::Up { dir, broker, workers, standby } => {
             broker_addr(&broker)?;
             let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            up::run(up::UpConfig { dir, broker, workers })?;
+            up::run(up::UpConfig { dir, broker, workers, standby })?;
         }
     }
     Ok(())

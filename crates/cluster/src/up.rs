@@ -15,6 +15,8 @@ pub struct UpConfig {
     pub dir: PathBuf,
     pub broker: String,
     pub workers: usize,
+    /// A standby file server beside the primary; the mount lists both.
+    pub standby: bool,
 }
 
 struct Proc {
@@ -52,6 +54,11 @@ impl Procs {
     /// The first child that exited, if any.
     fn exited(&mut self) -> Option<String> {
         self.list.iter_mut().find_map(|p| matches!(p.child.try_wait(), Ok(Some(_))).then(|| p.name.clone()))
+    }
+
+    /// Takes an exited child off the list (a server whose standby took its place).
+    fn forget(&mut self, name: &str) {
+        self.list.retain(|p| p.name != name);
     }
 }
 
@@ -140,6 +147,28 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
             .arg(&key)
             .arg("--no-root-squash"),
     )?);
+    let mut source = sock.display().to_string();
+    if cfg.standby {
+        // Same export and state folder (the handle key); serves on its own socket once
+        // it has fenced the primary.
+        let sock2 = root.join("fs-standby.sock");
+        say(procs.start(
+            "fs-server standby",
+            Command::new(&server_bin)
+                .arg("--export")
+                .arg(&export)
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--listen")
+                .arg(&sock2)
+                .arg("--key")
+                .arg(&key)
+                .arg("--no-root-squash")
+                .arg("--standby-of")
+                .arg(&sock),
+        )?);
+        source = format!("{source},{}", sock2.display());
+    }
     // The lease tree: one node here; flock/fcntl on the mount and the spool's job claims
     // go through it. More machines join with `cluster node --parent 1@...`.
     let node = root.join("node.sock");
@@ -150,7 +179,7 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
         "mount",
         Command::new(&client_bin)
             .arg("mount")
-            .arg(&sock)
+            .arg(&source)
             .arg(&mnt)
             .arg("-o")
             .arg(format!("leases={node_s},curve={curve_s},key={}", key.display())),
@@ -182,6 +211,15 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
     );
     while !util::stopping() {
         if let Some(name) = procs.exited() {
+            // With a standby, one file server may go: the other serves the mount.
+            let servers = ["fs-server", "fs-server standby"];
+            if servers.contains(&name.as_str())
+                && procs.list.iter().filter(|p| servers.contains(&p.name.as_str())).count() > 1
+            {
+                eprintln!("{name} exited; the other file server serves the mount");
+                procs.forget(&name);
+                continue;
+            }
             drop(procs);
             anyhow::bail!("{name} exited; stopped the rest");
         }

@@ -144,7 +144,9 @@ pub fn run(server: &Arc<Server>, mut cfg: StandbyConfig, mut ready: impl FnMut()
                     }
                     failures += 1;
                     last = why;
-                    std::thread::sleep(SUSPECT / 3);
+                    if failures < 3 {
+                        std::thread::sleep(SUSPECT / 3);
+                    }
                 }
             }
         }
