@@ -250,6 +250,21 @@ fn a_standby_that_cannot_fence_never_serves() {
     c.mount();
 }
 
+/// A fence command that hangs is given up after 10 s, and the standby still does not
+/// serve while the primary lives.
+#[test]
+fn a_fence_command_that_hangs_is_given_up_and_nothing_served() {
+    let _w = Watchdog::new(Duration::from_secs(90));
+    let pair = Pair::new(1, &["--fence", "sleep 100"]);
+    let standby = pair.standbys[0].addr.clone();
+    signal(pair.primary.pid(), libc::SIGSTOP);
+    wait_until(Duration::from_secs(30), "the standby gives the fence command up", || {
+        pair.log(0).contains("did not finish")
+    });
+    assert!(!serving(&standby), "a standby whose fence hung serves");
+    signal(pair.primary.pid(), libc::SIGCONT);
+}
+
 /// Two standbys: when the primary dies exactly one takes over and the other follows it;
 /// when that one dies too, the other takes over; the mount of all three carries on.
 #[test]
@@ -326,5 +341,30 @@ fn bad_redundancy_setups_get_one_line() {
         &pair.primary.addr,
     ]);
     assert!(e.contains("another export"), "{e}");
+    assert!(!serving(&listen));
+    // A standby without the key of a primary that has one.
+    let keyed = tempfile::tempdir().unwrap();
+    let key = keyed.path().join("key");
+    assert!(command(&bin_path("fs-server")).arg("keygen").arg(&key).output().unwrap().status.success());
+    for d in ["export", "state"] {
+        std::fs::create_dir(keyed.path().join(d)).unwrap();
+    }
+    let primary = ServerProc::start(
+        &keyed.path().join("export"),
+        &keyed.path().join("state"),
+        "127.0.0.1:0",
+        &["--key", key.to_str().unwrap()],
+    );
+    let e = run(&[
+        "--export",
+        keyed.path().join("export").to_str().unwrap(),
+        "--state-dir",
+        keyed.path().join("state").to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--standby-of",
+        &primary.addr,
+    ]);
+    assert!(e.contains("--key"), "{e}");
     assert!(!serving(&listen));
 }
