@@ -300,6 +300,21 @@ fn spool_job_survives_watcher_and_broker_crashes() {
     assert!(!summary.contains("resubmitted batches: 0\n"), "the broker's crash made the watcher resubmit: {summary}");
 }
 
+/// `cluster up ARGS` on `dir` with a broker on four free ports; returns once it has said
+/// what to do next, with what it printed.
+fn cluster_up(dir: &std::path::Path, extra: &[&str]) -> (ClusterProc, Vec<String>) {
+    let broker = format!("127.0.0.1:{}", tests::free_ports(4));
+    let dir_s = dir.display().to_string();
+    let mut args = vec!["up", "--dir", &dir_s, "--broker", &broker, "--workers", "1"];
+    args.extend_from_slice(extra);
+    let up = ClusterProc::start(&args, "starting the cluster");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("Ctrl-C")) {
+        seen.push(up.next_line(Duration::from_secs(30)).expect("cluster up prints what to do next"));
+    }
+    (up, seen)
+}
+
 /// `cluster up` brings everything up on temporary folders, runs a dropped job, and on
 /// SIGTERM stops everything and unmounts.
 #[test]
@@ -308,15 +323,7 @@ fn cluster_up_runs_a_job_and_tears_down() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     let _guard = tests::MountGuard::new(&mnt);
-    // Four ports in a row that are free now.
-    let broker = format!("127.0.0.1:{}", tests::free_ports(4));
-    let dir_s = dir.path().display().to_string();
-    let mut up =
-        ClusterProc::start(&["up", "--dir", &dir_s, "--broker", &broker, "--workers", "1"], "starting the cluster");
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("Ctrl-C")) {
-        seen.push(up.next_line(Duration::from_secs(30)).expect("cluster up prints what to do next"));
-    }
+    let (mut up, seen) = cluster_up(dir.path(), &[]);
     assert!(tests::is_mounted(&mnt), "{seen:?}");
     // The server has a key made on first start, and the mount proves it holds it.
     let key = std::fs::metadata(dir.path().join("state/fs.key")).expect("the key");
@@ -357,16 +364,7 @@ fn cluster_up_with_a_standby_survives_the_file_servers_death() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     let _guard = tests::MountGuard::new(&mnt);
-    let broker = format!("127.0.0.1:{}", tests::free_ports(4));
-    let dir_s = dir.path().display().to_string();
-    let mut up = ClusterProc::start(
-        &["up", "--dir", &dir_s, "--broker", &broker, "--workers", "1", "--standby"],
-        "starting the cluster",
-    );
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("Ctrl-C")) {
-        seen.push(up.next_line(Duration::from_secs(30)).expect("cluster up prints what to do next"));
-    }
+    let (mut up, _) = cluster_up(dir.path(), &["--standby"]);
     std::fs::write(mnt.join("before"), b"1").unwrap();
     let record = std::fs::read_to_string(dir.path().join("state/primary")).unwrap();
     let pid: i32 = record.lines().next().unwrap().parse().unwrap();

@@ -6,6 +6,25 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tests::{bin_path, command, ClusterProc, MountProc, ServerProc, Watchdog};
 
+type Held = (std::process::Child, std::io::BufReader<std::process::ChildStdout>);
+
+/// Zeroes the counter at `file`, then starts `lock-counter --hold` on `path` (the same
+/// file, maybe through another mount) and waits until it holds the lock.
+fn hold(file: &std::path::Path, path: &str) -> Held {
+    std::fs::write(file, format!("{:020}\n", 0)).unwrap();
+    let mut holder = command(&bin_path("lock-counter"))
+        .args([path, "1", "flock", "--hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    (holder, out)
+}
+
 struct LeaseRig {
     // Field order is drop order: mounts, then nodes, then the server, then the folders.
     mounts: Vec<MountProc>,
@@ -69,19 +88,8 @@ impl LeaseRig {
     /// Zeroes the counter, then starts `lock-counter --hold` on mount `m` and waits until
     /// it holds the lock; returns the process and its output (stdin is piped: a line
     /// makes it write under the lock).
-    fn hold(&self, m: usize) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
-        std::fs::write(self.mounts[0].path("counter"), format!("{:020}\n", 0)).unwrap();
-        let mut holder = command(&bin_path("lock-counter"))
-            .args([&self.counter(m), "1", "flock", "--hold"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert_eq!(line.trim(), "locked");
-        (holder, out)
+    fn hold(&self, m: usize) -> Held {
+        hold(&self.mounts[0].path("counter"), &self.counter(m))
     }
 
     /// `cluster lease status` of node `i`.
@@ -564,18 +572,7 @@ fn a_node_serves_its_figures_as_metrics() {
     );
     let mut mount = MountProc::start(&server.addr, &p("m"), &format!("leases={listen}"));
     let get = || tests::http_get(&maddr, "/metrics");
-    let file = mount.path("f").display().to_string();
-    std::fs::write(&file, format!("{:020}\n", 0)).unwrap();
-    let mut holder = command(&bin_path("lock-counter"))
-        .args([&file, "1", "flock", "--hold"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "locked");
+    let (mut holder, _out) = hold(&mount.path("f"), mount.path("f").to_str().unwrap());
     tests::wait_until(Duration::from_secs(10), "the held lease in the metrics", || {
         let t = get();
         tests::metric(&t, "cluster_node_leases_held ") == 1.0 && tests::metric(&t, "cluster_node_grants_total") >= 1.0

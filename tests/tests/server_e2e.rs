@@ -230,8 +230,9 @@ fn a_retransmission_while_the_first_still_runs_gets_its_reply() {
     let req = Request::Create { dir: root, name: b"once".to_vec(), mode: 0o644, how: CreateHow::Guarded };
     c.send(77, req.clone()).unwrap();
     c.flush().unwrap();
-    // The first is running (500 ms); its connection goes away.
-    std::thread::sleep(Duration::from_millis(100));
+    // The first is done (the file is there) but still in progress for 500 ms more; its
+    // connection goes away.
+    tests::wait_until(Duration::from_secs(10), "the first create done", || export.path().join("once").exists());
     drop(c);
     let mut c2 = Conn::connect(&srv.addr).unwrap();
     c2.client = std::process::id() as u64;

@@ -15,6 +15,24 @@ use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Registers one metric of kind `M` per `(name, help, figure)`, each paired with the
+/// figure it follows.
+fn register<M, F>(
+    registry: &mut Registry,
+    list: impl IntoIterator<Item = (&'static str, &'static str, F)>,
+) -> Vec<(M, F)>
+where
+    M: prometheus_client::registry::Metric + Clone + Default,
+{
+    list.into_iter()
+        .map(|(name, help, f)| {
+            let m = M::default();
+            registry.register(name, help, m.clone());
+            (m, f)
+        })
+        .collect()
+}
+
 /// A figure of the broker's bookkeeping that a counter follows.
 type Figure = fn(&Stats) -> u64;
 
@@ -41,14 +59,7 @@ impl Default for BrokerMetrics {
             ("dead_workers", "Workers declared dead (silent)", |s| s.dead_workers),
             ("handed_back", "Items overloaded workers handed back (load dispatch)", |s| s.handed_back),
         ];
-        let counters = follow
-            .into_iter()
-            .map(|(name, help, f)| {
-                let c = Counter::default();
-                registry.register(name, help, c.clone());
-                (c, f)
-            })
-            .collect();
+        let counters = register(&mut registry, follow);
         let (workers, queued, outstanding, banned) =
             (Gauge::default(), Gauge::default(), Gauge::default(), Gauge::default());
         let published = Counter::default();
@@ -114,22 +125,8 @@ impl NodeMetrics {
             ("neighbours_alive", "Tree neighbours (parent and children) alive", |f| f.neighbours_alive),
             ("lamport_time", "The node's Lamport clock", |f| f.lamport),
         ];
-        let counters = counters
-            .into_iter()
-            .map(|(name, help, f)| {
-                let c = Counter::default();
-                registry.register(name, help, c.clone());
-                (c, f)
-            })
-            .collect();
-        let gauges = gauges
-            .into_iter()
-            .map(|(name, help, f)| {
-                let g = Gauge::default();
-                registry.register(name, help, g.clone());
-                (g, f)
-            })
-            .collect();
+        let counters = register(&mut registry, counters);
+        let gauges = register(&mut registry, gauges);
         NodeMetrics { registry, counters, gauges, figures }
     }
 

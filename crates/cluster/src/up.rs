@@ -131,42 +131,23 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
         c.args(["--curve", &curve_s]);
         c
     };
+    // A file server of the export on `listen` (the primary, or with `--standby-of` a
+    // standby: same export and state folder, so the same handle key).
+    let file_server = |listen: &Path| {
+        let mut c = Command::new(&server_bin);
+        c.arg("--export").arg(&export).arg("--state-dir").arg(&state).arg("--listen").arg(listen);
+        c.arg("--key").arg(&key).arg("--no-root-squash");
+        c
+    };
     let mut procs = Procs { list: Vec::new(), mount: None };
     let say = |l: String| println!("  {l}");
     println!("starting the cluster in {}", root.display());
-    say(procs.start(
-        "fs-server",
-        Command::new(&server_bin)
-            .arg("--export")
-            .arg(&export)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--listen")
-            .arg(&sock)
-            .arg("--key")
-            .arg(&key)
-            .arg("--no-root-squash"),
-    )?);
+    say(procs.start("fs-server", &mut file_server(&sock))?);
     let mut source = sock.display().to_string();
     if cfg.standby {
-        // Same export and state folder (the handle key); serves on its own socket once
-        // it has fenced the primary.
+        // Serves on its own socket once it has fenced the primary.
         let sock2 = root.join("fs-standby.sock");
-        say(procs.start(
-            "fs-server standby",
-            Command::new(&server_bin)
-                .arg("--export")
-                .arg(&export)
-                .arg("--state-dir")
-                .arg(&state)
-                .arg("--listen")
-                .arg(&sock2)
-                .arg("--key")
-                .arg(&key)
-                .arg("--no-root-squash")
-                .arg("--standby-of")
-                .arg(&sock),
-        )?);
+        say(procs.start("fs-server standby", file_server(&sock2).arg("--standby-of").arg(&sock))?);
         source = format!("{source},{}", sock2.display());
     }
     // The lease tree: one node here; flock/fcntl on the mount and the spool's job claims

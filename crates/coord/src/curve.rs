@@ -113,10 +113,6 @@ pub fn enable_client(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn enabled() -> bool {
-    KEYS.get().is_some()
-}
-
 /// The ZAP handler: a client gets in when its CURVE key is the cluster's. Ends when the
 /// context is terminated.
 fn authenticate(zap: zmq::Socket, public: [u8; 32]) {

@@ -37,6 +37,20 @@ pub struct RpcConfig {
     pub protection: fs_proto::secure::Protection,
 }
 
+impl RpcConfig {
+    /// A hard mount of `addrs` without a key (the timeouts only matter when soft).
+    pub fn hard(addrs: Vec<Addr>) -> RpcConfig {
+        RpcConfig {
+            addrs,
+            soft: false,
+            timeo: Duration::from_secs(6),
+            retrans: 2,
+            key: None,
+            protection: fs_proto::secure::Protection::Encrypt,
+        }
+    }
+}
+
 type Frame = Arc<[u8]>;
 
 struct Pending {
@@ -465,14 +479,7 @@ mod tests {
                 let _ = std::io::copy(&mut conn, &mut std::io::sink());
             }
         });
-        let cfg = RpcConfig {
-            addrs: vec![Addr::Unix(path)],
-            soft: false,
-            timeo: Duration::from_secs(1),
-            retrans: 0,
-            key: None,
-            protection: fs_proto::secure::Protection::Encrypt,
-        };
+        let cfg = RpcConfig::hard(vec![Addr::Unix(path)]);
         let rpc = Rpc::connect(cfg, 7, Duration::from_secs(5)).unwrap();
         let cred = Cred { uid: 0, gid: 0, groups: vec![] };
         let call = rpc.call(&cred, Request::Null);

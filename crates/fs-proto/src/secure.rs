@@ -69,10 +69,6 @@ pub enum KeyError {
 }
 
 impl Key {
-    pub fn from_bytes(b: [u8; 32]) -> Key {
-        Key(b)
-    }
-
     /// 32 bytes from the kernel's random source.
     pub fn generate() -> io::Result<Key> {
         let mut b = [0u8; 32];
@@ -299,10 +295,6 @@ impl Session {
         Ok(Session { cipher: Arc::new(cipher), protection, send_from: 0, recv_from: 0 })
     }
 
-    pub fn protection(&self) -> Protection {
-        self.protection
-    }
-
     /// The reading half over `r` (which should be buffered: a record is read in two
     /// reads).
     pub fn reader<R: Read>(&self, r: R) -> SecureRead<R> {
@@ -405,12 +397,6 @@ pub struct SecureWrite<W> {
     cipher: Arc<Cipher>,
     nonce: u64,
     out: Vec<u8>,
-}
-
-impl<W> SecureWrite<W> {
-    pub fn get_ref(&self) -> &W {
-        &self.inner
-    }
 }
 
 impl<W: Write> Write for SecureWrite<W> {

@@ -191,29 +191,24 @@ trait Sock: Read + Write + Send + Sync + Sized + 'static {
     fn read_timeout(&self, t: Option<std::time::Duration>);
 }
 
-impl Sock for std::net::TcpStream {
-    fn clone_sock(&self) -> io::Result<Self> {
-        self.try_clone()
-    }
-    fn shut(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Both);
-    }
-    fn read_timeout(&self, t: Option<std::time::Duration>) {
-        let _ = self.set_read_timeout(t);
-    }
+/// The two stream types have the same methods under the same names, not a trait.
+macro_rules! sock {
+    ($t:ty) => {
+        impl Sock for $t {
+            fn clone_sock(&self) -> io::Result<Self> {
+                self.try_clone()
+            }
+            fn shut(&self) {
+                let _ = self.shutdown(std::net::Shutdown::Both);
+            }
+            fn read_timeout(&self, t: Option<std::time::Duration>) {
+                let _ = self.set_read_timeout(t);
+            }
+        }
+    };
 }
-
-impl Sock for std::os::unix::net::UnixStream {
-    fn clone_sock(&self) -> io::Result<Self> {
-        self.try_clone()
-    }
-    fn shut(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Both);
-    }
-    fn read_timeout(&self, t: Option<std::time::Duration>) {
-        let _ = self.set_read_timeout(t);
-    }
-}
+sock!(std::net::TcpStream);
+sock!(std::os::unix::net::UnixStream);
 
 /// How long a client has to finish the key handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -70,7 +70,7 @@ pub struct Standbys {
 impl Standbys {
     /// A standby on connection `conn`: its frames go to `frames` (a pusher thread writes
     /// them); the answer to its FOLLOW (`xid`) goes first.
-    pub fn add(&self, conn: u64, peer: String, xid: u64, frames: SyncSender<Frame>) -> Arc<Acked> {
+    pub fn add(&self, conn: u64, peer: String, xid: u64, frames: SyncSender<Frame>) {
         let acked = Arc::new(Acked::default());
         let mut list = crate::lock(&self.list);
         let next = self.next.load(Ordering::SeqCst) + 1;
@@ -79,8 +79,7 @@ impl Standbys {
         let answer = Reply { xid, res: Ok(Response::Following { next }) };
         let _ = frames.try_send(Arc::new(encode_frame(&answer).expect("a small frame")));
         tracing::info!(%peer, "a standby follows");
-        list.push(Standby { conn, peer, frames, acked: acked.clone() });
-        acked
+        list.push(Standby { conn, peer, frames, acked });
     }
 
     pub fn remove(&self, conn: u64) {
@@ -100,7 +99,7 @@ impl Standbys {
     /// Sends one non-idempotent call and its reply to every standby and waits until each
     /// has it (or is dropped).
     pub fn replicate(&self, client: u64, xid: u64, req: &Request, reply: &Reply) {
-        let waits: Vec<(u64, Arc<Acked>, String, u64)> = {
+        let (seq, waits): (u64, Vec<(u64, Arc<Acked>, String)>) = {
             let mut list = crate::lock(&self.list);
             if list.is_empty() {
                 return;
@@ -114,9 +113,9 @@ impl Standbys {
             // A standby whose queue is full is too far behind: dropped (its pusher ends
             // when the sender goes, and closes the connection).
             list.retain(|s| s.frames.try_send(frame.clone()).is_ok());
-            list.iter().map(|s| (s.conn, s.acked.clone(), s.peer.clone(), seq)).collect()
+            (seq, list.iter().map(|s| (s.conn, s.acked.clone(), s.peer.clone())).collect())
         };
-        for (conn, acked, peer, seq) in waits {
+        for (conn, acked, peer) in waits {
             if !acked.wait(seq, ACK_WAIT) {
                 tracing::warn!(%peer, "a standby did not acknowledge in {ACK_WAIT:?}; dropped");
                 self.remove(conn);

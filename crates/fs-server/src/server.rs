@@ -24,7 +24,8 @@ pub struct Config {
     /// Tests only: push no notice numbered a multiple of this.
     pub test_drop_notices_every: Option<u64>,
     /// Tests only: every call that goes through the duplicate request cache takes this
-    /// much longer (so a retransmission can arrive while the first still runs).
+    /// much longer after it is done (so a retransmission can arrive while the first is
+    /// still in progress, and a test can see that it is).
     pub test_delay_changes: std::time::Duration,
     /// With a key, only clients that prove they hold it are served (`--key`).
     pub key: Option<fs_proto::secure::Key>,
@@ -173,12 +174,14 @@ impl Server {
             }
         }
         drop(drc);
-        if !self.test_delay_changes.is_zero() {
-            std::thread::sleep(self.test_delay_changes);
-        }
         // The call is finished in the cache however it ends: a panic left it "in
         // progress" for good, and every retransmission went unanswered.
         let reply = Reply { xid, res: self.dispatch_caught(&cred, req.clone()) };
+        if !self.test_delay_changes.is_zero() {
+            // Done, but not yet finished in the cache: a retransmission now finds it
+            // in progress.
+            std::thread::sleep(self.test_delay_changes);
+        }
         if let Ok(r) = &reply.res {
             self.notices.publish(client, crate::notices::changes(&req, r));
         }

@@ -297,14 +297,7 @@ mod tests {
         let path = dir.path().join("s");
         fake_server(&path);
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let cfg = RpcConfig {
-            addrs: vec![Addr::Unix(path)],
-            soft: false,
-            timeo: Duration::from_secs(1),
-            retrans: 0,
-            key: None,
-            protection: fs_proto::secure::Protection::Encrypt,
-        };
+        let cfg = RpcConfig::hard(vec![Addr::Unix(path)]);
         let rpc = Rpc::connect(cfg, 7, Duration::from_secs(5)).unwrap();
         let opts =
             MountOptions { attr: crate::attrcache::AttrTimeouts::all(Duration::from_secs(60)), ..Default::default() };
