@@ -303,7 +303,7 @@ fn spool_job_survives_watcher_and_broker_crashes() {
 /// `cluster up ARGS` on `dir` with a broker on four free ports; returns once it has said
 /// what to do next, with what it printed.
 fn cluster_up(dir: &std::path::Path, extra: &[&str]) -> (ClusterProc, Vec<String>) {
-    let broker = format!("127.0.0.1:{}", tests::free_ports(4));
+    let broker = format!("127.0.0.1:{}", tests::free_ports(8)); // a backup broker takes the next four
     let dir_s = dir.display().to_string();
     let mut args = vec!["up", "--dir", &dir_s, "--broker", &broker, "--workers", "1"];
     args.extend_from_slice(extra);
@@ -357,7 +357,8 @@ fn cluster_up_runs_a_job_and_tears_down() {
 }
 
 /// `cluster up --standby`: the file server SIGKILLed, its standby takes over, the mount
-/// and the spool carry on, and `cluster up` keeps running.
+/// and the spool carry on; then the broker SIGKILLed, its backup takes over; `cluster up`
+/// keeps running.
 #[test]
 fn cluster_up_with_a_standby_survives_the_file_servers_death() {
     let _w = Watchdog::new(Duration::from_secs(120));
@@ -377,6 +378,14 @@ fn cluster_up_with_a_standby_survives_the_file_servers_death() {
     let out = mnt.join("spool/out/late.primes");
     tests::wait_until(Duration::from_secs(60), "the job's result", || out.exists());
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 25);
+    // The primary broker SIGKILLed: the backup takes over for the workers and the spool.
+    let broker = pid_of(up.pid(), &["broker", "--listen", "--backup"]).expect("the primary broker");
+    // SAFETY: kill(2) of the broker cluster up started.
+    assert_eq!(unsafe { libc::kill(broker, libc::SIGKILL) }, 0);
+    std::fs::write(mnt.join("spool/in/later.job"), "1..1000\n").unwrap();
+    let out = mnt.join("spool/out/later.primes");
+    tests::wait_until(Duration::from_secs(90), "the job's result after the broker's death", || out.exists());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 168);
     assert!(up.terminate(), "cluster up exits by itself on SIGTERM");
     assert!(!tests::is_mounted(&mnt), "unmounted");
 }
@@ -955,4 +964,128 @@ fn the_broker_serves_metrics() {
     assert_eq!(value(&t, "cluster_broker_batches_accepted_total"), 100.0, "{t}");
     assert_eq!(value(&t, "cluster_broker_queued "), 0.0, "{t}");
     assert!(value(&t, "cluster_broker_publications_total") >= 200.0, "{t}");
+}
+
+/// The pid of a `cluster` child of `parent` whose arguments include all of `words`.
+fn pid_of(parent: i32, words: &[&str]) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let ours = ppid == parent && args.first()?.ends_with("/cluster");
+        (ours && words.iter().all(|w| args.iter().any(|a| a == w))).then_some(pid)
+    })
+}
+
+/// How many lines of the log at `path` contain `text`.
+fn log_count(path: &std::path::Path, text: &str) -> usize {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter(|l| l.contains(text)).count()
+}
+
+/// Binary Star: a broker pair, workers and a spool watcher listing both. The active
+/// broker is SIGKILLed in the middle of a job, twice, alternating (the first, restarted,
+/// stands by and takes over in turn): the job ends with exactly the sieve's primes, each
+/// once, and the watcher submitted what was pending again as soon as the other broker
+/// answered (its stall timeout is far off).
+#[test]
+fn a_broker_pair_survives_alternating_kills() {
+    let _w = Watchdog::new(Duration::from_secs(240));
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let (a, b) = (p("a").display().to_string(), p("b").display().to_string());
+    let beat = ["--heartbeat-ms", "200", "--liveness-ms", "1000"];
+    let start = |me: &str, flag: &str, peer: &str, log: &str| {
+        let mut args = vec!["broker", "--listen", me, flag, peer];
+        args.extend_from_slice(&beat);
+        ClusterProc::start_logged(&args, "broker listening on", &p(log))
+    };
+    let mut ba = start(&a, "--backup", &b, "a.log");
+    let mut bb = start(&b, "--backup-of", &a, "b.log");
+    tests::wait_until(Duration::from_secs(10), "the backup stands by", || {
+        log_count(&p("b.log"), "broker passive") == 1
+    });
+    assert_eq!(log_count(&p("a.log"), "broker active"), 1, "the primary is active");
+    let list = format!("{a},{b}");
+    let _workers: Vec<ClusterProc> = (0..2).map(|_| Pipeline::worker(&list, &["--slow", "300"])).collect();
+    let spool = p("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let spool_s = spool.display().to_string();
+    let args = [
+        "spool",
+        "--dir",
+        &spool_s,
+        "--broker",
+        &list,
+        "--id",
+        "w",
+        "--batch",
+        "1000",
+        "--stall-s",
+        "600",
+        "--settle-ms",
+        "0",
+    ];
+    let w = ClusterProc::start_logged(&args, "spool ", &p("spool.log"));
+    let (lo, hi) = (1_000_000_000_000i64, 1_000_000_299_999i64);
+    std::fs::write(spool.join("in/j.job"), format!("{lo}..{hi}\n")).unwrap();
+    let tmp = spool.join("out/.j.primes.tmp@w");
+    let out = spool.join("out/j.primes");
+    let progress_since = |since: std::time::SystemTime| {
+        tests::wait_until(Duration::from_secs(60), "progress on the job", || {
+            std::fs::metadata(&tmp).is_ok_and(|m| m.len() > 0 && m.modified().unwrap() > since)
+        });
+    };
+    progress_since(std::time::UNIX_EPOCH);
+    ba.kill();
+    let t = std::time::SystemTime::now();
+    tests::wait_until(Duration::from_secs(30), "the backup takes over", || {
+        log_count(&p("b.log"), "broker active") == 1
+    });
+    // The first comes back as it was started: it hears the active backup and stands by.
+    let mut ba = start(&a, "--backup", &b, "a2.log");
+    tests::wait_until(Duration::from_secs(10), "the restarted primary stands by", || {
+        log_count(&p("a2.log"), "broker passive") == 1
+    });
+    assert_eq!(log_count(&p("a2.log"), "broker active"), 0, "it never served beside the active backup");
+    progress_since(t);
+    assert!(!out.exists(), "the job is still running");
+    bb.kill();
+    tests::wait_until(Duration::from_secs(30), "the first takes over again", || {
+        log_count(&p("a2.log"), "broker active") == 1
+    });
+    let want = sieve(lo, hi);
+    assert_eq!(w.next_line(Duration::from_secs(150)), Some(format!("done j: {} primes", want.len())));
+    let want: String = want.iter().map(|n| format!("{n}\n")).collect();
+    assert!(std::fs::read_to_string(&out).unwrap() == want, "primes differ from the sieve");
+    let took_over = log_count(&p("spool.log"), "another broker took over; submitting again");
+    assert!(took_over >= 2, "the watcher resubmitted at each takeover ({took_over} times)");
+    ba.kill();
+}
+
+/// A broker pair set up wrong gets one line each: two primaries of each other, a peer
+/// at the broker's own address, `--classic` in a pair, a bad address in a client's list.
+#[test]
+fn a_misconfigured_broker_pair_says_why() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a").display().to_string(), dir.path().join("b").display().to_string());
+    let run = |args: &[&str]| {
+        let (st, _, err) =
+            tests::run_with_timeout(tests::command(&tests::bin_path("cluster")).args(args), Duration::from_secs(20));
+        assert!(!st.success(), "{args:?} fails");
+        assert_eq!(err.trim().lines().filter(|l| l.starts_with("cluster: ")).count(), 1, "{err}");
+        err
+    };
+    let mut pa = ClusterProc::start(&["broker", "--listen", &a, "--backup", &b], "broker listening on");
+    let err = run(&["broker", "--listen", &b, "--backup", &a]);
+    assert!(err.contains("the peer was started as a primary too"), "{err}");
+    pa.kill();
+    let err = run(&["broker", "--listen", &a, "--backup-of", &a]);
+    assert!(err.contains("needs its own address"), "{err}");
+    let err = run(&["broker", "--listen", &a, "--backup-of", &b, "--classic", "127.0.0.1:1"]);
+    assert!(err.contains("--classic cannot be one of a pair"), "{err}");
+    let err = run(&["worker", "--broker", &format!("{a},127.0.0.1:x")]);
+    assert!(err.contains("the port is not a number"), "{err}");
 }

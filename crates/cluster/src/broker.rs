@@ -2,7 +2,13 @@
 //! (credit-based ROUTER, or plain PUSH), takes results (ROUTER, answering REQ) and
 //! publishes numbers (`n`), primes (`p`) and completions (`d`) on a PUB socket.
 //! One thread, one poll loop; the bookkeeping is [`Dispatcher`].
+//!
+//! A broker may be one of a Binary Star pair (`--backup-of`, `--backup`; [`crate::bstar`]):
+//! it tells its peer its state every heartbeat over the peer's sources socket, and serves
+//! clients only while active. A broker that becomes passive forgets what it held (the
+//! sources resubmit, the workers say hello to the other).
 
+use crate::bstar::{Bstar, Change, State};
 use crate::dispatch::{Dispatcher, Stats, Submitted};
 use crate::endpoint::{BrokerAddr, Role};
 use crate::util::{self, sock_err};
@@ -44,6 +50,8 @@ pub struct BrokerConfig {
     pub inproc: Option<String>,
     /// Kept up to date at every heartbeat (`--metrics`).
     pub metrics: Option<std::sync::Arc<crate::metrics::BrokerMetrics>>,
+    /// One of a Binary Star pair: this broker's role and its peer's address.
+    pub pair: Option<(crate::bstar::Role, BrokerAddr)>,
 }
 
 impl BrokerConfig {
@@ -58,6 +66,7 @@ impl BrokerConfig {
             classic: None,
             inproc: None,
             metrics: None,
+            pair: None,
         }
     }
 }
@@ -79,7 +88,13 @@ pub struct Broker {
     classic: Option<crate::classic::Classic>,
     /// Classic numbers received so far (each is one item of the job `classic::JOB`).
     classic_numbers: u32,
+    /// Binary Star: the pair's state machine, and a DEALER to the peer's sources socket
+    /// (none for a broker started alone that a backup found: it only answers).
+    bstar: Option<(Bstar, Option<zmq::Socket>)>,
 }
+
+/// A peer silent for this many heartbeats is presumed dead.
+const PEER_EXPIRY_BEATS: u32 = 3;
 
 impl Broker {
     /// Binds the four sockets; a port in use or a bad address fails here, with the
@@ -130,16 +145,112 @@ impl Broker {
                 None => None,
             },
             classic_numbers: 0,
+            bstar: match &cfg.pair {
+                Some((role, peer)) => {
+                    let s = util::socket(ctx, zmq::DEALER)?;
+                    // Nothing queues for a peer that is down: a state told late is wrong.
+                    s.set_immediate(true)?;
+                    s.set_sndhwm(4)?;
+                    let ep = peer.endpoint(Role::Sources);
+                    crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
+                    let expiry = cfg.heartbeat * PEER_EXPIRY_BEATS;
+                    Some((Bstar::new(*role, expiry, Instant::now()), Some(s)))
+                }
+                None => None,
+            },
             cfg,
         })
     }
 
+    /// Whether this broker serves clients now (always, outside a pair).
+    fn active(&self) -> bool {
+        self.bstar.as_ref().is_none_or(|(b, _)| b.state() == State::Active)
+    }
+
+    /// A client's request: whether to serve it (a passive broker whose peer is silent
+    /// takes over here, as Binary Star prescribes).
+    fn admit(&mut self, now: Instant) -> anyhow::Result<bool> {
+        let Some((b, _)) = self.bstar.as_mut() else { return Ok(true) };
+        let (serve, change) = b.on_client(now);
+        self.changed(change)?;
+        Ok(serve)
+    }
+
+    fn on_peer(&mut self, state: u8, term: u64, now: Instant) -> anyhow::Result<()> {
+        let Some(state) = State::from_code(state) else {
+            tracing::warn!(state, "a peer state that is no state; ignored");
+            return Ok(());
+        };
+        if self.bstar.is_none() {
+            // Started alone (without --backup), found by a backup: from now on the
+            // primary of a pair, active already. It answers its backup but cannot wait
+            // for it when it starts; `--backup ADDR` gives it that.
+            tracing::warn!("a backup broker follows this one: it is the active primary of a pair");
+            let expiry = self.cfg.heartbeat * PEER_EXPIRY_BEATS;
+            self.bstar = Some((Bstar::serving(crate::bstar::Role::Primary, expiry, now), None));
+        }
+        let Some((b, _)) = self.bstar.as_mut() else { return Ok(()) };
+        let change = b.on_peer(state, term, now);
+        self.changed(change)
+    }
+
+    fn changed(&mut self, change: Change) -> anyhow::Result<()> {
+        let term = self.bstar.as_ref().map_or(0, |(b, _)| b.term());
+        match change {
+            Change::None => {}
+            Change::Active(why) => {
+                tracing::warn!(term, "broker active: {why}");
+            }
+            Change::Passive(why) => {
+                tracing::warn!(term, "broker passive: {why}; what it held is dropped");
+                self.d = self.fresh_dispatcher();
+            }
+            Change::Fatal(why) => anyhow::bail!("broker pair misconfigured: {why}"),
+        }
+        Ok(())
+    }
+
+    fn fresh_dispatcher(&self) -> Dispatcher {
+        let mut d = Dispatcher::new(self.cfg.liveness, self.cfg.redispatch);
+        d.load_aware = self.cfg.dispatch == Dispatch::Load;
+        d
+    }
+
+    /// Our state as told to the peer (none outside a pair).
+    fn peer_state(&self) -> Option<Msg> {
+        self.bstar.as_ref().map(|(b, _)| Msg::Peer { state: b.state().code(), term: b.term() })
+    }
+
+    /// Tells the peer our state; reads its answers.
+    fn tell_peer(&mut self, now: Instant) -> anyhow::Result<()> {
+        let Some((b, Some(s))) = &self.bstar else { return Ok(()) };
+        let mine = Msg::Peer { state: b.state().code(), term: b.term() }.encode();
+        let _ = s.send_multipart([&[][..], &mine], zmq::DONTWAIT);
+        self.read_peer(now)
+    }
+
+    fn read_peer(&mut self, now: Instant) -> anyhow::Result<()> {
+        loop {
+            let Some((_, Some(s))) = &self.bstar else { return Ok(()) };
+            let Some(parts) = recv(s)? else { return Ok(()) };
+            match parts.as_slice() {
+                [empty, body] if empty.is_empty() => match Msg::decode(body) {
+                    Ok(Msg::Peer { state, term }) => self.on_peer(state, term, now)?,
+                    Ok(_) | Err(_) => tracing::warn!("the peer broker answered something else than its state; dropped"),
+                },
+                _ => tracing::warn!("a malformed answer from the peer broker; dropped"),
+            }
+        }
+    }
+
     /// Serves until the stop flag is set; returns the counters.
     pub fn run(mut self) -> anyhow::Result<Stats> {
-        let mut next_beat = Instant::now() + self.cfg.heartbeat;
+        let mut next_beat = Instant::now();
         while !util::stopping() {
             let now = Instant::now();
-            self.dispatch(now)?;
+            if self.active() {
+                self.dispatch(now)?;
+            }
             let push_blocked = self.cfg.dispatch == Dispatch::Push && self.d.queued() > 0;
             let timeout = next_beat.saturating_duration_since(now).as_millis() as i64;
             let mut items = vec![
@@ -151,6 +262,10 @@ impl Broker {
                     (Dispatch::Push, false) => zmq::PollEvents::empty(),
                 }),
             ];
+            let polls_peer = matches!(&self.bstar, Some((_, Some(_))));
+            if let Some((_, Some(peer))) = &self.bstar {
+                items.push(peer.as_poll_item(zmq::POLLIN));
+            }
             if let Some(c) = &self.classic {
                 items.push(c.src.as_poll_item(zmq::POLLIN));
                 items.push(c.res.as_poll_item(zmq::POLLIN));
@@ -160,9 +275,14 @@ impl Broker {
                 Err(e) => return Err(e.into()),
             }
             let (src_in, res_in, work_in) = (items[0].is_readable(), items[1].is_readable(), items[2].is_readable());
+            let at = 3 + usize::from(polls_peer);
+            let peer_in = polls_peer && items[3].is_readable();
             let classic_in =
-                (items.get(3).is_some_and(|i| i.is_readable()), items.get(4).is_some_and(|i| i.is_readable()));
+                (items.get(at).is_some_and(|i| i.is_readable()), items.get(at + 1).is_some_and(|i| i.is_readable()));
             drop(items);
+            if peer_in {
+                self.read_peer(Instant::now())?;
+            }
             if classic_in.0 {
                 self.serve_classic(true)?;
             }
@@ -181,7 +301,10 @@ impl Broker {
             }
             if now >= next_beat {
                 next_beat = now + self.cfg.heartbeat;
-                self.beat(now)?;
+                self.tell_peer(now)?;
+                if self.active() {
+                    self.beat(now)?;
+                }
             }
         }
         tracing::info!(stats = ?self.d.stats, "broker stopping");
@@ -240,6 +363,23 @@ impl Broker {
                 continue;
             };
             let reply = match Msg::decode(body) {
+                Ok(Msg::Peer { state, term }) => {
+                    // Our state answers it, told before the peer's is taken in: a pair set
+                    // up wrong is then found by both (each exits with the reason).
+                    let mine = self.peer_state();
+                    if let Some(m) = &mine {
+                        send_reply(self.req_socket(which), route, m);
+                    }
+                    self.on_peer(state, term, now)?;
+                    if mine.is_none() {
+                        if let Some(m) = self.peer_state() {
+                            send_reply(self.req_socket(which), route, &m);
+                        }
+                    }
+                    continue;
+                }
+                // A passive broker drops what clients send: they turn to the other.
+                Ok(_) if !self.admit(now)? => continue,
                 Ok(m) => handle(self, m, now)?,
                 Err(e) => bad(format!("malformed {} message: {e}", which.name())),
             };
@@ -366,6 +506,9 @@ impl Broker {
                 tracing::warn!(parts = parts.len(), "dropping a worker message with the wrong number of parts");
                 continue;
             };
+            if !self.admit(now)? {
+                continue;
+            }
             match Msg::decode(body) {
                 Ok(Msg::Ready { worker, credit, load }) => {
                     tracing::info!(worker = format!("{worker:016x}"), credit, ?load, "worker ready");

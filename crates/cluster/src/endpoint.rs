@@ -1,7 +1,8 @@
 //! Where the broker's four sockets live. One address names all four: `HOST[:PORT]` means
 //! TCP ports PORT (sources), PORT+1 (work), PORT+2 (results) and PORT+3 (published
 //! numbers and primes), default PORT 5555; a path (it contains `/`) means four `ipc://`
-//! sockets `PATH.src`, `PATH.work`, `PATH.res`, `PATH.pub`.
+//! sockets `PATH.src`, `PATH.work`, `PATH.res`, `PATH.pub`. Clients take a list,
+//! `PRIMARY,BACKUP` ([`Brokers`]), for a Binary Star pair.
 
 use std::fmt;
 use std::net::ToSocketAddrs;
@@ -117,6 +118,66 @@ impl fmt::Display for BrokerAddr {
     }
 }
 
+/// The addresses of a broker pair, `PRIMARY,BACKUP` (or one address): clients start
+/// with the first and turn to the next when the one they use stops answering (Binary
+/// Star); subscribers listen to all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Brokers(Vec<BrokerAddr>);
+
+impl Brokers {
+    pub fn parse(s: &str) -> Result<Brokers, AddrError> {
+        let list = s.split(',').map(BrokerAddr::parse).collect::<Result<Vec<_>, _>>()?;
+        Ok(Brokers(list))
+    }
+
+    /// The `i`-th address, counting round the list.
+    pub fn get(&self, i: usize) -> &BrokerAddr {
+        &self.0[i % self.0.len()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &BrokerAddr> {
+        self.0.iter()
+    }
+}
+
+impl From<BrokerAddr> for Brokers {
+    fn from(a: BrokerAddr) -> Brokers {
+        Brokers(vec![a])
+    }
+}
+
+impl From<&BrokerAddr> for Brokers {
+    fn from(a: &BrokerAddr) -> Brokers {
+        Brokers(vec![a.clone()])
+    }
+}
+
+impl From<&Brokers> for Brokers {
+    fn from(b: &Brokers) -> Brokers {
+        b.clone()
+    }
+}
+
+impl fmt::Display for Brokers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +206,16 @@ mod tests {
         assert!(matches!(BrokerAddr::parse("127.0.0.1:65535"), Err(AddrError::BadPort(_))));
         assert!(matches!(BrokerAddr::parse("127.0.0.1:0"), Err(AddrError::BadPort(_))));
         assert!(matches!(BrokerAddr::parse("no such host!:5"), Err(AddrError::Unresolvable(_))));
+        assert_eq!(Brokers::parse("127.0.0.1:7000,"), Err(AddrError::Empty));
+        assert!(matches!(Brokers::parse("127.0.0.1:7000,127.0.0.1:x"), Err(AddrError::BadPort(_))));
+    }
+
+    #[test]
+    fn lists_of_brokers() {
+        let b = Brokers::parse("127.0.0.1:7000,/tmp/b").unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.get(3).endpoint(Role::Sources), "ipc:///tmp/b.src");
+        assert_eq!(b.to_string(), "127.0.0.1:7000,/tmp/b");
+        assert_eq!(Brokers::parse("localhost:9").unwrap().to_string(), "127.0.0.1:9");
     }
 }

@@ -23,6 +23,7 @@
 //! old names.
 
 pub mod broker;
+pub mod bstar;
 pub mod classic;
 pub mod dispatch;
 pub mod endpoint;

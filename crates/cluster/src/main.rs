@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use cluster::broker::{Broker, BrokerConfig, Dispatch};
-use cluster::endpoint::BrokerAddr;
+use cluster::endpoint::{BrokerAddr, Brokers};
 use cluster::job::Job;
 use cluster::spool::{Outcome, Spool, SpoolConfig};
 use cluster::worker::{Worker, WorkerConfig};
@@ -58,10 +58,19 @@ enum Cmd {
         /// http://HOST:PORT/metrics.
         #[arg(long, value_name = "HOST:PORT")]
         metrics: Option<String>,
+        /// Be the backup of the broker at ADDR (Binary Star): serve only once it is
+        /// silent and a client turns here. Clients list both: `--broker PRIMARY,BACKUP`.
+        #[arg(long, value_name = "ADDR", conflicts_with = "backup")]
+        backup_of: Option<String>,
+        /// Be the primary of a pair whose backup is at ADDR (optional: a backup finds its
+        /// primary; with it, a restarted primary waits to hear an active backup first).
+        #[arg(long, value_name = "ADDR")]
+        backup: Option<String>,
     },
     /// Test numbers for primality.
     Worker {
-        #[arg(long, value_name = "ADDR")]
+        /// The broker's address, or a pair's `PRIMARY,BACKUP`.
+        #[arg(long, value_name = "ADDR[,ADDR]")]
         broker: String,
         #[arg(long, value_enum, default_value = "credit")]
         dispatch: Dispatch,
@@ -80,7 +89,8 @@ enum Cmd {
     },
     /// Send numbers: arguments (numbers or ranges A..B), else --random, else stdin lines.
     Source {
-        #[arg(long, value_name = "ADDR")]
+        /// The broker's address, or a pair's `PRIMARY,BACKUP`.
+        #[arg(long, value_name = "ADDR[,ADDR]")]
         broker: String,
         /// Numbers per message (1 = one message per number, as in the original design).
         #[arg(long, default_value_t = 1)]
@@ -100,7 +110,8 @@ enum Cmd {
     },
     /// Print what the broker publishes under one tag, one value per line.
     Sink {
-        #[arg(long, value_name = "ADDR")]
+        /// The broker's address, or a pair's `PRIMARY,BACKUP`.
+        #[arg(long, value_name = "ADDR[,ADDR]")]
         broker: String,
         /// `p` for primes, `n` for every number received.
         #[arg(long, value_parser = ["p", "n"])]
@@ -116,7 +127,8 @@ enum Cmd {
     Spool {
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, value_name = "ADDR")]
+        /// The broker's address, or a pair's `PRIMARY,BACKUP`.
+        #[arg(long, value_name = "ADDR[,ADDR]")]
         broker: String,
         /// Names this watcher's claims (default: host name and a hash of DIR).
         #[arg(long)]
@@ -207,8 +219,8 @@ enum Cmd {
         /// Workers to start (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
-        /// Also a standby file server (it takes over when the server dies); the mount
-        /// lists both. (A backup broker is not there yet.)
+        /// Also a standby file server (it takes over when the server dies; the mount
+        /// lists both) and a backup broker (the next four ports; every client lists both).
         #[arg(long)]
         standby: bool,
     },
@@ -234,6 +246,11 @@ fn broker_addr(s: &str) -> anyhow::Result<BrokerAddr> {
     Ok(BrokerAddr::parse(s)?)
 }
 
+/// `--broker ADDR[,ADDR]`: one broker, or a Binary Star pair (primary first).
+fn brokers(s: &str) -> anyhow::Result<Brokers> {
+    Ok(Brokers::parse(s)?)
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     util::install_stop_handler();
     let ctx = zmq::Context::new();
@@ -245,7 +262,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             let path = cluster::curve::keygen(&dir)?;
             eprintln!("cluster keygen: key written to {} (mode 0600)", path.display());
         }
-        Cmd::Broker { listen, dispatch, heartbeat_ms, liveness_ms, test_drop_every, classic, workers, metrics } => {
+        Cmd::Broker {
+            listen,
+            dispatch,
+            heartbeat_ms,
+            liveness_ms,
+            test_drop_every,
+            classic,
+            workers,
+            metrics,
+            backup_of,
+            backup,
+        } => {
             let addr = broker_addr(&listen)?;
             anyhow::ensure!(
                 heartbeat_ms > 0 && liveness_ms > heartbeat_ms,
@@ -269,6 +297,19 @@ fn run(args: Args) -> anyhow::Result<()> {
                 !matches!(addr, BrokerAddr::Inproc { .. }),
                 "--listen inproc:// reaches only this process: give HOST:PORT or a path, and --workers N for workers in it"
             );
+            let pair = match (&backup_of, &backup) {
+                (Some(p), _) => Some((cluster::bstar::Role::Backup, broker_addr(p)?)),
+                (None, Some(b)) => Some((cluster::bstar::Role::Primary, broker_addr(b)?)),
+                (None, None) => None,
+            };
+            if let Some((_, peer)) = &pair {
+                anyhow::ensure!(*peer != addr, "the peer broker needs its own address, not this one's ({addr})");
+                anyhow::ensure!(
+                    classic.is_none(),
+                    "--classic cannot be one of a pair (the lecture's clients know one address)"
+                );
+            }
+            cfg.pair = pair;
             if let Some(a) = &metrics {
                 let l = std::net::TcpListener::bind(a.as_str())
                     .map_err(|e| anyhow::anyhow!("cannot serve metrics on {a}: {e}"))?;
@@ -294,11 +335,16 @@ fn run(args: Args) -> anyhow::Result<()> {
                     });
                 }
             }
-            println!("broker listening on {addr} ({dispatch:?} dispatch)");
+            let pair = match (&backup_of, &backup) {
+                (Some(p), _) => format!(", backup of {p}"),
+                (None, Some(b)) => format!(", primary with backup {b}"),
+                (None, None) => String::new(),
+            };
+            println!("broker listening on {addr} ({dispatch:?} dispatch{pair})");
             broker.run()?;
         }
         Cmd::Worker { broker, dispatch, credit, slow, faulty, test_cpu_share_after } => {
-            let mut cfg = WorkerConfig::new(broker_addr(&broker)?);
+            let mut cfg = WorkerConfig::new(brokers(&broker)?);
             anyhow::ensure!(credit > 0, "--credit must be at least 1");
             anyhow::ensure!((0.0..=1.0).contains(&faulty), "--faulty must be a probability from 0 to 1");
             if faulty > 0.0 {
@@ -325,7 +371,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Source { broker, batch, random, max, timeout_ms, retries, numbers } => {
             anyhow::ensure!(batch > 0, "--batch must be at least 1");
-            let addr = broker_addr(&broker)?;
+            let addr = brokers(&broker)?;
             let values: Vec<i64> = if let Some(n) = random {
                 anyhow::ensure!(max >= 2, "--max must be at least 2");
                 (0..n).map(|_| 2 + (util::random_u64() % (max as u64 - 1)) as i64).collect()
@@ -349,7 +395,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("sent {} numbers in {} messages (job {job:016x})", values.len(), values.len().div_ceil(batch));
         }
         Cmd::Sink { broker, tag, out, count } => {
-            let addr = broker_addr(&broker)?;
+            let addr = brokers(&broker)?;
             let which = if tag == "p" { wire::tag::PRIMES } else { wire::tag::NUMBERS };
             let sub = sink::subscribe(&ctx, &addr, &[&[which]])?;
             let mut w: Box<dyn Write> = match &out {
@@ -387,7 +433,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => {
             anyhow::ensure!((1..=9).contains(&replicas), "--replicas must be from 1 to 9");
             anyhow::ensure!(dir.is_dir(), "spool folder {} does not exist", dir.display());
-            let mut cfg = SpoolConfig::new(dir.clone(), broker_addr(&broker)?);
+            let mut cfg = SpoolConfig::new(dir.clone(), brokers(&broker)?);
             if let Some(id) = id {
                 cfg.id = id;
             }

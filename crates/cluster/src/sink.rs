@@ -1,20 +1,23 @@
 //! A sink: subscribes to one tag of the broker's publications and writes each value, one
 //! per line.
 
-use crate::endpoint::{BrokerAddr, Role};
+use crate::endpoint::{Brokers, Role};
 use crate::util::{self, sock_err};
 use crate::wire::{tag, Msg, Seen, Stream};
 use std::io::Write;
 
-/// A SUB socket for the given prefixes, never dropping (high-water mark 0).
-pub fn subscribe(ctx: &zmq::Context, addr: &BrokerAddr, prefixes: &[&[u8]]) -> anyhow::Result<zmq::Socket> {
-    let ep = addr.endpoint(Role::Publish);
+/// A SUB socket for the given prefixes, never dropping (high-water mark 0), connected to
+/// every broker of the list (only the active one of a pair publishes).
+pub fn subscribe(ctx: &zmq::Context, brokers: impl Into<Brokers>, prefixes: &[&[u8]]) -> anyhow::Result<zmq::Socket> {
     let s = util::socket(ctx, zmq::SUB)?;
     s.set_rcvhwm(0)?;
     for p in prefixes {
         s.set_subscribe(p)?;
     }
-    crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
+    for addr in brokers.into().iter() {
+        let ep = addr.endpoint(Role::Publish);
+        crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
+    }
     Ok(s)
 }
 

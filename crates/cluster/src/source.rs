@@ -1,17 +1,24 @@
 //! A source: sends batches of numbers to the broker over REQ and waits for each
 //! acknowledgement. On a timeout it drops the socket and resends the same request on a
 //! new one (Lazy Pirate); the request's (source, seq) lets the broker recognise the
-//! resend, so nothing is queued or published twice.
+//! resend, so nothing is queued or published twice. Given a broker pair, it resends to
+//! the next address of the list (Binary Star): the backup takes over when the primary is
+//! silent and a client turns to it.
 
-use crate::endpoint::{BrokerAddr, Role};
+use crate::endpoint::{Brokers, Role};
 use crate::util;
 use crate::wire::{Msg, Values};
 use std::time::{Duration, Instant};
 
 pub struct Source<'a> {
     ctx: &'a zmq::Context,
+    brokers: Brokers,
+    /// Which of `brokers` is in use (counting round the list).
+    at: usize,
     endpoint: String,
     sock: zmq::Socket,
+    /// How many times it turned to another broker of the list.
+    pub switches: u64,
     pub id: u64,
     seq: u64,
     pub timeout: Duration,
@@ -36,13 +43,17 @@ pub enum SourceError {
 }
 
 impl<'a> Source<'a> {
-    pub fn connect(ctx: &'a zmq::Context, addr: &BrokerAddr) -> anyhow::Result<Source<'a>> {
-        let endpoint = addr.endpoint(Role::Sources);
+    pub fn connect(ctx: &'a zmq::Context, brokers: impl Into<Brokers>) -> anyhow::Result<Source<'a>> {
+        let brokers = brokers.into();
+        let endpoint = brokers.get(0).endpoint(Role::Sources);
         let sock = Self::open(ctx, &endpoint)?;
         Ok(Source {
             ctx,
+            brokers,
+            at: 0,
             endpoint,
             sock,
+            switches: 0,
             id: util::random_u64(),
             seq: 0,
             timeout: Duration::from_millis(2500),
@@ -117,7 +128,15 @@ impl<'a> Source<'a> {
             if self.retries.is_some_and(|r| tries > r) {
                 return Err(SourceError::NoAnswer { endpoint: self.endpoint.clone(), tries });
             }
-            tracing::warn!(tries, "broker did not acknowledge in {:?}; resending", self.timeout);
+            if self.brokers.len() > 1 {
+                self.at += 1;
+                self.switches += 1;
+                let next = self.brokers.get(self.at);
+                tracing::warn!(tries, "broker did not acknowledge in {:?}; turning to {next}", self.timeout);
+                self.endpoint = next.endpoint(Role::Sources);
+            } else {
+                tracing::warn!(tries, "broker did not acknowledge in {:?}; resending", self.timeout);
+            }
             self.sock = Self::open(self.ctx, &self.endpoint)?;
         }
     }

@@ -21,7 +21,7 @@
 //! died (its node released the lease when the watcher stopped beating): it is taken over
 //! at once, without waiting for `claim_timeout`.
 
-use crate::endpoint::BrokerAddr;
+use crate::endpoint::Brokers;
 use crate::job::Job;
 use crate::sink;
 use crate::source::{Source, SourceError};
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
-    pub addr: BrokerAddr,
+    pub addr: Brokers,
     /// Names this watcher's claims; a restart with the same id resumes them at once.
     pub id: String,
     pub batch: usize,
@@ -62,7 +62,8 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
-    pub fn new(dir: PathBuf, addr: BrokerAddr) -> SpoolConfig {
+    pub fn new(dir: PathBuf, addr: impl Into<Brokers>) -> SpoolConfig {
+        let addr = addr.into();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let abs = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
         let tag = blake3::hash(abs.as_os_str().as_encoded_bytes()).to_hex();
@@ -106,6 +107,9 @@ pub struct Spool<'a> {
     /// Names this spool folder in lease keys (the same through every mount).
     spool_id: String,
 }
+
+/// A running job with no result for this long pings its broker (see `execute`).
+const PROBE: Duration = Duration::from_secs(2);
 
 const DIRS: [&str; 5] = ["in", "running", "out", "failed", "done"];
 
@@ -361,6 +365,8 @@ impl<'a> Spool<'a> {
         let (mut primes, mut resubmitted) = (0u64, 0u64);
         let mut workers = HashSet::new();
         let mut last_progress = Instant::now();
+        let mut last_probe = Instant::now();
+        let mut switches_seen = src.switches;
         while batches.peek().is_some() || !pending.is_empty() {
             if interrupted() {
                 drop(out);
@@ -456,6 +462,30 @@ impl<'a> Spool<'a> {
                 }
                 primes += p.len() as u64;
                 written_upto += 1;
+            }
+            // Between results, ask the broker in use whether it is there (the ping's
+            // answer is published under a nonce no one listens to); after a broker of a
+            // pair stopped answering, the source turns to the other, and what was
+            // pending there is submitted again at once instead of after `stall`.
+            if !pending.is_empty() && last_progress.elapsed().min(last_probe.elapsed()) > PROBE {
+                match src.ping(util::random_u64()) {
+                    Ok(()) => last_probe = Instant::now(),
+                    Err(SourceError::Stopped) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if src.switches != switches_seen {
+                switches_seen = src.switches;
+                tracing::warn!(job = name, batches = pending.len(), "another broker took over; submitting again");
+                for (&i, values) in &pending {
+                    match src.submit(job_id, i, values) {
+                        Ok(()) => resubmitted += 1,
+                        Err(SourceError::Stopped) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                // Submitting may have turned round the list again: that is seen next time.
+                last_progress = Instant::now();
             }
             if !pending.is_empty() && last_progress.elapsed() > self.cfg.stall {
                 tracing::warn!(

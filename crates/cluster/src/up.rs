@@ -15,7 +15,8 @@ pub struct UpConfig {
     pub dir: PathBuf,
     pub broker: String,
     pub workers: usize,
-    /// A standby file server beside the primary; the mount lists both.
+    /// A standby file server beside the primary (the mount lists both), and a backup
+    /// broker beside the broker (every client lists both).
     pub standby: bool,
 }
 
@@ -99,6 +100,22 @@ fn first_line(child: &mut Child, timeout: Duration) -> Option<String> {
     rx.recv_timeout(timeout).ok().filter(|l| !l.is_empty()).map(|l| l.trim_end().to_string())
 }
 
+/// The backup broker's address beside `primary`: the four TCP ports after its four, or
+/// the path with `-backup`.
+fn backup_address(primary: &str) -> anyhow::Result<String> {
+    use crate::endpoint::BrokerAddr;
+    Ok(match BrokerAddr::parse(primary)? {
+        BrokerAddr::Tcp { host, port } => {
+            let p = port.checked_add(4).filter(|p| *p <= u16::MAX - 3);
+            let p =
+                p.ok_or_else(|| anyhow::anyhow!("--broker {primary}: no room for a backup's four ports after it"))?;
+            BrokerAddr::Tcp { host, port: p }.to_string()
+        }
+        BrokerAddr::Ipc { path } => format!("{path}-backup"),
+        BrokerAddr::Inproc { .. } => anyhow::bail!("--broker inproc:// reaches only one process"),
+    })
+}
+
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let p = exe.with_file_name(name);
@@ -165,8 +182,17 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
             .arg("-o")
             .arg(format!("leases={node_s},curve={curve_s},key={}", key.display())),
     )?);
-    say(procs.start("broker", cluster().args(["broker", "--listen", &cfg.broker]))?);
-    let broker = cfg.broker.replace("*", "127.0.0.1");
+    let mut broker = cfg.broker.replace("*", "127.0.0.1");
+    if cfg.standby {
+        // A Binary Star pair: the backup takes over when the primary is silent and a
+        // client turns to it; every client lists both.
+        let backup = backup_address(&cfg.broker)?;
+        say(procs.start("broker", cluster().args(["broker", "--listen", &cfg.broker, "--backup", &backup]))?);
+        say(procs.start("broker backup", cluster().args(["broker", "--listen", &backup, "--backup-of", &broker]))?);
+        broker = format!("{broker},{}", backup.replace("*", "127.0.0.1"));
+    } else {
+        say(procs.start("broker", cluster().args(["broker", "--listen", &cfg.broker]))?);
+    }
     for i in 0..cfg.workers {
         say(procs.start(&format!("worker {i}"), cluster().args(["worker", "--broker", &broker]))?);
     }
@@ -192,14 +218,15 @@ pub fn run(cfg: UpConfig) -> anyhow::Result<()> {
     );
     while !util::stopping() {
         if let Some(name) = procs.exited() {
-            // With a standby, one file server may go: the other serves the mount.
-            let servers = ["fs-server", "fs-server standby"];
-            if servers.contains(&name.as_str())
-                && procs.list.iter().filter(|p| servers.contains(&p.name.as_str())).count() > 1
-            {
-                eprintln!("{name} exited; the other file server serves the mount");
-                procs.forget(&name);
-                continue;
+            // With a standby, one file server and one broker may go: the other of its
+            // pair serves.
+            let pairs = [["fs-server", "fs-server standby"], ["broker", "broker backup"]];
+            if let Some(pair) = pairs.iter().find(|p| p.contains(&name.as_str())) {
+                if procs.list.iter().filter(|p| pair.contains(&p.name.as_str())).count() > 1 {
+                    eprintln!("{name} exited; the other of its pair serves");
+                    procs.forget(&name);
+                    continue;
+                }
             }
             drop(procs);
             anyhow::bail!("{name} exited; stopped the rest");

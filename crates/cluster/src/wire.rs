@@ -17,6 +17,7 @@
 //! | `n` | published | job u64, seq u64, batch u32, value i64 * k (numbers received) |
 //! | `p` | published | job u64, seq u64, batch u32, prime i64 * k (primes of one work item) |
 //! | `d` | published | job u64, seq u64, batch u32, count u32, primes u32, worker u64 (work item done; `primes`: how many its `p` held) |
+//! | `Y` | broker <-> broker | state u8 (1 primary, 2 backup, 3 active, 4 passive), term u64 (Binary Star, see `bstar`) |
 //! | `h` | published | nonce u64, seq u64 (answer to `Q`: the subscriber is connected) |
 //!
 //! A publication's `seq` counts the broker's publications of its stream (its tag and
@@ -151,6 +152,12 @@ pub enum Msg {
         nonce: u64,
         seq: u64,
     },
+    /// A broker's state and term, told to its Binary Star peer every heartbeat, and its
+    /// answer ([`crate::bstar`]). `state` is [`crate::bstar::State::code`].
+    Peer {
+        state: u8,
+        term: u64,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -256,6 +263,11 @@ impl Msg {
                 b.push(tag::HELLO);
                 put(&mut b, &[*nonce, *seq]);
             }
+            Msg::Peer { state, term } => {
+                b.push(b'Y');
+                b.push(*state);
+                put(&mut b, &[*term]);
+            }
         }
         b
     }
@@ -293,6 +305,7 @@ impl Msg {
                 Msg::Result { worker, work, primes: r.values()? }
             }
             b'K' => Msg::Taken { work: r.end_u64()? },
+            b'Y' => Msg::Peer { state: r.u8()?, term: r.end_u64()? },
             tag::NUMBERS => {
                 let (job, seq, batch) = (r.u64()?, r.u64()?, r.u32()?);
                 Msg::Numbers { job, seq, batch, values: r.values()? }
@@ -415,6 +428,7 @@ impl Reader<'_> {
             'X' => "17 + 8k",
             'n' | 'p' => "21 + 8k",
             'd' => "37",
+            'Y' => "10",
             _ => "?",
         };
         WireError::BadLength { tag: self.tag, len: self.len, want: want.into() }
@@ -507,6 +521,8 @@ mod tests {
             Msg::Heartbeat { worker: 1, load }.encode(),
             [b'H', 0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0xf4, 0, 2, 0, 75, 0, 3]
         );
+        // A broker tells its Binary Star peer: active (3), term 2.
+        assert_eq!(Msg::Peer { state: 3, term: 2 }.encode(), [b'Y', 3, 0, 0, 0, 0, 0, 0, 0, 2]);
     }
 
     /// A subscriber's view of the streams: in order, a gap (how many, from which), a
@@ -598,6 +614,7 @@ mod tests {
                 |(job, seq, batch, count, primes, worker)| Msg::Done { job, seq, batch, count, primes, worker }
             ),
             (any::<u64>(), any::<u64>()).prop_map(|(nonce, seq)| Msg::Hello { nonce, seq }),
+            (any::<u8>(), any::<u64>()).prop_map(|(state, term)| Msg::Peer { state, term }),
         ]
     }
 

@@ -7,9 +7,12 @@
 //! not started back to the broker (sender-initiated distribution), and forgets one only
 //! when the broker confirms (`Taken`); an item not confirmed in time is tested here after
 //! all (a copy tested twice is counted once).
+//!
+//! Given a broker pair (`--broker PRIMARY,BACKUP`), a worker whose broker falls silent
+//! turns to the next address and says hello there (Binary Star).
 
 use crate::broker::Dispatch;
-use crate::endpoint::{BrokerAddr, Role};
+use crate::endpoint::{Brokers, Role};
 use crate::load::{self, Load, Meter};
 use crate::prime::is_prime;
 use crate::util::{self, sock_err};
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub addr: BrokerAddr,
+    pub addr: Brokers,
     pub dispatch: Dispatch,
     pub id: u64,
     /// How many items the worker holds at once (one being tested, the rest waiting), so
@@ -42,9 +45,9 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    pub fn new(addr: BrokerAddr) -> WorkerConfig {
+    pub fn new(addr: impl Into<Brokers>) -> WorkerConfig {
         WorkerConfig {
-            addr,
+            addr: addr.into(),
             dispatch: Dispatch::Credit,
             id: util::random_u64(),
             credit: 2,
@@ -61,6 +64,8 @@ impl WorkerConfig {
 pub struct Worker<'a> {
     ctx: &'a zmq::Context,
     cfg: WorkerConfig,
+    /// Which broker of the list it uses (counting round the list).
+    at: usize,
     work: zmq::Socket,
     res: zmq::Socket,
     queue: VecDeque<(u64, Values)>,
@@ -80,12 +85,13 @@ pub struct Worker<'a> {
 
 impl<'a> Worker<'a> {
     pub fn connect(ctx: &'a zmq::Context, cfg: WorkerConfig) -> anyhow::Result<Worker<'a>> {
-        let work = work_socket(ctx, &cfg)?;
-        let res = result_socket(ctx, &cfg)?;
+        let work = work_socket(ctx, &cfg, 0)?;
+        let res = result_socket(ctx, &cfg, 0)?;
         let now = Instant::now();
         let mut w = Worker {
             ctx,
             cfg,
+            at: 0,
             work,
             res,
             queue: VecDeque::new(),
@@ -269,7 +275,7 @@ impl<'a> Worker<'a> {
             } else if Instant::now() > *deadline {
                 tracing::warn!("broker did not take a result in {:?}; resending", self.cfg.result_timeout);
                 let msg = msg.clone();
-                self.res = result_socket(self.ctx, &self.cfg)?;
+                self.res = result_socket(self.ctx, &self.cfg, self.at)?;
                 self.res.send(&msg, 0)?;
                 self.unanswered = Some((msg, Instant::now() + self.cfg.result_timeout));
             } else {
@@ -286,8 +292,19 @@ impl<'a> Worker<'a> {
         }
         let now = Instant::now();
         if now.duration_since(self.last_heard) > self.cfg.liveness {
-            tracing::warn!("broker silent for {:?}; reconnecting", self.cfg.liveness);
-            self.work = work_socket(self.ctx, &self.cfg)?;
+            if self.cfg.addr.len() > 1 {
+                self.at += 1;
+                let next = self.cfg.addr.get(self.at);
+                tracing::warn!("broker silent for {:?}; turning to {next}", self.cfg.liveness);
+                self.res = result_socket(self.ctx, &self.cfg, self.at)?;
+                if let Some((msg, _)) = &self.unanswered {
+                    // The result goes to the broker now in use (which counts it once).
+                    self.res.send(msg, 0)?;
+                }
+            } else {
+                tracing::warn!("broker silent for {:?}; reconnecting", self.cfg.liveness);
+            }
+            self.work = work_socket(self.ctx, &self.cfg, self.at)?;
             self.hello()?;
         } else if now.duration_since(self.last_sent) >= self.cfg.heartbeat {
             let load = self.meter.sample(self.held());
@@ -297,8 +314,8 @@ impl<'a> Worker<'a> {
     }
 }
 
-fn work_socket(ctx: &zmq::Context, cfg: &WorkerConfig) -> anyhow::Result<zmq::Socket> {
-    let ep = cfg.addr.endpoint(Role::Work);
+fn work_socket(ctx: &zmq::Context, cfg: &WorkerConfig, at: usize) -> anyhow::Result<zmq::Socket> {
+    let ep = cfg.addr.get(at).endpoint(Role::Work);
     let s = util::socket(
         ctx,
         match cfg.dispatch {
@@ -315,8 +332,8 @@ fn work_socket(ctx: &zmq::Context, cfg: &WorkerConfig) -> anyhow::Result<zmq::So
     Ok(s)
 }
 
-fn result_socket(ctx: &zmq::Context, cfg: &WorkerConfig) -> anyhow::Result<zmq::Socket> {
-    let ep = cfg.addr.endpoint(Role::Results);
+fn result_socket(ctx: &zmq::Context, cfg: &WorkerConfig, at: usize) -> anyhow::Result<zmq::Socket> {
+    let ep = cfg.addr.get(at).endpoint(Role::Results);
     let s = util::socket(ctx, zmq::REQ)?;
     crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
     Ok(s)

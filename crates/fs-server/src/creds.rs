@@ -30,8 +30,17 @@ impl Identity {
     /// Probes whether this process may switch identities.
     pub fn probe(root_squash: bool) -> Identity {
         let (own_uid, own_gid) = (sys::geteuid(), sys::getegid());
-        let switch = sys::set_fs_identity(NOBODY, NOBODY, &[]).is_ok();
-        let _ = sys::set_fs_identity(own_uid, own_gid, &[]);
+        // On a thread of its own: a change of the file system identity clears the
+        // calling thread's parent-death signal (prctl PR_SET_PDEATHSIG, which supervisors
+        // such as `cluster up` and the tests set), and the main thread's is the one that
+        // counts.
+        let switch = std::thread::spawn(move || {
+            let switch = sys::set_fs_identity(NOBODY, NOBODY, &[]).is_ok();
+            let _ = sys::set_fs_identity(own_uid, own_gid, &[]);
+            switch
+        })
+        .join()
+        .unwrap_or(false);
         Identity { switch, root_squash, own_uid, own_gid }
     }
 
