@@ -20,6 +20,11 @@ struct Pair {
 
 impl Pair {
     fn new(standbys: usize, standby_extra: &[&str]) -> Pair {
+        Pair::with_primary(&[], standbys, standby_extra)
+    }
+
+    /// With `primary_extra` on the primary's command line.
+    fn with_primary(primary_extra: &[&str], standbys: usize, standby_extra: &[&str]) -> Pair {
         let dirs = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dirs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         for d in ["export", "state", "mnt"] {
@@ -29,7 +34,8 @@ impl Pair {
         std::fs::set_permissions(dirs.path().join("export"), std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
         let listen = format!("127.0.0.1:{}", free_port());
-        let primary = ServerProc::start(&dirs.path().join("export"), &dirs.path().join("state"), &listen, &[]);
+        let primary =
+            ServerProc::start(&dirs.path().join("export"), &dirs.path().join("state"), &listen, primary_extra);
         let mut p = Pair { dirs, primary, standbys: Vec::new() };
         for _ in 0..standbys {
             p.add_standby(standby_extra);
@@ -371,4 +377,86 @@ fn bad_redundancy_setups_get_one_line() {
     ]);
     assert!(e.contains("--key"), "{e}");
     assert!(!serving(&listen));
+}
+
+/// The server instance and the last notice applied, from a mount's status.
+fn notice_state(mnt: &std::path::Path) -> (String, u64) {
+    let s = mount_status(mnt);
+    let line = s.lines().find(|l| l.starts_with("notices subscribed")).unwrap_or_else(|| panic!("{s}"));
+    let instance = line.split("server instance ").nth(1).unwrap().split(',').next().unwrap().to_string();
+    let applied = line.rsplit(' ').next().unwrap().parse().unwrap();
+    (instance, applied)
+}
+
+/// Change notices go on across a takeover (the standby follows the sequencer): a mount
+/// with long caches (`actimeo=3600`) keeps what it cached (re-reading a file costs the
+/// new primary no READ), under the same server instance and numbering, and sees a change
+/// another mount makes after the takeover (only a notice can show it).
+#[test]
+fn notices_go_on_across_a_takeover() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut pair = Pair::new(1, &["--metrics", &metrics]);
+    std::fs::create_dir(pair.path("mnt-b")).unwrap();
+    let mut a = MountProc::start(&pair.addrs(), &pair.path("mnt"), "actimeo=3600");
+    let mut b = MountProc::start(&pair.addrs(), &pair.path("mnt-b"), "");
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    // Written and committed before mount a reads it, so no later notice touches it.
+    let mut w = std::fs::File::create(b.path("cached")).unwrap();
+    w.write_all(&data).unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    std::fs::write(b.path("f"), b"1").unwrap();
+    // Read twice: the first open after another mount's write also fetches the block
+    // at the end of the file once more; the second is all from the caches.
+    for _ in 0..2 {
+        assert!(std::fs::read(a.path("cached")).unwrap() == data);
+    }
+    assert_eq!(std::fs::metadata(a.path("f")).unwrap().len(), 1);
+    let (instance, applied) = notice_state(&pair.path("mnt"));
+    pair.primary.kill();
+    // The next change goes through the standby once it has taken over.
+    std::fs::write(b.path("f"), b"22").unwrap();
+    assert!(pair.log(0).contains("took over"), "{}", pair.log(0));
+    wait_until(Duration::from_secs(30), "mount a sees the change made after the takeover", || {
+        std::fs::metadata(a.path("f")).unwrap().len() == 2
+    });
+    let (instance_after, applied_after) = notice_state(&pair.path("mnt"));
+    assert_eq!(instance_after, instance, "the same instance: mount a kept its caches");
+    assert!(applied_after > applied, "numbering went on ({applied} -> {applied_after})");
+    assert!(std::fs::read(a.path("cached")).unwrap() == data);
+    let text = http_get(&metrics, "/metrics");
+    assert!(metric(&text, "fs_server_calls_total{op=\"READ\"}") < 1.0, "cached pages were read again:\n{text}");
+    b.unmount();
+    a.unmount();
+}
+
+/// A REMOVE the primary did but died before its notice (and its reply) left: the
+/// client's retransmission fails on the new primary (`ENOENT`: the call is not in its
+/// cache), which announces the name all the same, so a mount whose kernel keeps the
+/// name across the takeover (`actimeo=3600`, notices going on, no caches dropped) no
+/// longer shows the file.
+#[test]
+fn a_change_whose_notice_died_with_the_primary_is_announced_when_resent() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    // The primary makes a change, then waits 3 s before its cache, notice and reply.
+    let mut pair = Pair::with_primary(&["--test-delay-changes-ms", "3000"], 1, &[]);
+    std::fs::write(pair.path("export/y"), b"y").unwrap();
+    let mut a = MountProc::start(&pair.addrs(), &pair.path("mnt"), "actimeo=3600");
+    assert!(a.path("y").exists(), "the kernel now holds the name for an hour");
+    let mut c = Conn::connect(&pair.primary.addr).unwrap();
+    c.client = 0xc0de;
+    let root = c.mount();
+    let gone = Request::Remove { dir: root.clone(), name: b"y".to_vec() };
+    c.send(500, gone.clone()).unwrap();
+    c.flush().unwrap();
+    wait_until(Duration::from_secs(10), "the primary removed the file", || !pair.path("export/y").exists());
+    pair.primary.kill();
+    let standby = pair.standbys[0].addr.clone();
+    wait_until(Duration::from_secs(10), "the standby serves", || serving(&standby));
+    let mut s = Conn::connect(&standby).unwrap();
+    s.client = 0xc0de;
+    assert_eq!(s.call_xid(500, gone).err(), Some(Errno::ENOENT), "not in the new primary's cache");
+    wait_until(Duration::from_secs(10), "mount a no longer shows the file", || !a.path("y").exists());
+    a.unmount();
 }

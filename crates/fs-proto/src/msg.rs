@@ -414,20 +414,33 @@ pub enum Response {
         notices: Vec<Notice>,
     },
     /// FOLLOW's answer and the primary's beat to its standbys (xid 0): `next` is the
-    /// number the next replica will get.
+    /// number the next replica will get; `instance` and `notice_next` are the primary's
+    /// sequencer (its instance, and the number its next notice will get), which the
+    /// standby continues after a takeover.
     Following {
         next: u64,
+        instance: u64,
+        notice_next: u64,
     },
-    /// Pushed to standbys (xid 0): one non-idempotent call (`req`, an encoded `Request`)
-    /// of `client` under `xid` and the reply it got (an encoded `Reply`), for the
-    /// standby's duplicate request cache.
+    /// Pushed to standbys (xid 0): one non-idempotent call with the reply it got, for the
+    /// standby's duplicate request cache, and the notice of what a call changed, for its
+    /// copy of the sequencer (either may be absent).
     Replica {
         seq: u64,
-        client: u64,
-        xid: u64,
-        req: Vec<u8>,
-        reply: Vec<u8>,
+        call: Option<ReplicaCall>,
+        notice: Option<Notice>,
     },
+}
+
+/// One call of `client` under `xid` (`req`, an encoded `Request`) and the reply it got
+/// (an encoded `Reply`).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ReplicaCall {
+    pub client: u64,
+    pub xid: u64,
+    pub req: Vec<u8>,
+    pub reply: Vec<u8>,
 }
 
 /// One change the server made, numbered by its sequencer (one counter for the whole

@@ -142,7 +142,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                 println!("standby of {primary}");
                 let _ = std::io::stdout().flush();
             })?;
-            eprintln!("fs-server: took over from {primary}; serving on {addr}");
+            server.took_over();
+            eprintln!(
+                "fs-server: took over from {primary}; serving on {addr}; notices go on from {} (instance {:016x})",
+                server.notices.numbered() + 1,
+                server.notices.instance()
+            );
             Some(guard)
         }
         None => None,

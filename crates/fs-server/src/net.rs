@@ -100,7 +100,7 @@ impl Listener {
                 let per_second = (1000 / crate::replica::BEAT.as_millis()).max(1) as u64;
                 for n in 0u64.. {
                     every.tick().await;
-                    server.standbys.beat();
+                    server.beat_standbys();
                     if n % per_second == 0 {
                         server.notices.beat();
                     }
@@ -425,7 +425,7 @@ fn connection(
                 }
                 match pusher(replies.clone(), close.clone()) {
                     Ok(tx) => {
-                        server.standbys.add(conn, peer.clone(), call.xid, tx);
+                        server.follow_start(conn, peer.clone(), call.xid, tx);
                         following = true;
                     }
                     Err(e) => {
@@ -436,7 +436,7 @@ fn connection(
                 continue;
             }
             Request::FollowAck { seq } => {
-                server.standbys.ack(conn, seq);
+                server.follow_ack(conn, seq);
                 continue;
             }
             _ => {}
@@ -478,7 +478,7 @@ fn connection(
         server.notices.unsubscribe(conn);
     }
     if following {
-        server.standbys.remove(conn);
+        server.follow_end(conn);
         tracing::warn!(%peer, "a standby stopped following");
     }
     server.metrics.connections.dec();

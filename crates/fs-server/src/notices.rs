@@ -12,9 +12,11 @@
 //! of its own connection; a subscriber whose queue is full is dropped and its connection
 //! closed, and the mount, reconnecting, catches up from the history.
 //!
-//! A standby server (passive redundancy) would follow the counter so that numbering
-//! continues across a takeover; today a restarted server is a new instance, numbering
-//! from 1, and every mount revalidates.
+//! A standby server (passive redundancy) follows the counter: every notice reaches the
+//! standbys before any mount ([`Hub::record`] holds it, [`Hub::release`] pushes it once
+//! they have it; see [`crate::replica`]), and a standby that takes over numbers on under
+//! the same instance, so mounts keep what they cached. A restarted server without a
+//! standby is a new instance, numbering from 1, and every mount revalidates.
 
 use fs_proto::{encode_frame, Change, Notice, Reply, Request, Response};
 use std::collections::{HashMap, VecDeque};
@@ -48,6 +50,18 @@ impl Sequencer {
     /// The number the next notice gets.
     pub fn next(&self) -> u64 {
         self.next
+    }
+
+    /// A standby's copy: the primary numbered `n` (notices arrive in number order).
+    pub fn adopt(&mut self, n: Notice) {
+        if n.seq < self.next {
+            return;
+        }
+        self.next = n.seq + 1;
+        if self.history.len() == self.cap {
+            self.history.pop_front();
+        }
+        self.history.push_back(n);
     }
 
     /// The notices numbered after `after`, and whether that is all of them (false when
@@ -84,12 +98,18 @@ pub struct Hub {
 struct HubInner {
     seq: Sequencer,
     subs: HashMap<u64, SyncSender<Frame>>,
+    /// Numbered, not yet pushed: waiting until the standbys have them.
+    held: VecDeque<Notice>,
 }
 
 impl Hub {
     pub fn new(instance: u64, history: usize) -> Hub {
         Hub {
-            inner: Mutex::new(HubInner { seq: Sequencer::new(instance, history), subs: HashMap::new() }),
+            inner: Mutex::new(HubInner {
+                seq: Sequencer::new(instance, history),
+                subs: HashMap::new(),
+                held: VecDeque::new(),
+            }),
             drop_every: None,
         }
     }
@@ -104,12 +124,15 @@ impl Hub {
     /// its queue first, then every notice after it, with nothing lost in between.
     pub fn subscribe(&self, conn: u64, xid: u64, after: u64, tx: SyncSender<Frame>) {
         let mut h = crate::lock(&self.inner);
+        let next = h.released_next();
         let (mut notices, mut complete) = h.seq.since(after);
+        // Held notices are not the mounts' yet (the standbys may not have them).
+        notices.retain(|n| n.seq < next);
         if notices.len() > CATCH_UP {
             // More than one frame holds: as good as fallen out of the history.
             (notices, complete) = (Vec::new(), false);
         }
-        let res = Response::Notices { instance: h.seq.instance, next: h.seq.next(), complete, notices };
+        let res = Response::Notices { instance: h.seq.instance, next, complete, notices };
         let sent = match encode_frame(&Reply { xid, res: Ok(res) }) {
             Ok(f) => tx.try_send(Arc::new(f)).is_ok(),
             Err(_) => false,
@@ -128,16 +151,106 @@ impl Hub {
 
     /// Numbers a change made by `client` and pushes it to every subscriber.
     pub fn publish(&self, client: u64, changes: Vec<Change>) {
-        if changes.is_empty() {
-            return;
+        if let Some(n) = self.record(client, changes, |_| ()) {
+            self.release(n);
         }
+    }
+
+    /// Numbers a change made by `client` and holds its notice until [`Hub::release`];
+    /// `send` sees the notice under the sequencer's lock (so notices leave in number
+    /// order). Returns the notice's number, or `None` when nothing changed (`send` then
+    /// sees `None`).
+    pub fn record<R>(&self, client: u64, changes: Vec<Change>, send: impl FnOnce(Option<&Notice>) -> R) -> Option<u64>
+    where
+        R: Sized,
+    {
         let mut h = crate::lock(&self.inner);
+        if changes.is_empty() {
+            send(None);
+            return None;
+        }
         let notice = h.seq.record(client, changes);
-        if h.subs.is_empty() || self.drop_every.is_some_and(|k| notice.seq.is_multiple_of(k)) {
+        send(Some(&notice));
+        let n = notice.seq;
+        h.held.push_back(notice);
+        Some(n)
+    }
+
+    /// Pushes every held notice numbered up to `upto` to every subscriber, in order.
+    pub fn release(&self, upto: u64) {
+        let mut h = crate::lock(&self.inner);
+        while h.held.front().is_some_and(|n| n.seq <= upto) {
+            let notice = h.held.pop_front().expect("checked");
+            h.push(notice, self.drop_every);
+        }
+    }
+
+    /// Runs `f` with the sequencer's instance and next number, under its lock (a standby
+    /// added in `f` gets exactly the notices numbered from then on).
+    pub fn with_next<R>(&self, f: impl FnOnce(u64, u64) -> R) -> R {
+        let h = crate::lock(&self.inner);
+        f(h.seq.instance, h.seq.next())
+    }
+
+    /// A standby's copy of the primary's sequencer: its instance and next number (FOLLOW's
+    /// answer); the history starts empty.
+    pub fn follow(&self, instance: u64, next: u64) {
+        let mut h = crate::lock(&self.inner);
+        let cap = h.seq.cap;
+        h.seq = Sequencer::new(instance, cap);
+        h.seq.next = next;
+        h.held.clear();
+    }
+
+    /// A standby's copy: a notice the primary numbered.
+    pub fn adopt(&self, n: Notice) {
+        crate::lock(&self.inner).seq.adopt(n);
+    }
+
+    /// Tells every subscriber the next number, with no notice: a mount that missed the
+    /// last notices before a quiet spell learns of it within a beat (every second).
+    pub fn beat(&self) {
+        let mut h = crate::lock(&self.inner);
+        if h.subs.is_empty() {
             return;
         }
         let res =
-            Response::Notices { instance: h.seq.instance, next: h.seq.next(), complete: true, notices: vec![notice] };
+            Response::Notices { instance: h.seq.instance, next: h.released_next(), complete: true, notices: vec![] };
+        let Ok(frame) = encode_frame(&Reply { xid: 0, res: Ok(res) }) else { return };
+        let frame = Arc::new(frame);
+        h.subs.retain(|_, tx| !matches!(tx.try_send(frame.clone()), Err(TrySendError::Disconnected(_))));
+    }
+
+    /// The sequencer's instance.
+    pub fn instance(&self) -> u64 {
+        crate::lock(&self.inner).seq.instance
+    }
+
+    /// Notices numbered so far.
+    pub fn numbered(&self) -> u64 {
+        crate::lock(&self.inner).seq.next() - 1
+    }
+
+    pub fn subscribers(&self) -> usize {
+        crate::lock(&self.inner).subs.len()
+    }
+}
+
+impl HubInner {
+    /// The number of the next notice mounts will see: the first held one, else the
+    /// sequencer's next.
+    fn released_next(&self) -> u64 {
+        self.held.front().map_or(self.seq.next(), |n| n.seq)
+    }
+
+    /// Pushes one notice to every subscriber (tests: unless `drop_every` divides its
+    /// number).
+    fn push(&mut self, notice: Notice, drop_every: Option<u64>) {
+        if self.subs.is_empty() || drop_every.is_some_and(|k| notice.seq.is_multiple_of(k)) {
+            return;
+        }
+        let next = self.released_next();
+        let res = Response::Notices { instance: self.seq.instance, next, complete: true, notices: vec![notice] };
         let frame = match encode_frame(&Reply { xid: 0, res: Ok(res) }) {
             Ok(f) => Arc::new(f),
             Err(e) => {
@@ -145,7 +258,7 @@ impl Hub {
                 return;
             }
         };
-        h.subs.retain(|conn, tx| match tx.try_send(frame.clone()) {
+        self.subs.retain(|conn, tx| match tx.try_send(frame.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 tracing::warn!(
@@ -156,28 +269,6 @@ impl Hub {
             }
             Err(TrySendError::Disconnected(_)) => false,
         });
-    }
-
-    /// Tells every subscriber the next number, with no notice: a mount that missed the
-    /// last notices before a quiet spell learns of it within a beat (every second).
-    pub fn beat(&self) {
-        let mut h = crate::lock(&self.inner);
-        if h.subs.is_empty() {
-            return;
-        }
-        let res = Response::Notices { instance: h.seq.instance, next: h.seq.next(), complete: true, notices: vec![] };
-        let Ok(frame) = encode_frame(&Reply { xid: 0, res: Ok(res) }) else { return };
-        let frame = Arc::new(frame);
-        h.subs.retain(|_, tx| !matches!(tx.try_send(frame.clone()), Err(TrySendError::Disconnected(_))));
-    }
-
-    /// Notices numbered so far.
-    pub fn numbered(&self) -> u64 {
-        crate::lock(&self.inner).seq.next() - 1
-    }
-
-    pub fn subscribers(&self) -> usize {
-        crate::lock(&self.inner).subs.len()
     }
 }
 
@@ -214,6 +305,30 @@ pub fn changes(req: &Request, res: &Response) -> Vec<Change> {
         (Request::Link { fh, dir, name }, Response::Link { attr, dir: w }) => {
             vec![entry(dir, name), obj(dir, after(w)), obj(fh, Some(attr.change))]
         }
+        _ => Vec::new(),
+    }
+}
+
+/// What a call would change, from its request alone (no change attributes known): for a
+/// call that failed but may have been done by a primary that died before its notice left.
+pub fn targets(req: &Request) -> Vec<Change> {
+    let obj = |fh: &fs_proto::FileHandle| Change::Object { fh: fh.clone(), change: None };
+    let entry = |dir: &fs_proto::FileHandle, name: &[u8]| Change::Entry { dir: dir.clone(), name: name.to_vec() };
+    match req {
+        Request::SetAttr { fh, .. }
+        | Request::Fallocate { fh, .. }
+        | Request::SetXattr { fh, .. }
+        | Request::RemoveXattr { fh, .. } => vec![obj(fh)],
+        Request::Create { dir, name, .. }
+        | Request::Mkdir { dir, name, .. }
+        | Request::Symlink { dir, name, .. }
+        | Request::Mknod { dir, name, .. }
+        | Request::Remove { dir, name }
+        | Request::Rmdir { dir, name } => vec![entry(dir, name), obj(dir)],
+        Request::Rename { from_dir, from, to_dir, to, .. } => {
+            vec![entry(from_dir, from), entry(to_dir, to), obj(from_dir), obj(to_dir)]
+        }
+        Request::Link { fh, dir, name } => vec![entry(dir, name), obj(dir), obj(fh)],
         _ => Vec::new(),
     }
 }
@@ -267,6 +382,56 @@ mod tests {
         assert_eq!(seqs(&got[0]), [1]);
         assert_eq!((got[1].xid, seqs(&got[1])), (0, vec![2]));
         assert_eq!((got[2].xid, seqs(&got[2])), (0, vec![3]));
+    }
+
+    /// Notices held for the standbys reach no mount before they are released: not
+    /// pushed, not in a subscription's catch-up, not counted in a beat's `next`.
+    #[test]
+    fn held_notices_reach_no_mount_before_release() {
+        let hub = Hub::new(5, 100);
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        hub.subscribe(1, 7, u64::MAX, tx);
+        let mut sent = Vec::new();
+        let a = hub.record(1, ch(1), |n| sent.push(n.map(|n| n.seq))).unwrap();
+        let b = hub.record(1, ch(2), |n| sent.push(n.map(|n| n.seq))).unwrap();
+        assert_eq!((a, b, sent), (1, 2, vec![Some(1), Some(2)]));
+        hub.beat();
+        let (tx2, rx2) = std::sync::mpsc::sync_channel(QUEUE);
+        hub.subscribe(2, 8, 0, tx2);
+        let frames = |rx: &std::sync::mpsc::Receiver<Frame>| -> Vec<(u64, Vec<u64>)> {
+            rx.try_iter()
+                .map(|f| match fs_proto::decode::<Reply>(&f[4..]).unwrap().res {
+                    Ok(Response::Notices { next, notices, .. }) => (next, notices.iter().map(|n| n.seq).collect()),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(frames(&rx), [(1, vec![]), (1, vec![])], "the answer and a beat, both saying 1 comes next");
+        assert_eq!(frames(&rx2), [(1, vec![])], "a catch-up without the held ones");
+        hub.release(1);
+        assert_eq!(frames(&rx), [(2, vec![1])]);
+        hub.release(u64::MAX);
+        assert_eq!(frames(&rx), [(3, vec![2])]);
+        assert_eq!(frames(&rx2), [(2, vec![1]), (3, vec![2])]);
+    }
+
+    /// A standby's copy continues the primary's numbering under its instance.
+    #[test]
+    fn a_standby_continues_the_numbering() {
+        let hub = Hub::new(1, 100);
+        hub.follow(9, 41);
+        hub.adopt(Notice { seq: 41, client: 3, changes: ch(1) });
+        hub.adopt(Notice { seq: 42, client: 3, changes: ch(2) });
+        hub.publish(4, ch(3));
+        assert_eq!((hub.instance(), hub.numbered()), (9, 43));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        hub.subscribe(1, 7, 40, tx);
+        match fs_proto::decode::<Reply>(&rx.try_recv().unwrap()[4..]).unwrap().res {
+            Ok(Response::Notices { instance: 9, next: 44, complete: true, notices }) => {
+                assert_eq!(notices.iter().map(|n| n.seq).collect::<Vec<_>>(), [41, 42, 43])
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -81,7 +81,12 @@ pub struct Server {
     pub(crate) key: Option<fs_proto::secure::Key>,
     /// Standby servers following this one ([`crate::replica`]).
     pub standbys: crate::replica::Standbys,
+    /// When this server, a standby, took over from its primary.
+    took_over_at: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long after a takeover failed calls announce their targets (see `handle_call`).
+const TAKEOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Server {
     pub fn new(cfg: &Config) -> Result<Server, StartError> {
@@ -114,6 +119,7 @@ impl Server {
             metrics: Default::default(),
             key: cfg.key.clone(),
             standbys: Default::default(),
+            took_over_at: Mutex::new(None),
         })
     }
 
@@ -143,9 +149,15 @@ impl Server {
                 Request::Commit { .. } => Some(req.clone()),
                 _ => None,
             };
+            // COMMIT and a stable WRITE tell the client its data is safe: their notice
+            // reaches the standbys first (a standby that takes over has it).
+            let durable = matches!(
+                &req,
+                Request::Commit { .. } | Request::Write { stable: Stable::DataSync | Stable::FileSync, .. }
+            );
             let res = self.dispatch_caught(&cred, req);
             if let (Some(shape), Ok(r)) = (&shape, &res) {
-                self.notices.publish(client, crate::notices::changes(shape, r));
+                self.announce(client, crate::notices::changes(shape, r), None, durable);
             }
             return Some(Reply { xid, res });
         }
@@ -182,20 +194,86 @@ impl Server {
             // in progress.
             std::thread::sleep(self.test_delay_changes);
         }
-        if let Ok(r) = &reply.res {
-            self.notices.publish(client, crate::notices::changes(&req, r));
-        }
-        if self.standbys.is_empty() {
-            crate::lock(&self.drc).finish(client, xid, req, reply.clone());
-            self.drc_done.notify_all();
-        } else {
-            crate::lock(&self.drc).finish(client, xid, req.clone(), reply.clone());
-            self.drc_done.notify_all();
-            // Before the client sees it: a retransmission to a standby that took over
-            // gets this same reply.
-            self.standbys.replicate(client, xid, &req, &reply);
-        }
+        let changes = match &reply.res {
+            Ok(r) => crate::notices::changes(&req, r),
+            // Soon after a takeover, a call that fails may be the retransmission of one
+            // the old primary did and died before its notice reached us (a CREATE now
+            // answered EEXIST): its targets are announced all the same.
+            Err(_) if self.just_took_over() => crate::notices::targets(&req),
+            Err(_) => Vec::new(),
+        };
+        let call = (!self.standbys.is_empty()).then(|| fs_proto::ReplicaCall {
+            client,
+            xid,
+            req: fs_proto::encode_payload(&req),
+            reply: fs_proto::encode_payload(&reply),
+        });
+        crate::lock(&self.drc).finish(client, xid, req, reply.clone());
+        self.drc_done.notify_all();
+        // Before the client sees it: a retransmission to a standby that took over gets
+        // this same reply, and the standby has the notice.
+        self.announce(client, changes, call, true);
         Some(reply)
+    }
+
+    /// Numbers what a call changed, sends it (and `call`, for the standbys' duplicate
+    /// request cache) to the standbys, and pushes the notice to mounts once they all have
+    /// it; with `wait`, returns only then.
+    fn announce(&self, client: u64, changes: Vec<Change>, call: Option<fs_proto::ReplicaCall>, wait: bool) {
+        let mut sent = None;
+        let n = self.notices.record(client, changes, |notice| {
+            if call.is_some() || notice.is_some() {
+                sent = self.standbys.send(call, notice.cloned());
+            }
+        });
+        match sent {
+            // No standbys: nothing to wait for.
+            None => {
+                if let Some(n) = n {
+                    self.notices.release(n);
+                }
+            }
+            Some(sent) if wait => self.notices.release(self.standbys.wait(sent)),
+            // Pushed when the standbys acknowledge it (`follow_ack`).
+            Some(_) => {}
+        }
+    }
+
+    /// A standby follows on connection `conn` (its FOLLOW was call `xid`).
+    pub fn follow_start(
+        &self,
+        conn: u64,
+        peer: String,
+        xid: u64,
+        frames: std::sync::mpsc::SyncSender<crate::notices::Frame>,
+    ) {
+        self.notices.with_next(|instance, next| self.standbys.add(conn, peer, xid, frames, instance, next));
+    }
+
+    /// A standby acknowledged replicas up to `seq`: the notices it now has go out.
+    pub fn follow_ack(&self, conn: u64, seq: u64) {
+        self.notices.release(self.standbys.ack(conn, seq));
+    }
+
+    /// A standby's connection ended.
+    pub fn follow_end(&self, conn: u64) {
+        self.notices.release(self.standbys.remove(conn));
+    }
+
+    /// The standbys' beat (every 200 ms).
+    pub fn beat_standbys(&self) {
+        let w = self.notices.with_next(|instance, next| self.standbys.beat(instance, next));
+        self.notices.release(w);
+    }
+
+    /// This server took over from a primary (see [`Server::just_took_over`]).
+    pub fn took_over(&self) {
+        *crate::lock(&self.took_over_at) = Some(std::time::Instant::now());
+    }
+
+    /// Within a minute of a takeover (the mounts' retransmissions arrive then).
+    fn just_took_over(&self) -> bool {
+        crate::lock(&self.took_over_at).is_some_and(|t| t.elapsed() < TAKEOVER_WINDOW)
     }
 
     /// A standby's side of replication: a call the primary answered, for our cache.

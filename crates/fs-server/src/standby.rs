@@ -385,7 +385,9 @@ fn follow(server: &Arc<Server>, cfg: &StandbyConfig, ready: &mut dyn FnMut()) ->
             Err(e) => return silent(followed, e),
         };
         match (reply.xid, reply.res) {
-            (1, Ok(Response::Following { .. })) => {
+            (1, Ok(Response::Following { instance, notice_next, .. })) => {
+                // Our sequencer continues the primary's (see `crate::replica`).
+                server.notices.follow(instance, notice_next);
                 followed = true;
                 ready();
             }
@@ -400,10 +402,15 @@ fn follow(server: &Arc<Server>, cfg: &StandbyConfig, ready: &mut dyn FnMut()) ->
             }
             (1, Err(e)) => return Lost::Refused(format!("the server at {} refused FOLLOW: {e}", cfg.primary)),
             (0, Ok(Response::Following { .. })) => {}
-            (0, Ok(Response::Replica { seq, client, xid, req, reply })) => {
-                match (decode::<Request>(&req), decode::<Reply>(&reply)) {
-                    (Ok(req), Ok(reply)) => server.remember(client, xid, req, reply),
-                    _ => tracing::error!(seq, "a malformed replica; skipped"),
+            (0, Ok(Response::Replica { seq, call, notice })) => {
+                if let Some(c) = call {
+                    match (decode::<Request>(&c.req), decode::<Reply>(&c.reply)) {
+                        (Ok(req), Ok(reply)) => server.remember(c.client, c.xid, req, reply),
+                        _ => tracing::error!(seq, "a malformed replica; skipped"),
+                    }
+                }
+                if let Some(n) = notice {
+                    server.notices.adopt(n);
                 }
                 if let Err(e) = send(&mut *link.w, 2, Request::FollowAck { seq }) {
                     return silent(followed, e);
