@@ -1039,17 +1039,22 @@ fn a_broker_pair_survives_alternating_kills() {
     };
     progress_since(std::time::UNIX_EPOCH);
     ba.kill();
-    let t = std::time::SystemTime::now();
+    let (t, killed) = (std::time::SystemTime::now(), Instant::now());
     tests::wait_until(Duration::from_secs(30), "the backup takes over", || {
         log_count(&p("b.log"), "broker active") == 1
     });
+    let active_after = killed.elapsed();
+    progress_since(t);
+    eprintln!(
+        "broker pair: the backup active {active_after:?} after the kill, the job's output growing again after {:?}",
+        killed.elapsed()
+    );
     // The first comes back as it was started: it hears the active backup and stands by.
     let mut ba = start(&a, "--backup", &b, "a2.log");
     tests::wait_until(Duration::from_secs(10), "the restarted primary stands by", || {
         log_count(&p("a2.log"), "broker passive") == 1
     });
     assert_eq!(log_count(&p("a2.log"), "broker active"), 0, "it never served beside the active backup");
-    progress_since(t);
     assert!(!out.exists(), "the job is still running");
     bb.kill();
     tests::wait_until(Duration::from_secs(30), "the first takes over again", || {
