@@ -189,6 +189,11 @@ impl Batch {
         self.0.is_empty()
     }
 
+    /// The bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.0.iter().map(|w| w.1.len()).sum()
+    }
+
     /// The COMMIT answered with `verifier`: writes made under another one are resent,
     /// less what a newer write of the batch covers, whatever its verifier (a write made
     /// after a takeover, under the new one, must not be overwritten by an older one made

@@ -136,6 +136,9 @@ pub struct Client {
     atime_kept_by_server: std::sync::atomic::AtomicBool,
     /// Background commits running, and a wake-up when one ends.
     background: AtomicU64,
+    /// Bytes of committed writes freed since memory was last handed back (see
+    /// `Client::give_back_memory`).
+    untrimmed: std::sync::atomic::AtomicUsize,
     quiet: Notify,
     /// The server's clock as this mount sees it (Cristian's algorithm), and the start of
     /// the monotonic time it is slewed by.
@@ -177,6 +180,7 @@ impl Client {
             max_io: max_io.clamp(4096, MAX_IO),
             atime_kept_by_server: std::sync::atomic::AtomicBool::new(true),
             background: AtomicU64::new(0),
+            untrimmed: Default::default(),
             quiet: Notify::new(),
             clock: Mutex::new(Default::default()),
             started: Instant::now(),

@@ -175,6 +175,7 @@ impl Client {
                 if let Err(e) = this.sync(&f).await {
                     tracing::warn!(ino, "background commit failed: {e}");
                 }
+                this.give_back_memory();
                 let reopened = {
                     let mut files = this.files.lock().unwrap();
                     let reopened =

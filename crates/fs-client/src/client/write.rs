@@ -177,6 +177,7 @@ impl Client {
             return Ok(true);
         }
         let cred = f.cred.lock().unwrap().clone();
+        let freed = batch.bytes();
         let res = self.rpc.call(&cred, Request::Commit { fh: f.fh.clone(), offset: 0, count: 0 }).await;
         let mut wb = f.wb.lock().unwrap();
         match res {
@@ -214,6 +215,9 @@ impl Client {
                             n.data_change = after.change;
                         }
                     }
+                }
+                if clean {
+                    self.untrimmed.fetch_add(freed, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok(clean)
             }
@@ -265,5 +269,29 @@ impl Client {
             f.wb.lock().unwrap().unstable.forget(offset, offset.saturating_add(len));
         }
         Ok(())
+    }
+}
+
+/// Committed data freed since memory was last handed back, past which a last close
+/// hands it back.
+const TRIM_AFTER: usize = 16 << 20;
+
+impl Client {
+    /// After a file's last close and COMMIT: written data waits for its COMMIT in 1 MiB
+    /// chunks allocated on the thread that wrote it (a FUSE thread, with its own malloc
+    /// arena), while page-cache blocks are filled on the runtime's threads, so freed
+    /// chunks stayed in the writers' arenas while the cache grew in others (a peak of
+    /// 439 MiB through a 256 MiB cache). `malloc_trim` returns them between files; not
+    /// during a long write, whose chunks are reused warm (a fixed mmap threshold, or
+    /// trimming after every COMMIT, cost a fifth to a quarter of the sequential write
+    /// speed).
+    pub(super) fn give_back_memory(&self) {
+        if self.untrimmed.load(std::sync::atomic::Ordering::Relaxed) >= TRIM_AFTER {
+            self.untrimmed.store(0, std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: malloc_trim only releases free memory; it is safe at any time.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 }
