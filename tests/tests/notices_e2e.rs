@@ -374,3 +374,48 @@ fn storm_against_readers(threads: &str) {
     let last = std::fs::read(rig.export("d/f0")).unwrap();
     wait_until(Duration::from_secs(5), "the last content", || std::fs::read(b.path("d/f0")).unwrap() == last);
 }
+
+/// A folder this mount made: it knows every name in it through its own changes, so
+/// looking up a new name before making it (`create`, untar) costs no round trip. Another
+/// mount's create in it is seen at once (the knowledge ends with its notice), and our own
+/// changes after that are right too.
+#[test]
+fn names_of_a_folder_we_made_need_no_lookup_and_follow_another_mount() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "");
+    for m in [&rig.mount.mountpoint, &b.mountpoint] {
+        wait_until(Duration::from_secs(10), "subscribed", || mount_status(m).contains("notices subscribed"));
+    }
+    std::fs::create_dir(rig.mnt("d")).unwrap();
+    let lookups = || calls(&rig.mount.mountpoint, "LOOKUP");
+    let before = lookups();
+    let make = |p: std::path::PathBuf| {
+        std::fs::OpenOptions::new().write(true).create_new(true).open(p).unwrap();
+    };
+    for i in 0..100 {
+        make(rig.mnt(&format!("d/f{i}")));
+    }
+    std::fs::rename(rig.mnt("d/f0"), rig.mnt("d/g0")).unwrap();
+    std::fs::remove_file(rig.mnt("d/f1")).unwrap();
+    std::fs::create_dir(rig.mnt("d/sub")).unwrap();
+    make(rig.mnt("d/sub/x"));
+    for gone in ["d/f0", "d/f1", "d/nothing", "d/sub/y"] {
+        assert!(!rig.mnt(gone).exists(), "{gone}");
+    }
+    assert_eq!(lookups(), before, "no LOOKUP of a new name reached the server");
+    // Another mount makes a name here: this mount's "no such name" ends with its notice.
+    std::fs::write(b.path("d/theirs"), b"x").unwrap();
+    wait_until(Duration::from_secs(5), "the other mount's file seen", || rig.mnt("d/theirs").exists());
+    make(rig.mnt("d/f100"));
+    std::fs::remove_file(b.path("d/f2")).unwrap();
+    wait_until(Duration::from_secs(5), "the other mount's removal seen", || !rig.mnt("d/f2").exists());
+    let mut names: Vec<String> =
+        std::fs::read_dir(rig.mnt("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let mut want: Vec<String> =
+        std::fs::read_dir(rig.export("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(names.len(), 101, "f0 renamed, f1 and f2 gone, sub, f100 and theirs made");
+}

@@ -36,6 +36,7 @@
 
 mod attrs;
 mod creds;
+mod known;
 mod names;
 mod notify;
 mod open;
@@ -151,6 +152,9 @@ pub struct Client {
     gate: Arc<tokio::sync::RwLock<()>>,
     /// Recent directory listings, kept while the promise covers them. A leaf lock.
     listings: Mutex<LruCache<u64, Arc<open::Listing>>>,
+    /// Every name of directories we made, kept through our own changes ([`known`]).
+    /// Taken after `inodes` (never the other way).
+    known: Mutex<LruCache<u64, known::Known>>,
 }
 
 fn unexpected(r: Response) -> Errno {
@@ -189,6 +193,7 @@ impl Client {
             notice_applied: Notify::new(),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             listings: Mutex::new(LruCache::new(NonZeroUsize::new(64).unwrap())),
+            known: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             opts,
         })
     }
@@ -213,6 +218,9 @@ impl Client {
             // A change of ours makes no notice here (its reply tells us), and the
             // attributes a kept listing holds for the object would be stale.
             self.listings.lock().unwrap().clear();
+            let res = self.rpc.call(cred, req.clone()).await;
+            self.known_after(&req, &res);
+            return res;
         }
         self.rpc.call(cred, req).await
     }

@@ -9,6 +9,9 @@ use std::time::Instant;
 impl Client {
     pub async fn lookup(&self, c: Caller, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
         let dir = self.fh(parent)?;
+        if name != b"." && name != b".." && self.known_absent(parent, name) {
+            return Err(Errno::ENOENT);
+        }
         // What a listing under the promise brought answers without a round trip (`ls -l`
         // after `ls`): a name it holds with its handle, or no such name. (The kernel
         // checked search permission on the directory before asking.)
@@ -49,8 +52,11 @@ impl Client {
 
     pub async fn mkdir(&self, c: Caller, parent: u64, name: &[u8], mode: u32) -> Result<Entry, Errno> {
         let dir = self.fh(parent)?;
+        let mark = self.mark();
         let r = self.call(&self.cred(c), Request::Mkdir { dir: dir.clone(), name: name.to_vec(), mode }).await?;
-        self.created(parent, name, &dir, r)
+        let e = self.created(parent, name, &dir, r)?;
+        self.know_new_dir(e.ino, e.attr.ctime, mark);
+        Ok(e)
     }
 
     pub async fn symlink(&self, c: Caller, parent: u64, name: &[u8], target: &[u8]) -> Result<Entry, Errno> {

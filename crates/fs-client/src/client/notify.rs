@@ -123,9 +123,12 @@ impl Client {
     /// The promise lapsed (the connection went away): nothing is promised until the
     /// next subscription is caught up.
     pub fn notices_lapsed(&self) {
-        let mut v = self.notice.lock().unwrap();
-        v.live = false;
-        v.epoch += 1;
+        {
+            let mut v = self.notice.lock().unwrap();
+            v.live = false;
+            v.epoch += 1;
+        }
+        self.known_forget();
     }
 
     /// Subscribed and caught up to `applied`.
