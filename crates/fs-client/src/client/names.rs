@@ -34,7 +34,11 @@ impl Client {
                 if let Some(d) = dattr {
                     self.note_attr(dir, &d);
                 }
-                Ok(self.remember(parent, name, &fh, attr, mark))
+                let e = self.remember(parent, name, &fh, attr, mark);
+                if let Some(n) = self.inodes.lock().unwrap().get_mut(e.ino) {
+                    n.looked_up = Some(Instant::now());
+                }
+                Ok(e)
             }
             r => Err(unexpected(r)),
         }
