@@ -205,7 +205,13 @@ impl Broker {
                 tracing::warn!(term, "broker passive: {why}; what it held is dropped");
                 self.d = self.fresh_dispatcher();
             }
-            Change::Fatal(why) => anyhow::bail!("broker pair misconfigured: {why}"),
+            Change::Fatal(why) => {
+                // Our state has just been sent to the peer (an answer goes out before its
+                // request is taken in): give ZeroMQ's I/O thread a moment to deliver it,
+                // so the peer finds the mistake too and exits, instead of serving alone.
+                std::thread::sleep(Duration::from_millis(300));
+                anyhow::bail!("broker pair misconfigured: {why}")
+            }
         }
         Ok(())
     }
