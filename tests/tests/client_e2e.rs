@@ -751,37 +751,3 @@ fn the_mount_helper_mounts_in_the_background() {
         assert!(!tests::is_mounted(&mp));
     }
 }
-
-/// `noac`: a `stat` is a GETATTR of the folder, a LOOKUP and a GETATTR of the file; the
-/// last is answered with what the LOOKUP of the same `stat` brought, so each `stat` costs
-/// two round trips, not three, and another mount's change shows at the next `stat` all
-/// the same.
-#[test]
-fn a_noac_stat_asks_for_the_files_attributes_once_and_is_current() {
-    let _w = Watchdog::new(Duration::from_secs(60));
-    let rig = Rig::new("");
-    let noac = rig.second_mount("mnt2", "noac");
-    std::fs::write(rig.mnt("f"), b"1").unwrap();
-    let calls = |op: &str| -> u64 {
-        let prefix = format!("call {op} ");
-        tests::mount_status(&noac.mountpoint)
-            .lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.split_whitespace().nth(2))
-            .map_or(0, |n| n.parse().unwrap())
-    };
-    let (lookups, getattrs) = (calls("LOOKUP"), calls("GETATTR"));
-    for _ in 0..50 {
-        assert_eq!(std::fs::metadata(noac.path("f")).unwrap().len(), 1);
-    }
-    let (lookups, getattrs) = (calls("LOOKUP") - lookups, calls("GETATTR") - getattrs);
-    assert!(lookups >= 50, "a LOOKUP per stat ({lookups})");
-    // Each stat also asks for the folder's attributes (the kernel checks search
-    // permission): 50 of those, and few of the file's (a notice of the other mount's
-    // background COMMIT may arrive between a LOOKUP and its GETATTR).
-    assert!(getattrs < 60, "the file's GETATTRs were answered by the LOOKUPs ({getattrs} reached the server)");
-    for i in 0..50u64 {
-        std::fs::write(rig.mnt("f"), vec![b'x'; i as usize + 2]).unwrap();
-        assert_eq!(std::fs::metadata(noac.path("f")).unwrap().len(), i + 2, "current at once");
-    }
-}

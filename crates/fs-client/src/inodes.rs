@@ -39,9 +39,6 @@ pub struct Node {
     /// Names the kernel may hold this object under (parent node, name), for dropping
     /// every name when notices were missed. At most [`NAMES`], the latest.
     pub names: Vec<(u64, Vec<u8>)>,
-    /// When a LOOKUP brought `attr` from the server; the GETATTR that follows it within
-    /// the same `stat` (with attribute timeouts of zero) is answered from it, once.
-    pub looked_up: Option<Instant>,
 }
 
 /// Names remembered per object (hard links beyond this are rare; a name forgotten here
@@ -93,7 +90,6 @@ impl Inodes {
                 notice_seq: 0,
                 promised_until: None,
                 names: Vec::new(),
-                looked_up: None,
             },
         );
         t
@@ -141,7 +137,6 @@ impl Inodes {
                 notice_seq: 0,
                 promised_until: None,
                 names: Vec::new(),
-                looked_up: None,
             },
         );
         ino

@@ -7,9 +7,6 @@ use fs_proto::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a LOOKUP's attributes answer the GETATTR of the same `stat`.
-const LOOKUP_FRESH: std::time::Duration = std::time::Duration::from_millis(1);
-
 impl Client {
     /// What the kernel should see: the server's attributes, with the size grown by
     /// writes still buffered here.
@@ -32,21 +29,13 @@ impl Client {
         // drops its copy after each create or unlink, and asking the server again cost a
         // second round trip per `rm` (RFC 1813, 2.6). Files always ask: an unlink or
         // link elsewhere changes their link count without telling us.
-        let (fresh, just_looked_up) = {
-            let mut t = self.inodes.lock().unwrap();
-            let n = t.get_mut(ino).ok_or(Errno::ESTALE)?;
-            // A `stat` with attribute timeouts of zero (`noac`) is a LOOKUP and then a
-            // GETATTR: the second is answered with what the first brought a moment ago
-            // (the stat's own lookup; any change of ours or a notice clears it), once.
-            let just = n.looked_up.take().is_some_and(|t| t.elapsed() < LOOKUP_FRESH);
-            let dir = n.attr.kind == FileKind::Directory && Instant::now() < n.attr_valid_until;
-            (dir.then_some(n.attr), just.then_some(n.attr))
+        let fresh = {
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino).ok_or(Errno::ESTALE)?;
+            (n.attr.kind == FileKind::Directory && Instant::now() < n.attr_valid_until).then_some(n.attr)
         };
         if let Some(a) = fresh {
             return Ok((a, self.attr_ttl(&a), None));
-        }
-        if let Some(a) = just_looked_up {
-            return Ok((self.local_view(ino, a), self.attr_ttl(&a), None));
         }
         let fh = self.fh(ino)?;
         let mark = self.mark();

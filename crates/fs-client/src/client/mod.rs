@@ -344,7 +344,6 @@ impl Client {
             if let Some(n) = t.get_mut(ino) {
                 n.attr = *attr;
                 n.attr_valid_until = Instant::now() + ttl;
-                n.looked_up = None;
             }
         }
     }

@@ -34,11 +34,7 @@ impl Client {
                 if let Some(d) = dattr {
                     self.note_attr(dir, &d);
                 }
-                let e = self.remember(parent, name, &fh, attr, mark);
-                if let Some(n) = self.inodes.lock().unwrap().get_mut(e.ino) {
-                    n.looked_up = Some(Instant::now());
-                }
-                Ok(e)
+                Ok(self.remember(parent, name, &fh, attr, mark))
             }
             r => Err(unexpected(r)),
         }

@@ -165,7 +165,6 @@ impl Client {
                         }
                         node.notice_seq = n.seq;
                         node.promised_until = None;
-                        node.looked_up = None;
                         node.attr_valid_until = now;
                         out.push(Inval::Inode(ino));
                     }
@@ -174,7 +173,6 @@ impl Client {
                         let node = t.get_mut(ino).expect("indexed");
                         node.notice_seq = n.seq;
                         node.promised_until = None;
-                        node.looked_up = None;
                         out.push(Inval::Entry(ino, name.clone()));
                     }
                 }
@@ -205,7 +203,6 @@ impl Client {
             let mut t = self.inodes.lock().unwrap();
             for (ino, n) in t.nodes_mut() {
                 n.promised_until = None;
-                n.looked_up = None;
                 n.attr_valid_until = now;
                 out.push(Inval::Inode(ino));
                 out.extend(n.names.iter().map(|(p, name)| Inval::Entry(*p, name.clone())));
