@@ -232,6 +232,15 @@ fn spool_on_a_real_mount_read_through_a_second_mount() {
     drop((wa, wb));
 }
 
+/// Waits until a watcher has written primes of the job to `tmp` since `since` (it is
+/// mid-job). A restarted watcher starts the file afresh (truncating it, which sets its
+/// mtime), so the killed one's leftover file, changed before `since`, does not count.
+fn wait_for_progress(tmp: &std::path::Path, since: std::time::SystemTime) {
+    tests::wait_until(Duration::from_secs(60), "progress on the job", || {
+        std::fs::metadata(tmp).is_ok_and(|m| m.len() > 0 && m.modified().unwrap() > since)
+    });
+}
+
 /// The watcher, then the broker, killed in the middle of a job: after restarts the job
 /// finishes, whole, and nothing half-written is ever in out/.
 #[test]
@@ -265,14 +274,7 @@ fn spool_job_survives_watcher_and_broker_crashes() {
     // the mount's size counts them.)
     let tmp = rig.mnt("spool/out/.j.primes.tmp@w");
     let out = rig.mnt("spool/out/j.primes");
-    // Waits until a watcher has written primes of the job since `since` (it is mid-job).
-    // A restarted watcher starts the file afresh (truncating it, which sets its mtime),
-    // so the killed one's leftover file, changed before `since`, does not count.
-    let wait_for_progress = |since: std::time::SystemTime| {
-        tests::wait_until(Duration::from_secs(60), "progress on the job", || {
-            std::fs::metadata(&tmp).is_ok_and(|m| m.len() > 0 && m.modified().unwrap() > since)
-        });
-    };
+    let wait_for_progress = |since| wait_for_progress(&tmp, since);
     wait_for_progress(std::time::UNIX_EPOCH);
     w.kill();
     assert!(!out.exists(), "nothing in out/ while the job is unfinished");
@@ -1032,11 +1034,7 @@ fn a_broker_pair_survives_alternating_kills() {
     std::fs::write(spool.join("in/j.job"), format!("{lo}..{hi}\n")).unwrap();
     let tmp = spool.join("out/.j.primes.tmp@w");
     let out = spool.join("out/j.primes");
-    let progress_since = |since: std::time::SystemTime| {
-        tests::wait_until(Duration::from_secs(60), "progress on the job", || {
-            std::fs::metadata(&tmp).is_ok_and(|m| m.len() > 0 && m.modified().unwrap() > since)
-        });
-    };
+    let progress_since = |since| wait_for_progress(&tmp, since);
     progress_since(std::time::UNIX_EPOCH);
     ba.kill();
     let (t, killed) = (std::time::SystemTime::now(), Instant::now());

@@ -96,6 +96,16 @@ pub struct Broker {
 /// A peer silent for this many heartbeats is presumed dead.
 const PEER_EXPIRY_BEATS: u32 = 3;
 
+fn peer_expiry(cfg: &BrokerConfig) -> Duration {
+    cfg.heartbeat * PEER_EXPIRY_BEATS
+}
+
+fn new_dispatcher(cfg: &BrokerConfig) -> Dispatcher {
+    let mut d = Dispatcher::new(cfg.liveness, cfg.redispatch);
+    d.load_aware = cfg.dispatch == Dispatch::Load;
+    d
+}
+
 impl Broker {
     /// Binds the four sockets; a port in use or a bad address fails here, with the
     /// endpoint named.
@@ -133,11 +143,7 @@ impl Broker {
             work: bind(work_kind, Role::Work)?,
             res: bind(zmq::ROUTER, Role::Results)?,
             publ: bind(zmq::PUB, Role::Publish)?,
-            d: {
-                let mut d = Dispatcher::new(cfg.liveness, cfg.redispatch);
-                d.load_aware = cfg.dispatch == Dispatch::Load;
-                d
-            },
+            d: new_dispatcher(&cfg),
             seqs: lru::LruCache::new(std::num::NonZeroUsize::new(STREAMS).expect("not zero")),
             published: 0,
             classic: match &cfg.classic {
@@ -153,8 +159,7 @@ impl Broker {
                     s.set_sndhwm(4)?;
                     let ep = peer.endpoint(Role::Sources);
                     crate::curve::connect(&s, &ep).map_err(|e| sock_err("connect to", &ep, e))?;
-                    let expiry = cfg.heartbeat * PEER_EXPIRY_BEATS;
-                    Some((Bstar::new(*role, expiry, Instant::now()), Some(s)))
+                    Some((Bstar::new(*role, peer_expiry(&cfg), Instant::now()), Some(s)))
                 }
                 None => None,
             },
@@ -186,8 +191,7 @@ impl Broker {
             // primary of a pair, active already. It answers its backup but cannot wait
             // for it when it starts; `--backup ADDR` gives it that.
             tracing::warn!("a backup broker follows this one: it is the active primary of a pair");
-            let expiry = self.cfg.heartbeat * PEER_EXPIRY_BEATS;
-            self.bstar = Some((Bstar::serving(crate::bstar::Role::Primary, expiry, now), None));
+            self.bstar = Some((Bstar::serving(crate::bstar::Role::Primary, peer_expiry(&self.cfg), now), None));
         }
         let Some((b, _)) = self.bstar.as_mut() else { return Ok(()) };
         let change = b.on_peer(state, term, now);
@@ -203,7 +207,7 @@ impl Broker {
             }
             Change::Passive(why) => {
                 tracing::warn!(term, "broker passive: {why}; what it held is dropped");
-                self.d = self.fresh_dispatcher();
+                self.d = new_dispatcher(&self.cfg);
             }
             Change::Fatal(why) => {
                 // Our state has just been sent to the peer (an answer goes out before its
@@ -216,12 +220,6 @@ impl Broker {
         Ok(())
     }
 
-    fn fresh_dispatcher(&self) -> Dispatcher {
-        let mut d = Dispatcher::new(self.cfg.liveness, self.cfg.redispatch);
-        d.load_aware = self.cfg.dispatch == Dispatch::Load;
-        d
-    }
-
     /// Our state as told to the peer (none outside a pair).
     fn peer_state(&self) -> Option<Msg> {
         self.bstar.as_ref().map(|(b, _)| Msg::Peer { state: b.state().code(), term: b.term() })
@@ -229,9 +227,8 @@ impl Broker {
 
     /// Tells the peer our state; reads its answers.
     fn tell_peer(&mut self, now: Instant) -> anyhow::Result<()> {
-        let Some((b, Some(s))) = &self.bstar else { return Ok(()) };
-        let mine = Msg::Peer { state: b.state().code(), term: b.term() }.encode();
-        let _ = s.send_multipart([&[][..], &mine], zmq::DONTWAIT);
+        let (Some(mine), Some((_, Some(s)))) = (self.peer_state(), &self.bstar) else { return Ok(()) };
+        let _ = s.send_multipart([&[][..], &mine.encode()], zmq::DONTWAIT);
         self.read_peer(now)
     }
 

@@ -477,12 +477,10 @@ impl<'a> Spool<'a> {
             if src.switches != switches_seen {
                 switches_seen = src.switches;
                 tracing::warn!(job = name, batches = pending.len(), "another broker took over; submitting again");
-                for (&i, values) in &pending {
-                    match src.submit(job_id, i, values) {
-                        Ok(()) => resubmitted += 1,
-                        Err(SourceError::Stopped) => return Ok(None),
-                        Err(e) => return Err(e.into()),
-                    }
+                match submit_all(&mut src, job_id, &pending) {
+                    Ok(n) => resubmitted += n,
+                    Err(SourceError::Stopped) => return Ok(None),
+                    Err(e) => return Err(e.into()),
                 }
                 // Submitting may have turned round the list again: that is seen next time.
                 last_progress = Instant::now();
@@ -494,12 +492,10 @@ impl<'a> Spool<'a> {
                     "no progress for {:?}; submitting again",
                     self.cfg.stall
                 );
-                for (&i, values) in &pending {
-                    match src.submit(job_id, i, values) {
-                        Ok(()) => resubmitted += 1,
-                        Err(SourceError::Stopped) => return Ok(None),
-                        Err(e) => return Err(e.into()),
-                    }
+                match submit_all(&mut src, job_id, &pending) {
+                    Ok(n) => resubmitted += n,
+                    Err(SourceError::Stopped) => return Ok(None),
+                    Err(e) => return Err(e.into()),
                 }
                 last_progress = Instant::now();
             }
@@ -520,6 +516,14 @@ impl<'a> Spool<'a> {
         );
         Ok(Some(Summary { text, primes }))
     }
+}
+
+/// Submits every pending batch again; returns how many.
+fn submit_all(src: &mut Source<'_>, job: u64, pending: &BTreeMap<u32, Vec<i64>>) -> Result<u64, SourceError> {
+    for (&i, values) in pending {
+        src.submit(job, i, values)?;
+    }
+    Ok(pending.len() as u64)
 }
 
 struct Summary {

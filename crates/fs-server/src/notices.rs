@@ -39,12 +39,17 @@ impl Sequencer {
     /// Numbers a change and keeps it in the history.
     pub fn record(&mut self, client: u64, changes: Vec<Change>) -> Notice {
         let n = Notice { seq: self.next, client, changes };
-        self.next += 1;
+        self.keep(n.clone());
+        n
+    }
+
+    /// Keeps `n` in the history; the next number follows it.
+    fn keep(&mut self, n: Notice) {
+        self.next = n.seq + 1;
         if self.history.len() == self.cap {
             self.history.pop_front();
         }
-        self.history.push_back(n.clone());
-        n
+        self.history.push_back(n);
     }
 
     /// The number the next notice gets.
@@ -54,14 +59,9 @@ impl Sequencer {
 
     /// A standby's copy: the primary numbered `n` (notices arrive in number order).
     pub fn adopt(&mut self, n: Notice) {
-        if n.seq < self.next {
-            return;
+        if n.seq >= self.next {
+            self.keep(n);
         }
-        self.next = n.seq + 1;
-        if self.history.len() == self.cap {
-            self.history.pop_front();
-        }
-        self.history.push_back(n);
     }
 
     /// The notices numbered after `after`, and whether that is all of them (false when
@@ -151,7 +151,7 @@ impl Hub {
 
     /// Numbers a change made by `client` and pushes it to every subscriber.
     pub fn publish(&self, client: u64, changes: Vec<Change>) {
-        if let Some(n) = self.record(client, changes, |_| ()) {
+        if let Some(n) = self.record(client, changes, |_| {}) {
             self.release(n);
         }
     }
@@ -160,10 +160,7 @@ impl Hub {
     /// `send` sees the notice under the sequencer's lock (so notices leave in number
     /// order). Returns the notice's number, or `None` when nothing changed (`send` then
     /// sees `None`).
-    pub fn record<R>(&self, client: u64, changes: Vec<Change>, send: impl FnOnce(Option<&Notice>) -> R) -> Option<u64>
-    where
-        R: Sized,
-    {
+    pub fn record(&self, client: u64, changes: Vec<Change>, send: impl FnOnce(Option<&Notice>)) -> Option<u64> {
         let mut h = crate::lock(&self.inner);
         if changes.is_empty() {
             send(None);
@@ -196,9 +193,7 @@ impl Hub {
     /// answer); the history starts empty.
     pub fn follow(&self, instance: u64, next: u64) {
         let mut h = crate::lock(&self.inner);
-        let cap = h.seq.cap;
-        h.seq = Sequencer::new(instance, cap);
-        h.seq.next = next;
+        h.seq = Sequencer { next, ..Sequencer::new(instance, h.seq.cap) };
         h.held.clear();
     }
 

@@ -66,16 +66,16 @@ impl Client {
 
     /// Whether `name` is known not to be in directory `dir`.
     pub(super) fn known_absent(&self, dir: u64, name: &[u8]) -> bool {
-        let mark = match self.known.lock().unwrap().get(&dir) {
-            Some(k) if !k.names.contains(name) => k.mark,
-            _ => return false,
-        };
-        let unchanged = {
+        let mark = {
             let t = self.inodes.lock().unwrap();
-            let k = self.known.lock().unwrap();
-            t.get(dir).zip(k.peek(&dir)).is_some_and(|(n, k)| n.attr.ctime == k.ctime)
+            let mut known = self.known.lock().unwrap();
+            match (known.get(&dir), t.get(dir)) {
+                // As our last change left it, and the name not among its names.
+                (Some(k), Some(n)) if n.attr.ctime == k.ctime && !k.names.contains(name) => k.mark,
+                _ => return false,
+            }
         };
-        unchanged && self.promised(mark, &[dir]) == Some(true)
+        self.promised(mark, &[dir]) == Some(true)
     }
 
     /// After a call of ours: the names it changed, in the directories we know.
