@@ -23,24 +23,36 @@ pub fn start(client: Arc<Client>, rt: tokio::runtime::Handle, kernel: Arc<OnceLo
         let mut f = Follower::default();
         let mut refused = false;
         subscribe(&client, &rt, &kernel, &mut f, &mut refused);
-        while let Ok(p) = rx.recv() {
-            match p {
-                Push::Connected => {
-                    // Several reconnects queued: one subscription, on the latest.
-                    let mut more = Vec::new();
-                    while let Ok(q) = rx.try_recv() {
-                        more.push(q);
-                    }
-                    f.disconnected();
-                    client.notices_lapsed();
-                    subscribe(&client, &rt, &kernel, &mut f, &mut refused);
-                    for q in more {
-                        if let Push::Reply(r) = q {
-                            pushed(&client, &kernel, &mut f, r);
+        while let Ok(first) = rx.recv() {
+            // Whatever else came meanwhile is applied before acknowledging once.
+            let mut ack = false;
+            let mut next = Some(first);
+            while let Some(p) = next.take() {
+                match p {
+                    Push::Connected => {
+                        // Several reconnects queued: one subscription, on the latest.
+                        let mut more = Vec::new();
+                        while let Ok(q) = rx.try_recv() {
+                            more.push(q);
+                        }
+                        f.disconnected();
+                        client.notices_lapsed();
+                        subscribe(&client, &rt, &kernel, &mut f, &mut refused);
+                        for q in more {
+                            if let Push::Reply(r) = q {
+                                ack |= pushed(&client, &kernel, &mut f, r);
+                            }
                         }
                     }
+                    Push::Reply(r) => ack |= pushed(&client, &kernel, &mut f, r),
                 }
-                Push::Reply(r) => pushed(&client, &kernel, &mut f, r),
+                next = rx.try_recv().ok();
+            }
+            if ack && f.live() {
+                // Our caches and the kernel's no longer hold what they changed: the
+                // writer's COMMIT or SETATTR may return (see `NoticeAck`).
+                let cred = Cred { uid: 0, gid: 0, groups: vec![] };
+                client.rpc().send_oneway(&cred, Request::NoticeAck { upto: f.applied() });
             }
         }
     });
@@ -49,11 +61,17 @@ pub fn start(client: Arc<Client>, rt: tokio::runtime::Handle, kernel: Arc<OnceLo
     }
 }
 
-fn pushed(client: &Client, kernel: &OnceLock<fuser::Notifier>, f: &mut Follower, r: Box<fs_proto::Reply>) {
-    if let Ok(Response::Notices { instance, next, notices, .. }) = r.res {
-        let steps = f.pushed(instance, next, notices);
-        carry_out(client, kernel, f, steps);
-    }
+/// Follows one push; returns whether it applied another mount's change of objects
+/// alone, which its writer waits for us to acknowledge.
+fn pushed(client: &Client, kernel: &OnceLock<fuser::Notifier>, f: &mut Follower, r: Box<fs_proto::Reply>) -> bool {
+    let Ok(Response::Notices { instance, next, notices, .. }) = r.res else { return false };
+    let steps = f.pushed(instance, next, notices);
+    let own = client.rpc().client_id();
+    let awaited = steps
+        .iter()
+        .any(|s| matches!(s, Step::Apply(n) if n.client != own && fs_proto::Notice::of_objects_alone(&n.changes)));
+    carry_out(client, kernel, f, steps);
+    awaited
 }
 
 fn subscribe(

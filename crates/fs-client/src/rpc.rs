@@ -298,6 +298,18 @@ impl Rpc {
         result
     }
 
+    /// Sends a call that has no answer (NOTICEACK) on the connection now up; nothing is
+    /// sent when none is (what it says concerns that connection alone).
+    pub fn send_oneway(&self, cred: &Cred, req: Request) {
+        let xid = self.inner.next_xid.fetch_add(1, Ordering::Relaxed);
+        let call = Call { xid, client: self.inner.client, cred: cred.clone(), req };
+        let Ok(frame) = encode_frame(&call) else { return };
+        let conn = self.inner.state.lock().unwrap().conn.clone();
+        if let Some(conn) = conn {
+            conn.send(&frame);
+        }
+    }
+
     async fn call_inner(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
         let xid = self.inner.next_xid.fetch_add(1, Ordering::Relaxed);
         let call = Call { xid, client: self.inner.client, cred: cred.clone(), req };

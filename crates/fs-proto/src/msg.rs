@@ -234,6 +234,13 @@ pub enum Request {
     FollowAck {
         seq: u64,
     },
+    /// A subscribed mount has applied every notice numbered up to `upto` (its caches and
+    /// the kernel's dropped what they made stale). No answer. The replies to WRITE,
+    /// COMMIT and a change of attributes wait for it from every other subscribed mount
+    /// (the AFS store that returns once callbacks are broken).
+    NoticeAck {
+        upto: u64,
+    },
 }
 
 impl Request {
@@ -296,6 +303,7 @@ impl Request {
             Request::Subscribe { .. } => "SUBSCRIBE",
             Request::Follow { .. } => "FOLLOW",
             Request::FollowAck { .. } => "FOLLOWACK",
+            Request::NoticeAck { .. } => "NOTICEACK",
         }
     }
 }
@@ -452,6 +460,15 @@ pub struct Notice {
     pub client: u64,
     #[cfg_attr(test, proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<Change>(), 0..3)"))]
     pub changes: Vec<Change>,
+}
+
+impl Notice {
+    /// A change of objects alone (data or attributes, no name): the server's replies to
+    /// such a WRITE, COMMIT or SETATTR wait until every other subscribed mount
+    /// acknowledged the notice (`NoticeAck`), so mounts acknowledge exactly these.
+    pub fn of_objects_alone(changes: &[Change]) -> bool {
+        !changes.is_empty() && changes.iter().all(|c| matches!(c, Change::Object { .. }))
+    }
 }
 
 /// What one operation changed.

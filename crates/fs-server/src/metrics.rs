@@ -35,6 +35,7 @@ pub struct Metrics {
     pub notices: Counter,
     pub subscribers: Gauge,
     pub refused: Counter,
+    pub notice_drops: Counter,
 }
 
 impl Default for Metrics {
@@ -62,7 +63,24 @@ impl Default for Metrics {
             "Connections refused: no key handshake, a wrong key, or a record that failed authentication",
             refused.clone(),
         );
-        Metrics { registry, calls, errors, latency, drc_replays, connections, notices, subscribers, refused }
+        let notice_drops = Counter::default();
+        registry.register(
+            "notice_drops",
+            "Subscribed mounts dropped for not applying a change's notice within 2 s",
+            notice_drops.clone(),
+        );
+        Metrics {
+            registry,
+            calls,
+            errors,
+            latency,
+            drc_replays,
+            connections,
+            notices,
+            subscribers,
+            refused,
+            notice_drops,
+        }
     }
 }
 

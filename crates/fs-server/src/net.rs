@@ -348,7 +348,9 @@ fn answer(server: &Server, call: Call) -> Option<Reply> {
     reply
 }
 
-/// Data calls may wait on the disk for long; they never run on the reader thread.
+/// Data calls may wait on the disk for long, and changes of attributes on other mounts
+/// applying their notice ([`crate::notices::Hub::await_applied`], whose acknowledgements
+/// the reader thread takes in); they never run on the reader thread.
 fn is_data(req: &Request) -> bool {
     matches!(
         req,
@@ -357,6 +359,10 @@ fn is_data(req: &Request) -> bool {
             | Request::Commit { .. }
             | Request::ReadDir { .. }
             | Request::ReadDirPlus { .. }
+            | Request::SetAttr { .. }
+            | Request::Fallocate { .. }
+            | Request::SetXattr { .. }
+            | Request::RemoveXattr { .. }
     )
 }
 
@@ -439,6 +445,10 @@ fn connection(
                 server.follow_ack(conn, seq);
                 continue;
             }
+            Request::NoticeAck { upto } => {
+                server.notices.ack(conn, upto);
+                continue;
+            }
             _ => {}
         }
         if let Request::Subscribe { after } = call.req {
@@ -448,7 +458,7 @@ fn connection(
             }
             match pusher(replies.clone(), close.clone()) {
                 Ok(tx) => {
-                    server.notices.subscribe(conn, call.xid, after, tx);
+                    server.notices.subscribe(conn, call.client, call.xid, after, tx);
                     subscribed = true;
                 }
                 Err(e) => {

@@ -21,7 +21,8 @@
 use fs_proto::{encode_frame, Change, Notice, Reply, Request, Response};
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// The counter and the history buffer. Pure: no I/O.
 pub struct Sequencer {
@@ -89,15 +90,31 @@ pub const QUEUE: usize = 8192;
 /// The most notices one catch-up sends (far below the frame limit).
 pub const CATCH_UP: usize = 4096;
 
+/// How long a change waits for the other mounts to apply its notice (see
+/// [`Hub::await_applied`]) before it gives up on those that have not and drops them.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 /// The sequencer and its subscribers, shared by every connection.
 pub struct Hub {
     inner: Mutex<HubInner>,
+    /// Signalled when a subscriber acknowledges notices or leaves.
+    acked: Condvar,
     drop_every: Option<u64>,
+}
+
+/// One subscribed connection.
+struct Sub {
+    tx: SyncSender<Frame>,
+    /// The client (mount) on that connection: its own changes need no acknowledgement.
+    client: u64,
+    /// The last notice it says it applied (at first, the last one before its catch-up:
+    /// it promises nothing until it applied that).
+    acked: u64,
 }
 
 struct HubInner {
     seq: Sequencer,
-    subs: HashMap<u64, SyncSender<Frame>>,
+    subs: HashMap<u64, Sub>,
     /// Numbered, not yet pushed: waiting until the standbys have them.
     held: VecDeque<Notice>,
 }
@@ -110,6 +127,7 @@ impl Hub {
                 subs: HashMap::new(),
                 held: VecDeque::new(),
             }),
+            acked: Condvar::new(),
             drop_every: None,
         }
     }
@@ -120,9 +138,10 @@ impl Hub {
         self
     }
 
-    /// Subscribes connection `conn`: the answer to its SUBSCRIBE (call `xid`) goes into
-    /// its queue first, then every notice after it, with nothing lost in between.
-    pub fn subscribe(&self, conn: u64, xid: u64, after: u64, tx: SyncSender<Frame>) {
+    /// Subscribes connection `conn` of `client`: the answer to its SUBSCRIBE (call `xid`)
+    /// goes into its queue first, then every notice after it, with nothing lost in
+    /// between.
+    pub fn subscribe(&self, conn: u64, client: u64, xid: u64, after: u64, tx: SyncSender<Frame>) {
         let mut h = crate::lock(&self.inner);
         let next = h.released_next();
         let (mut notices, mut complete) = h.seq.since(after);
@@ -138,7 +157,7 @@ impl Hub {
             Err(_) => false,
         };
         if sent {
-            h.subs.insert(conn, tx);
+            h.subs.insert(conn, Sub { tx, client, acked: next - 1 });
         } else {
             // The connection closes when `tx` is dropped; the mount reconnects.
             tracing::warn!(conn, "subscription's answer not sent");
@@ -147,6 +166,48 @@ impl Hub {
 
     pub fn unsubscribe(&self, conn: u64) {
         crate::lock(&self.inner).subs.remove(&conn);
+        self.acked.notify_all();
+    }
+
+    /// Connection `conn`'s mount has applied every notice numbered up to `upto`.
+    pub fn ack(&self, conn: u64, upto: u64) {
+        if let Some(s) = crate::lock(&self.inner).subs.get_mut(&conn) {
+            s.acked = s.acked.max(upto);
+        }
+        self.acked.notify_all();
+    }
+
+    /// Waits until every subscribed mount but `origin` (the one that made the change)
+    /// has applied notice `n`, or `limit` passes; a mount that has not by then is dropped
+    /// (its connection closes, and with it its promise). This is the AFS store that
+    /// returns once every callback is broken: when a COMMIT's reply reaches its client,
+    /// no other mount still trusts what it cached of the file, so an `open` there after
+    /// the `close` here sees the new data without a round trip of its own. Returns how
+    /// many were dropped.
+    pub fn await_applied(&self, n: u64, origin: u64, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        let behind = |s: &Sub| s.client != origin && s.acked < n;
+        let mut h = crate::lock(&self.inner);
+        loop {
+            if !h.subs.values().any(behind) {
+                return 0;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let before = h.subs.len();
+                h.subs.retain(|conn, s| {
+                    if behind(s) {
+                        tracing::warn!(
+                            conn,
+                            "a mount did not apply notice {n} within {limit:?}; closing its connection"
+                        );
+                    }
+                    !behind(s)
+                });
+                return before - h.subs.len();
+            }
+            h = self.acked.wait_timeout(h, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+        }
     }
 
     /// Numbers a change made by `client` and pushes it to every subscriber.
@@ -213,7 +274,7 @@ impl Hub {
             Response::Notices { instance: h.seq.instance, next: h.released_next(), complete: true, notices: vec![] };
         let Ok(frame) = encode_frame(&Reply { xid: 0, res: Ok(res) }) else { return };
         let frame = Arc::new(frame);
-        h.subs.retain(|_, tx| !matches!(tx.try_send(frame.clone()), Err(TrySendError::Disconnected(_))));
+        h.subs.retain(|_, s| !matches!(s.tx.try_send(frame.clone()), Err(TrySendError::Disconnected(_))));
     }
 
     /// The sequencer's instance.
@@ -253,7 +314,7 @@ impl HubInner {
                 return;
             }
         };
-        self.subs.retain(|conn, tx| match tx.try_send(frame.clone()) {
+        self.subs.retain(|conn, s| match s.tx.try_send(frame.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 tracing::warn!(
@@ -363,7 +424,7 @@ mod tests {
         let hub = Hub::new(5, 100);
         hub.publish(1, ch(1));
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        hub.subscribe(42, 77, 0, tx);
+        hub.subscribe(42, 100, 77, 0, tx);
         hub.publish(2, ch(2));
         hub.publish(3, Vec::new()); // nothing changed: no number used
         hub.publish(3, ch(3));
@@ -385,14 +446,14 @@ mod tests {
     fn held_notices_reach_no_mount_before_release() {
         let hub = Hub::new(5, 100);
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        hub.subscribe(1, 7, u64::MAX, tx);
+        hub.subscribe(1, 100, 7, u64::MAX, tx);
         let mut sent = Vec::new();
         let a = hub.record(1, ch(1), |n| sent.push(n.map(|n| n.seq))).unwrap();
         let b = hub.record(1, ch(2), |n| sent.push(n.map(|n| n.seq))).unwrap();
         assert_eq!((a, b, sent), (1, 2, vec![Some(1), Some(2)]));
         hub.beat();
         let (tx2, rx2) = std::sync::mpsc::sync_channel(QUEUE);
-        hub.subscribe(2, 8, 0, tx2);
+        hub.subscribe(2, 100, 8, 0, tx2);
         let frames = |rx: &std::sync::mpsc::Receiver<Frame>| -> Vec<(u64, Vec<u64>)> {
             rx.try_iter()
                 .map(|f| match fs_proto::decode::<Reply>(&f[4..]).unwrap().res {
@@ -420,7 +481,7 @@ mod tests {
         hub.publish(4, ch(3));
         assert_eq!((hub.instance(), hub.numbered()), (9, 43));
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        hub.subscribe(1, 7, 40, tx);
+        hub.subscribe(1, 100, 7, 40, tx);
         match fs_proto::decode::<Reply>(&rx.try_recv().unwrap()[4..]).unwrap().res {
             Ok(Response::Notices { instance: 9, next: 44, complete: true, notices }) => {
                 assert_eq!(notices.iter().map(|n| n.seq).collect::<Vec<_>>(), [41, 42, 43])
@@ -433,12 +494,44 @@ mod tests {
     fn a_subscriber_that_falls_behind_is_dropped() {
         let hub = Hub::new(5, 100);
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
-        hub.subscribe(1, 1, 0, tx);
+        hub.subscribe(1, 100, 1, 0, tx);
         hub.publish(1, ch(1));
         assert_eq!(hub.subscribers(), 1);
         hub.publish(1, ch(2));
         assert_eq!(hub.subscribers(), 0, "its queue was full");
         assert_eq!(rx.try_iter().count(), 2);
         assert!(rx.recv().is_err(), "and its queue is closed: the connection closes");
+    }
+
+    /// A change waits until every other subscribed mount applied its notice: not for
+    /// the mount that made it, not for a notice before a mount's subscription, and not
+    /// past the limit, when the mounts still behind are dropped (their queue closes).
+    #[test]
+    fn a_change_waits_for_the_other_mounts_to_apply_its_notice() {
+        let hub = std::sync::Arc::new(Hub::new(5, 100));
+        hub.publish(7, ch(1));
+        let (tx_a, rx_a) = std::sync::mpsc::sync_channel(QUEUE);
+        let (tx_b, rx_b) = std::sync::mpsc::sync_channel(QUEUE);
+        hub.subscribe(1, 10, 1, 0, tx_a);
+        hub.subscribe(2, 20, 2, 0, tx_b);
+        assert_eq!(hub.await_applied(1, 7, Duration::ZERO), 0, "before their subscriptions");
+        hub.publish(10, ch(2));
+        assert_eq!(hub.await_applied(2, 10, Duration::ZERO), 1, "mount 20 has not applied it: dropped");
+        assert_eq!(hub.subscribers(), 1);
+        assert!(rx_b.try_iter().count() > 0 && rx_b.recv().is_err(), "its queue closed");
+        hub.publish(20, ch(3));
+        let waiter = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.await_applied(3, 20, Duration::from_secs(30)))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "mount 10 has not applied 3 yet");
+        hub.ack(1, 2);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "2 is not 3");
+        hub.ack(1, 3);
+        assert_eq!(waiter.join().unwrap(), 0);
+        assert_eq!(hub.await_applied(3, 10, Duration::ZERO), 0, "its own change needs no acknowledgement");
+        drop(rx_a);
     }
 }

@@ -218,8 +218,16 @@ impl Server {
 
     /// Numbers what a call changed, sends it (and `call`, for the standbys' duplicate
     /// request cache) to the standbys, and pushes the notice to mounts once they all have
-    /// it; with `wait`, returns only then.
+    /// it; with `wait`, returns only then. A change of a file's data or attributes alone
+    /// (WRITE, COMMIT, SETATTR...: what `open` revalidates) returns only once every other
+    /// mount applied its notice, so the WRITEs of a `close` have left no stale cache
+    /// anywhere when it returns (close-to-open under the promise). Changes of names do
+    /// not wait for mounts: a mount applying a notice about a name needs the kernel's
+    /// lock of that directory, which the kernel holds while that mount's own change in
+    /// the directory waits for its reply, so two mounts changing one directory would
+    /// wait for each other.
     fn announce(&self, client: u64, changes: Vec<Change>, call: Option<fs_proto::ReplicaCall>, wait: bool) {
+        let await_mounts = fs_proto::Notice::of_objects_alone(&changes);
         let mut sent = None;
         let n = self.notices.record(client, changes, |notice| {
             if call.is_some() || notice.is_some() {
@@ -236,6 +244,12 @@ impl Server {
             Some(sent) if wait => self.notices.release(self.standbys.wait(sent)),
             // Pushed when the standbys acknowledge it (`follow_ack`).
             Some(_) => {}
+        }
+        if let (Some(n), true) = (n, await_mounts) {
+            let dropped = self.notices.await_applied(n, client, crate::notices::APPLY_WAIT);
+            if dropped > 0 {
+                self.metrics.notice_drops.inc_by(dropped as u64);
+            }
         }
     }
 
@@ -341,7 +355,10 @@ impl Server {
             Request::Fallocate { fh, mode, offset, len } => self.op_fallocate(cred, &fh, mode, offset, len),
             Request::Time => self.op_time(),
             // A connection's business (`net`): never reaches here from a connection.
-            Request::Subscribe { .. } | Request::Follow { .. } | Request::FollowAck { .. } => Err(Errno::EINVAL),
+            Request::Subscribe { .. }
+            | Request::Follow { .. }
+            | Request::FollowAck { .. }
+            | Request::NoticeAck { .. } => Err(Errno::EINVAL),
         }
     }
 }
