@@ -39,6 +39,9 @@ pub struct Node {
     /// Names the kernel may hold this object under (parent node, name), for dropping
     /// every name when notices were missed. At most [`NAMES`], the latest.
     pub names: Vec<(u64, Vec<u8>)>,
+    /// Until when the server's answer that the file has no `security.capability` holds
+    /// (see [`crate::client::Client::getxattr`]).
+    pub no_caps_until: Option<Instant>,
 }
 
 /// Names remembered per object (hard links beyond this are rare; a name forgotten here
@@ -90,6 +93,7 @@ impl Inodes {
                 notice_seq: 0,
                 promised_until: None,
                 names: Vec::new(),
+                no_caps_until: None,
             },
         );
         t
@@ -137,6 +141,7 @@ impl Inodes {
                 notice_seq: 0,
                 promised_until: None,
                 names: Vec::new(),
+                no_caps_until: None,
             },
         );
         ino

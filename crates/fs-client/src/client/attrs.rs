@@ -7,6 +7,9 @@ use fs_proto::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The extended attribute the kernel asks for before every write (see [`Client::getxattr`]).
+const CAPS: &[u8] = b"security.capability";
+
 impl Client {
     /// What the kernel should see: the server's attributes, with the size grown by
     /// writes still buffered here.
@@ -116,10 +119,47 @@ impl Client {
         }
     }
 
+    /// GETXATTR. The kernel asks for `security.capability` before every write and every
+    /// change of owner or mode of a FUSE file (to drop a capability the change voids; a
+    /// FUSE inode is never marked as having none): a round trip per 32-byte append, and
+    /// three per file of an untar. The server's "none" is therefore kept like the file's
+    /// attributes: under the promise until a notice of another's change to the file (or
+    /// the callback bound), else for the attribute timeout; our own xattr changes drop
+    /// it. (The server's own kernel drops the capability when it writes, whatever we
+    /// answer here.)
     pub async fn getxattr(&self, c: Caller, ino: u64, name: &[u8]) -> Result<Vec<u8>, Errno> {
-        match self.call(&self.cred(c), Request::GetXattr { fh: self.fh(ino)?, name: name.to_vec() }).await? {
-            Response::Xattr(v) => Ok(v),
-            r => Err(unexpected(r)),
+        let caps = name == CAPS;
+        if caps && self.inodes.lock().unwrap().get(ino).is_some_and(|n| n.no_caps_until > Some(Instant::now())) {
+            return Err(Errno::ENODATA);
+        }
+        let (fh, mark) = (self.fh(ino)?, self.mark());
+        match self.call(&self.cred(c), Request::GetXattr { fh, name: name.to_vec() }).await {
+            Ok(Response::Xattr(v)) => Ok(v),
+            Ok(r) => Err(unexpected(r)),
+            Err(Errno::ENODATA) if caps => {
+                let attr = self.inodes.lock().unwrap().get(ino).map(|n| n.attr);
+                if let Some(attr) = attr {
+                    let adaptive = self.attr_ttl(&attr);
+                    let ttl = match self.promised(mark, &[ino]) {
+                        _ if adaptive.is_zero() => Duration::ZERO, // noac
+                        None => adaptive,
+                        Some(false) => Duration::ZERO,
+                        Some(true) => adaptive.max(self.opts.callback),
+                    };
+                    if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+                        n.no_caps_until = (!ttl.is_zero()).then(|| Instant::now() + ttl);
+                    }
+                }
+                Err(Errno::ENODATA)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Our own change of an extended attribute of `ino`: what we kept of them goes.
+    fn xattrs_changed(&self, ino: u64) {
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+            n.no_caps_until = None;
         }
     }
 
@@ -133,7 +173,9 @@ impl Client {
     pub async fn setxattr(&self, c: Caller, ino: u64, name: &[u8], value: &[u8], flags: u32) -> Result<(), Errno> {
         let fh = self.fh(ino)?;
         let req = Request::SetXattr { fh: fh.clone(), name: name.to_vec(), value: value.to_vec(), flags };
-        match self.call(&self.cred(c), req).await? {
+        let res = self.call(&self.cred(c), req).await;
+        self.xattrs_changed(ino);
+        match res? {
             Response::Attr(a) => self.note_attr(&fh, &a),
             r => return Err(unexpected(r)),
         }
@@ -142,7 +184,9 @@ impl Client {
 
     pub async fn removexattr(&self, c: Caller, ino: u64, name: &[u8]) -> Result<(), Errno> {
         let fh = self.fh(ino)?;
-        match self.call(&self.cred(c), Request::RemoveXattr { fh: fh.clone(), name: name.to_vec() }).await? {
+        let res = self.call(&self.cred(c), Request::RemoveXattr { fh: fh.clone(), name: name.to_vec() }).await;
+        self.xattrs_changed(ino);
+        match res? {
             Response::Attr(a) => self.note_attr(&fh, &a),
             r => return Err(unexpected(r)),
         }

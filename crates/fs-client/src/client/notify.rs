@@ -165,6 +165,7 @@ impl Client {
                         }
                         node.notice_seq = n.seq;
                         node.promised_until = None;
+                        node.no_caps_until = None;
                         node.attr_valid_until = now;
                         out.push(Inval::Inode(ino));
                     }
@@ -203,6 +204,7 @@ impl Client {
             let mut t = self.inodes.lock().unwrap();
             for (ino, n) in t.nodes_mut() {
                 n.promised_until = None;
+                n.no_caps_until = None;
                 n.attr_valid_until = now;
                 out.push(Inval::Inode(ino));
                 out.extend(n.names.iter().map(|(p, name)| Inval::Entry(*p, name.clone())));

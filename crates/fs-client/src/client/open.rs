@@ -129,6 +129,11 @@ impl Client {
         let fh = self.fh(entry.ino)?;
         if let Some(n) = self.inodes.lock().unwrap().get_mut(entry.ino) {
             n.data_change = entry.attr.change;
+            if exclusive && !entry.attr_ttl.is_zero() {
+                // A new file has no capability: the kernel's question before the first
+                // write needs no round trip (see `getxattr`). Kept as its attributes.
+                n.no_caps_until = Some(std::time::Instant::now() + entry.attr_ttl);
+            }
         }
         self.file_state(entry.ino, &fh, &cred);
         Ok((entry.clone(), self.new_open(entry.ino, cred)))
