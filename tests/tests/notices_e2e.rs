@@ -111,6 +111,35 @@ fn a_close_on_one_mount_is_seen_by_the_next_open_on_another_at_once() {
     }
 }
 
+/// A change of a file waits only for the mounts that may hold it (AFS's callback
+/// registrations, counted by the server's `notice_waits`): a subscribed mount that never
+/// named the file costs its writer nothing; once it read the file, each write waits for
+/// it, and it reads the next write at once. (Seen to fail when every subscribed mount
+/// counts as a holder.)
+#[test]
+fn a_write_waits_only_for_the_mounts_that_hold_the_file() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let maddr = format!("127.0.0.1:{}", tests::free_port());
+    let rig = Rig::with_server("", tests::Squash::None, &["--metrics", &maddr]);
+    let b = rig.second_mount("b", "actimeo=3600");
+    for m in [&rig.mount.mountpoint, &b.mountpoint] {
+        wait_until(Duration::from_secs(10), "subscribed", || mount_status(m).contains("notices subscribed"));
+    }
+    let waits = || tests::metric(&tests::http_get(&maddr, "/metrics"), "fs_server_notice_waits_total");
+    std::fs::write(rig.mnt("f"), b"0").unwrap();
+    let before = waits();
+    assert!(before >= 0.0, "the counter is served");
+    for i in 1..=10 {
+        std::fs::write(rig.mnt("f"), format!("{i}")).unwrap();
+    }
+    assert_eq!(waits(), before, "b never named f: ten rewrites waited for nobody");
+    assert_eq!(std::fs::read(b.path("f")).unwrap(), b"10");
+    let held = waits();
+    std::fs::write(rig.mnt("f"), b"11").unwrap();
+    assert!(waits() > held, "b holds f now: the rewrite waited for it");
+    assert_eq!(std::fs::read(b.path("f")).unwrap(), b"11");
+}
+
 /// `security.capability` of `p`, if it has one.
 fn caps(p: &Path) -> Option<Vec<u8>> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();

@@ -22,6 +22,7 @@
 pub mod creds;
 pub mod drc;
 pub mod handles;
+pub mod holders;
 pub mod metrics;
 pub mod net;
 pub mod notices;

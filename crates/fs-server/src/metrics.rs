@@ -36,6 +36,7 @@ pub struct Metrics {
     pub subscribers: Gauge,
     pub refused: Counter,
     pub notice_drops: Counter,
+    pub notice_waits: Counter,
 }
 
 impl Default for Metrics {
@@ -69,6 +70,12 @@ impl Default for Metrics {
             "Subscribed mounts dropped for not applying a change's notice within 2 s",
             notice_drops.clone(),
         );
+        let notice_waits = Counter::default();
+        registry.register(
+            "notice_waits",
+            "Mounts a change of a file waited for (they may hold the file) before its reply",
+            notice_waits.clone(),
+        );
         Metrics {
             registry,
             calls,
@@ -80,6 +87,7 @@ impl Default for Metrics {
             subscribers,
             refused,
             notice_drops,
+            notice_waits,
         }
     }
 }

@@ -94,6 +94,13 @@ pub const CATCH_UP: usize = 4096;
 /// [`Hub::await_applied`]) before it gives up on those that have not and drops them.
 pub const APPLY_WAIT: Duration = Duration::from_secs(2);
 
+/// What [`Hub::await_applied`] did: the mounts it waited for, and those it dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Awaited {
+    pub waited: usize,
+    pub dropped: usize,
+}
+
 /// The sequencer and its subscribers, shared by every connection.
 pub struct Hub {
     inner: Mutex<HubInner>,
@@ -178,33 +185,37 @@ impl Hub {
     }
 
     /// Waits until every subscribed mount but `origin` (the one that made the change)
-    /// has applied notice `n`, or `limit` passes; a mount that has not by then is dropped
-    /// (its connection closes, and with it its promise). This is the AFS store that
-    /// returns once every callback is broken: when a COMMIT's reply reaches its client,
-    /// no other mount still trusts what it cached of the file, so an `open` there after
-    /// the `close` here sees the new data without a round trip of its own. Returns how
-    /// many were dropped.
-    pub fn await_applied(&self, n: u64, origin: u64, limit: Duration) -> usize {
+    /// for which `may_hold` says it may have the changed file cached has applied notice
+    /// `n`, or `limit` passes; a mount that has not by then is dropped (its connection
+    /// closes, and with it its promise). This is the AFS store that returns once every
+    /// callback on the file is broken: when a WRITE's reply reaches its client, no other
+    /// mount still trusts what it cached of the file, so an `open` there after the
+    /// `close` here sees the new data without a round trip of its own. `may_hold` is
+    /// asked again at every wake-up (a mount whose LOOKUP was running may turn out not to
+    /// hold the file). Returns how many mounts it waited for and how many were dropped.
+    pub fn await_applied(&self, n: u64, origin: u64, limit: Duration, may_hold: impl Fn(u64) -> bool) -> Awaited {
         let deadline = Instant::now() + limit;
-        let behind = |s: &Sub| s.client != origin && s.acked < n;
+        let behind = |s: &Sub| s.client != origin && s.acked < n && may_hold(s.client);
         let mut h = crate::lock(&self.inner);
+        let waited = h.subs.values().filter(|s| behind(s)).count();
         loop {
             if !h.subs.values().any(behind) {
-                return 0;
+                return Awaited { waited, dropped: 0 };
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let before = h.subs.len();
                 h.subs.retain(|conn, s| {
-                    if behind(s) {
+                    let late = behind(s);
+                    if late {
                         tracing::warn!(
                             conn,
                             "a mount did not apply notice {n} within {limit:?}; closing its connection"
                         );
                     }
-                    !behind(s)
+                    !late
                 });
-                return before - h.subs.len();
+                return Awaited { waited, dropped: before - h.subs.len() };
             }
             h = self.acked.wait_timeout(h, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
@@ -514,15 +525,18 @@ mod tests {
         let (tx_b, rx_b) = std::sync::mpsc::sync_channel(QUEUE);
         hub.subscribe(1, 10, 1, 0, tx_a);
         hub.subscribe(2, 20, 2, 0, tx_b);
-        assert_eq!(hub.await_applied(1, 7, Duration::ZERO), 0, "before their subscriptions");
+        let all = |_| true;
+        assert_eq!(hub.await_applied(1, 7, Duration::ZERO, all).waited, 0, "before their subscriptions");
         hub.publish(10, ch(2));
-        assert_eq!(hub.await_applied(2, 10, Duration::ZERO), 1, "mount 20 has not applied it: dropped");
+        assert_eq!(hub.await_applied(2, 10, Duration::ZERO, |c| c != 20).waited, 0, "20 does not hold the file");
+        let a = hub.await_applied(2, 10, Duration::ZERO, all);
+        assert_eq!((a.waited, a.dropped), (1, 1), "mount 20 has not applied it: dropped");
         assert_eq!(hub.subscribers(), 1);
         assert!(rx_b.try_iter().count() > 0 && rx_b.recv().is_err(), "its queue closed");
         hub.publish(20, ch(3));
         let waiter = {
             let hub = hub.clone();
-            std::thread::spawn(move || hub.await_applied(3, 20, Duration::from_secs(30)))
+            std::thread::spawn(move || hub.await_applied(3, 20, Duration::from_secs(30), |_| true))
         };
         std::thread::sleep(Duration::from_millis(20));
         assert!(!waiter.is_finished(), "mount 10 has not applied 3 yet");
@@ -530,8 +544,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert!(!waiter.is_finished(), "2 is not 3");
         hub.ack(1, 3);
-        assert_eq!(waiter.join().unwrap(), 0);
-        assert_eq!(hub.await_applied(3, 10, Duration::ZERO), 0, "its own change needs no acknowledgement");
+        assert_eq!(waiter.join().unwrap(), Awaited { waited: 1, dropped: 0 });
+        assert_eq!(
+            hub.await_applied(3, 10, Duration::ZERO, |_| true).waited,
+            0,
+            "its own change needs no acknowledgement"
+        );
         drop(rx_a);
     }
 }

@@ -83,6 +83,8 @@ pub struct Server {
     pub standbys: crate::replica::Standbys,
     /// When this server, a standby, took over from its primary.
     took_over_at: Mutex<Option<std::time::Instant>>,
+    /// Which mounts may hold which files (AFS's callback registrations).
+    holders: Mutex<crate::holders::Holders>,
 }
 
 /// How long after a takeover failed calls announce their targets (see `handle_call`).
@@ -120,6 +122,7 @@ impl Server {
             key: cfg.key.clone(),
             standbys: Default::default(),
             took_over_at: Mutex::new(None),
+            holders: Mutex::new(crate::holders::Holders::new(crate::holders::CAPACITY)),
         })
     }
 
@@ -155,7 +158,7 @@ impl Server {
                 &req,
                 Request::Commit { .. } | Request::Write { stable: Stable::DataSync | Stable::FileSync, .. }
             );
-            let res = self.dispatch_caught(&cred, req);
+            let res = self.dispatch_tracked(client, &cred, req);
             if let (Some(shape), Ok(r)) = (&shape, &res) {
                 self.announce(client, crate::notices::changes(shape, r), None, durable);
             }
@@ -188,7 +191,7 @@ impl Server {
         drop(drc);
         // The call is finished in the cache however it ends: a panic left it "in
         // progress" for good, and every retransmission went unanswered.
-        let reply = Reply { xid, res: self.dispatch_caught(&cred, req.clone()) };
+        let reply = Reply { xid, res: self.dispatch_tracked(client, &cred, req.clone()) };
         if !self.test_delay_changes.is_zero() {
             // Done, but not yet finished in the cache: a retransmission now finds it
             // in progress.
@@ -220,7 +223,8 @@ impl Server {
     /// request cache) to the standbys, and pushes the notice to mounts once they all have
     /// it; with `wait`, returns only then. A change of a file's data or attributes alone
     /// (WRITE, COMMIT, SETATTR...: what `open` revalidates) returns only once every other
-    /// mount applied its notice, so the WRITEs of a `close` have left no stale cache
+    /// mount that may hold the file ([`crate::holders`]) applied its notice, so the
+    /// WRITEs of a `close` have left no stale cache
     /// anywhere when it returns (close-to-open under the promise). Changes of names do
     /// not wait for mounts: a mount applying a notice about a name needs the kernel's
     /// lock of that directory, which the kernel holds while that mount's own change in
@@ -228,6 +232,16 @@ impl Server {
     /// wait for each other.
     fn announce(&self, client: u64, changes: Vec<Change>, call: Option<fs_proto::ReplicaCall>, wait: bool) {
         let await_mounts = fs_proto::Notice::of_objects_alone(&changes);
+        let objects: Vec<fs_proto::FileHandle> = match await_mounts {
+            true => changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Object { fh, .. } => Some(fh.clone()),
+                    Change::Entry { .. } => None,
+                })
+                .collect(),
+            false => Vec::new(),
+        };
         let mut sent = None;
         let n = self.notices.record(client, changes, |notice| {
             if call.is_some() || notice.is_some() {
@@ -246,10 +260,13 @@ impl Server {
             Some(_) => {}
         }
         if let (Some(n), true) = (n, await_mounts) {
-            let dropped = self.notices.await_applied(n, client, crate::notices::APPLY_WAIT);
-            if dropped > 0 {
-                self.metrics.notice_drops.inc_by(dropped as u64);
-            }
+            let holders = &self.holders;
+            let fhs: Vec<&fs_proto::FileHandle> = objects.iter().collect();
+            let a = self.notices.await_applied(n, client, crate::notices::APPLY_WAIT, |other| {
+                crate::lock(holders).may_hold(other, &fhs)
+            });
+            self.metrics.notice_waits.inc_by(a.waited as u64);
+            self.metrics.notice_drops.inc_by(a.dropped as u64);
         }
     }
 
@@ -282,6 +299,7 @@ impl Server {
 
     /// This server took over from a primary (see [`Server::just_took_over`]).
     pub fn took_over(&self) {
+        crate::lock(&self.holders).took_over();
         *crate::lock(&self.took_over_at) = Some(std::time::Instant::now());
     }
 
@@ -294,6 +312,22 @@ impl Server {
     pub fn remember(&self, client: u64, xid: u64, req: Request, reply: Reply) {
         crate::lock(&self.drc).finish(client, xid, req, reply);
         self.drc_done.notify_all();
+    }
+
+    /// [`Server::dispatch_caught`] for `client`, registering it as a holder of the
+    /// handles the call names and of those its reply hands out ([`crate::holders`]).
+    fn dispatch_tracked(&self, client: u64, cred: &Cred, req: Request) -> Result<Response, Errno> {
+        crate::lock(&self.holders).begin(client, &req);
+        // The request without its data, for `end` (the call consumes the request).
+        let shape = match &req {
+            Request::Write { fh, offset, stable, fence, .. } => {
+                Request::Write { fh: fh.clone(), offset: *offset, stable: *stable, fence: *fence, data: Vec::new() }
+            }
+            other => other.clone(),
+        };
+        let res = self.dispatch_caught(cred, req);
+        crate::lock(&self.holders).end(client, &shape, &res);
+        res
     }
 
     /// [`Server::dispatch`], a panic costing this call a SERVERFAULT and nothing more.
