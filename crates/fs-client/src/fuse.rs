@@ -83,15 +83,19 @@ impl Fs {
         }
     }
 
-    /// Runs `work` as a task and returns at once: for data calls, which the kernel sends
-    /// many at a time (read-ahead, parallel writes) and which may wait on write-back.
+    /// Runs `work` here as far as it goes without waiting, and the rest as a task, so
+    /// this thread returns at once: for data calls, which the kernel sends many at a time
+    /// (read-ahead, parallel writes) and which may wait on write-back. Work that needs no
+    /// wait (a read from the cache, the close of a file with nothing to write) is
+    /// answered from this thread, without a hand-off to the runtime and back.
     fn spawn<R, T, F>(&self, reply: R, work: F, ok: impl FnOnce(R, T) + Send + 'static)
     where
         R: Fail + Send + 'static,
         T: Send + 'static,
         F: Future<Output = Result<T, Errno>> + Send + 'static,
     {
-        self.rt.spawn(async move {
+        let _rt = self.rt.enter();
+        crate::client::now_or_spawn(async move {
             match work.await {
                 Ok(v) => ok(reply, v),
                 Err(e) => {

@@ -393,3 +393,18 @@ impl Client {
         }
     }
 }
+
+/// Polls `fut` once on this thread; if it is not done, it goes on as a task of the
+/// runtime (which must be entered). For work that is usually done at once: no thread
+/// hand-off then. (A future may be polled with different wakers: the task's first poll
+/// registers the real one.)
+pub fn now_or_spawn<F>(fut: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut fut = Box::pin(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if fut.as_mut().poll(&mut cx).is_pending() {
+        tokio::spawn(fut);
+    }
+}

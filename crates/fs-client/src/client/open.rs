@@ -176,7 +176,8 @@ impl Client {
         if let (true, Some(f)) = (last, f) {
             let this = self.clone();
             self.background.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
+            // Nothing to commit (a file only read, or empty): done here, no task.
+            super::now_or_spawn(async move {
                 if let Err(e) = this.sync(&f).await {
                     tracing::warn!(ino, "background commit failed: {e}");
                 }
