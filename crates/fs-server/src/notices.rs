@@ -117,7 +117,15 @@ struct Sub {
     /// The last notice it says it applied (at first, the last one before its catch-up:
     /// it promises nothing until it applied that).
     acked: u64,
+    /// Its own client's notices not yet pushed: they change nothing it cached (its
+    /// replies told it), so they wait for the next frame it gets (another's notice, the
+    /// beat, or [`DEFER`] of them), which keeps the numbers whole without a push and a
+    /// wake-up of its notifier per change it makes.
+    deferred: Vec<Notice>,
 }
+
+/// Own notices held back per subscriber at most.
+pub const DEFER: usize = 256;
 
 struct HubInner {
     seq: Sequencer,
@@ -164,7 +172,7 @@ impl Hub {
             Err(_) => false,
         };
         if sent {
-            h.subs.insert(conn, Sub { tx, client, acked: next - 1 });
+            h.subs.insert(conn, Sub { tx, client, acked: next - 1, deferred: Vec::new() });
         } else {
             // The connection closes when `tx` is dropped; the mount reconnects.
             tracing::warn!(conn, "subscription's answer not sent");
@@ -281,11 +289,18 @@ impl Hub {
         if h.subs.is_empty() {
             return;
         }
-        let res =
-            Response::Notices { instance: h.seq.instance, next: h.released_next(), complete: true, notices: vec![] };
-        let Ok(frame) = encode_frame(&Reply { xid: 0, res: Ok(res) }) else { return };
-        let frame = Arc::new(frame);
-        h.subs.retain(|_, s| !matches!(s.tx.try_send(frame.clone()), Err(TrySendError::Disconnected(_))));
+        let (instance, next) = (h.seq.instance, h.released_next());
+        let Some(empty) = frame(instance, next, Vec::new()) else { return };
+        h.subs.retain(|_, s| {
+            let f = match s.deferred.is_empty() {
+                true => empty.clone(),
+                false => match frame(instance, next, std::mem::take(&mut s.deferred)) {
+                    Some(f) => f,
+                    None => return false,
+                },
+            };
+            !matches!(s.tx.try_send(f), Err(TrySendError::Disconnected(_)))
+        });
     }
 
     /// The sequencer's instance.
@@ -316,26 +331,54 @@ impl HubInner {
         if self.subs.is_empty() || drop_every.is_some_and(|k| notice.seq.is_multiple_of(k)) {
             return;
         }
-        let next = self.released_next();
-        let res = Response::Notices { instance: self.seq.instance, next, complete: true, notices: vec![notice] };
-        let frame = match encode_frame(&Reply { xid: 0, res: Ok(res) }) {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                tracing::error!("notice not sent: {e}");
-                return;
+        let (instance, next) = (self.seq.instance, self.released_next());
+        // One encoding for every subscriber with nothing held back.
+        let mut alone: Option<Frame> = None;
+        self.subs.retain(|conn, s| {
+            if notice.client == s.client && s.deferred.len() + 1 < DEFER {
+                s.deferred.push(notice.clone());
+                return true;
             }
-        };
-        self.subs.retain(|conn, s| match s.tx.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                tracing::warn!(
-                    conn,
-                    "a subscriber fell {QUEUE} notices behind; closing its connection (it catches up on reconnect)"
-                );
-                false
+            let f = if s.deferred.is_empty() {
+                match &alone {
+                    Some(f) => f.clone(),
+                    None => match frame(instance, next, vec![notice.clone()]) {
+                        Some(f) => alone.insert(f).clone(),
+                        None => return false,
+                    },
+                }
+            } else {
+                let mut v = std::mem::take(&mut s.deferred);
+                v.push(notice.clone());
+                match frame(instance, next, v) {
+                    Some(f) => f,
+                    None => return false,
+                }
+            };
+            match s.tx.try_send(f) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(
+                        conn,
+                        "a subscriber fell {QUEUE} notices behind; closing its connection (it catches up on reconnect)"
+                    );
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
             }
-            Err(TrySendError::Disconnected(_)) => false,
         });
+    }
+}
+
+/// A push: `notices` in number order, and the number the next will get.
+fn frame(instance: u64, next: u64, notices: Vec<Notice>) -> Option<Frame> {
+    let res = Response::Notices { instance, next, complete: true, notices };
+    match encode_frame(&Reply { xid: 0, res: Ok(res) }) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            tracing::error!("notices not sent: {e}");
+            None
+        }
     }
 }
 
@@ -551,5 +594,39 @@ mod tests {
             "its own change needs no acknowledgement"
         );
         drop(rx_a);
+    }
+
+    /// A mount's own notices wait for the next frame it gets: another's notice, the
+    /// beat, or a full batch; the numbers reach it whole and in order.
+    #[test]
+    fn own_notices_ride_with_the_next_frame() {
+        let hub = Hub::new(5, 1000);
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        hub.subscribe(1, 7, 1, u64::MAX, tx);
+        let frames = |rx: &std::sync::mpsc::Receiver<Frame>| -> Vec<(u64, Vec<u64>)> {
+            rx.try_iter()
+                .map(|f| match fs_proto::decode::<Reply>(&f[4..]).unwrap().res {
+                    Ok(Response::Notices { next, notices, .. }) => (next, notices.iter().map(|n| n.seq).collect()),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(frames(&rx), [(1, vec![])], "the subscription's answer");
+        hub.publish(7, ch(1));
+        hub.publish(7, ch(2));
+        assert!(frames(&rx).is_empty(), "its own: held back");
+        hub.publish(8, ch(3));
+        assert_eq!(frames(&rx), [(4, vec![1, 2, 3])], "with another's notice, in order");
+        hub.publish(7, ch(4));
+        hub.beat();
+        assert_eq!(frames(&rx), [(5, vec![4])], "with the beat");
+        hub.beat();
+        assert_eq!(frames(&rx), [(5, vec![])]);
+        for _ in 0..DEFER {
+            hub.publish(7, ch(5));
+        }
+        let got = frames(&rx);
+        assert_eq!(got.len(), 1, "a full batch goes at once");
+        assert_eq!(got[0].1, (5..5 + DEFER as u64).collect::<Vec<_>>());
     }
 }
