@@ -18,6 +18,11 @@ fn calls(mp: &Path, op: &str) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
+/// Waits until the mount at `mp` follows the server's notices.
+fn subscribed(mp: &Path) {
+    wait_until(Duration::from_secs(10), "subscribed", || mount_status(mp).contains("notices subscribed"));
+}
+
 fn size(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
@@ -32,9 +37,7 @@ fn changes_on_one_mount_reach_another_that_caches_for_an_hour() {
     let rig = Rig::new("");
     let b = rig.second_mount("b", "actimeo=3600");
     let old = rig.second_mount("old", "actimeo=3600,nonotify");
-    wait_until(Duration::from_secs(10), "mount b subscribed", || {
-        mount_status(&b.mountpoint).contains("notices subscribed")
-    });
+    subscribed(&b.mountpoint);
     assert!(mount_status(&old.mountpoint).contains("notices off"));
     std::fs::write(rig.mnt("f"), b"1234").unwrap();
     std::fs::write(rig.mnt("gone"), b"x").unwrap();
@@ -66,7 +69,7 @@ fn open_of_an_unchanged_file_needs_no_round_trip() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let rig = Rig::new("");
     let b = rig.second_mount("b", "");
-    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    subscribed(&b.mountpoint);
     std::fs::write(rig.mnt("f"), b"abc").unwrap();
     assert_eq!(std::fs::read(b.path("f")).unwrap(), b"abc");
     let getattrs = || calls(&b.mountpoint, "GETATTR");
@@ -95,7 +98,7 @@ fn a_close_on_one_mount_is_seen_by_the_next_open_on_another_at_once() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let rig = Rig::new("");
     let b = rig.second_mount("b", "actimeo=3600");
-    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    subscribed(&b.mountpoint);
     for round in 0..300u32 {
         let want: Vec<u8> = format!("round {round} ").repeat(1 + (round as usize * 37) % 500).into_bytes();
         std::fs::write(rig.mnt("f"), &want).unwrap();
@@ -123,7 +126,7 @@ fn a_write_waits_only_for_the_mounts_that_hold_the_file() {
     let rig = Rig::with_server("", tests::Squash::None, &["--metrics", &maddr]);
     let b = rig.second_mount("b", "actimeo=3600");
     for m in [&rig.mount.mountpoint, &b.mountpoint] {
-        wait_until(Duration::from_secs(10), "subscribed", || mount_status(m).contains("notices subscribed"));
+        subscribed(m);
     }
     let waits = || tests::metric(&tests::http_get(&maddr, "/metrics"), "fs_server_notice_waits_total");
     std::fs::write(rig.mnt("f"), b"0").unwrap();
@@ -163,7 +166,7 @@ fn a_capability_set_on_another_mount_is_seen_and_a_write_here_drops_it() {
     let rig = Rig::new("actimeo=3600");
     let b = rig.second_mount("b", "");
     for m in [&rig.mount.mountpoint, &b.mountpoint] {
-        wait_until(Duration::from_secs(10), "subscribed", || mount_status(m).contains("notices subscribed"));
+        subscribed(m);
     }
     std::fs::write(rig.mnt("f"), b"x").unwrap();
     let append = |p: &Path, data: &[u8]| {
@@ -206,7 +209,7 @@ fn a_storm_of_renames_is_seen_in_order() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let rig = Rig::new("");
     let b = rig.second_mount("b", "actimeo=3600");
-    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    subscribed(&b.mountpoint);
     const N: usize = 400;
     std::fs::create_dir(rig.mnt("d")).unwrap();
     std::fs::write(rig.mnt("d/x0"), b"x").unwrap();
@@ -281,9 +284,7 @@ fn a_storm_of_renames_is_seen_in_order() {
 fn a_restarted_server_makes_the_mount_revalidate() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let mut rig = Rig::new("actimeo=3600");
-    wait_until(Duration::from_secs(10), "subscribed", || {
-        mount_status(&rig.mount.mountpoint).contains("notices subscribed")
-    });
+    subscribed(&rig.mount.mountpoint);
     std::fs::write(rig.mnt("f"), b"1234").unwrap();
     let instance = |st: &str| st.lines().find(|l| l.starts_with("notices subscribed")).map(|l| l.to_string());
     let first = instance(&mount_status(&rig.mount.mountpoint)).unwrap();
@@ -307,7 +308,7 @@ fn notice_latency_is_measured() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let rig = Rig::new("");
     let b = rig.second_mount("b", "actimeo=3600");
-    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    subscribed(&b.mountpoint);
     let lat = tests::notice_latency(&rig.mnt("f"), &b.path("f"), 200);
     eprintln!("p50 {:?} p99 {:?}", lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
 }
@@ -320,7 +321,7 @@ fn lookups_answered_from_a_listing_follow_another_mounts_changes() {
     let _w = Watchdog::new(Duration::from_secs(120));
     let rig = Rig::new("");
     let b = rig.second_mount("b", "actimeo=3600");
-    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    subscribed(&b.mountpoint);
     std::fs::create_dir(rig.mnt("d")).unwrap();
     // Made beside the server, so that no notice of theirs (the background COMMITs of 300
     // writes through a mount, late under load) drops the listing below.
@@ -375,7 +376,7 @@ fn dropped(every: &str) {
     let _w = Watchdog::new(Duration::from_secs(120));
     let rig = Rig::with_server("", tests::Squash::None, &["--test-drop-notices-every", every]);
     let b = rig.second_mount("b", "actimeo=3600");
-    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    subscribed(&b.mountpoint);
     std::fs::create_dir(rig.mnt("d")).unwrap();
     assert!(b.path("d").is_dir());
     for i in 1..=40usize {
@@ -425,7 +426,7 @@ fn storm_against_readers(threads: &str) {
     let _w = Watchdog::new(Duration::from_secs(120));
     let rig = Rig::new("");
     let b = rig.second_mount("b", &format!("threads={threads}"));
-    wait_until(Duration::from_secs(10), "subscribed", || mount_status(&b.mountpoint).contains("notices subscribed"));
+    subscribed(&b.mountpoint);
     std::fs::create_dir(rig.mnt("d")).unwrap();
     for i in 0..8 {
         std::fs::write(rig.mnt(&format!("d/f{i}")), vec![b'a'; 64 << 10]).unwrap();
@@ -495,7 +496,7 @@ fn names_of_a_folder_we_made_need_no_lookup_and_follow_another_mount() {
     let rig = Rig::new("");
     let b = rig.second_mount("b", "");
     for m in [&rig.mount.mountpoint, &b.mountpoint] {
-        wait_until(Duration::from_secs(10), "subscribed", || mount_status(m).contains("notices subscribed"));
+        subscribed(m);
     }
     std::fs::create_dir(rig.mnt("d")).unwrap();
     let lookups = || calls(&rig.mount.mountpoint, "LOOKUP");

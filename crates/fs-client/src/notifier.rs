@@ -16,6 +16,9 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, OnceLock};
 
+/// The notifier's calls are the mount's own, not a user's.
+const MOUNT_CRED: Cred = Cred { uid: 0, gid: 0, groups: Vec::new() };
+
 pub fn start(client: Arc<Client>, rt: tokio::runtime::Handle, kernel: Arc<OnceLock<fuser::Notifier>>) {
     let (tx, rx) = std::sync::mpsc::channel();
     client.rpc().set_pushes(tx);
@@ -51,8 +54,7 @@ pub fn start(client: Arc<Client>, rt: tokio::runtime::Handle, kernel: Arc<OnceLo
             if ack && f.live() {
                 // Our caches and the kernel's no longer hold what they changed: the
                 // writer's COMMIT or SETATTR may return (see `NoticeAck`).
-                let cred = Cred { uid: 0, gid: 0, groups: vec![] };
-                client.rpc().send_oneway(&cred, Request::NoticeAck { upto: f.applied() });
+                client.rpc().send_oneway(&MOUNT_CRED, Request::NoticeAck { upto: f.applied() });
             }
         }
     });
@@ -84,8 +86,7 @@ fn subscribe(
     if *refused {
         return;
     }
-    let cred = Cred { uid: 0, gid: 0, groups: vec![] };
-    match rt.block_on(client.rpc().call(&cred, Request::Subscribe { after: f.after() })) {
+    match rt.block_on(client.rpc().call(&MOUNT_CRED, Request::Subscribe { after: f.after() })) {
         Ok(Response::Notices { instance, next, complete, notices }) => {
             let steps = f.subscribed(instance, next, complete, notices);
             carry_out(client, kernel, f, steps);

@@ -37,24 +37,28 @@ impl Holders {
     }
 
     /// A call of `client` is about to run: it holds every handle it names, and if it may
-    /// hand handles out, it is handing until [`Holders::end`].
-    pub fn begin(&mut self, client: u64, req: &Request) {
+    /// hand handles out, it is handing until [`Holders::end`]. Returns whether it is
+    /// (for `end`).
+    pub fn begin(&mut self, client: u64, req: &Request) -> bool {
         for fh in named(req) {
             self.register(client, fh);
         }
-        if hands_out(req) {
+        let handing = hands_out(req);
+        if handing {
             *self.handing.entry(client).or_default() += 1;
         }
+        handing
     }
 
-    /// That call ended with `res` (before its reply leaves).
-    pub fn end(&mut self, client: u64, req: &Request, res: &Result<Response, fs_proto::Errno>) {
+    /// That call (`handing`: what [`Holders::begin`] said) ended with `res`, before its
+    /// reply leaves.
+    pub fn end(&mut self, client: u64, handing: bool, res: &Result<Response, fs_proto::Errno>) {
         if let Ok(r) = res {
             for fh in handed(r) {
                 self.register(client, fh);
             }
         }
-        if hands_out(req) {
+        if handing {
             if let Some(n) = self.handing.get_mut(&client) {
                 *n -= 1;
                 if *n == 0 {
@@ -166,16 +170,16 @@ mod tests {
     fn a_mount_holds_what_it_named_or_was_handed() {
         let mut h = Holders::new(100);
         let get = Request::GetAttr { fh: fh(1) };
-        h.begin(7, &get);
-        h.end(7, &get, &Err(fs_proto::Errno::ENOENT));
+        let handing = h.begin(7, &get);
+        h.end(7, handing, &Err(fs_proto::Errno::ENOENT));
         assert!(h.may_hold(7, &[&fh(1)]), "named, even if the call failed");
         assert!(!h.may_hold(8, &[&fh(1)]));
         let lookup = Request::Lookup { dir: fh(1), name: b"a".to_vec() };
-        h.begin(8, &lookup);
+        let handing = h.begin(8, &lookup);
         assert!(h.may_hold(8, &[&fh(2)]), "a LOOKUP in progress may hand out anything");
         // SAFETY: a stat of zeros is a valid value of the plain C struct.
         let attr = crate::ops::attr_of(&unsafe { std::mem::zeroed() }, 0);
-        h.end(8, &lookup, &Ok(Response::Lookup { fh: fh(2), attr, dir: None }));
+        h.end(8, handing, &Ok(Response::Lookup { fh: fh(2), attr, dir: None }));
         assert!(h.may_hold(8, &[&fh(2)]) && !h.may_hold(8, &[&fh(3)]), "handed 2, nothing else");
         assert!(!h.may_hold(7, &[&fh(2)]));
         assert!(h.may_hold(7, &[&fh(3), &fh(1)]), "any of them");
@@ -184,15 +188,14 @@ mod tests {
     #[test]
     fn forgotten_handles_and_a_takeover_make_everyone_a_holder() {
         let mut h = Holders::new(2);
-        for i in 1..=2 {
-            let r = Request::GetAttr { fh: fh(i) };
-            h.begin(7, &r);
-            h.end(7, &r, &Err(fs_proto::Errno::ENOENT));
-        }
+        let get = |h: &mut Holders, i| {
+            let handing = h.begin(7, &Request::GetAttr { fh: fh(i) });
+            h.end(7, handing, &Err(fs_proto::Errno::ENOENT));
+        };
+        get(&mut h, 1);
+        get(&mut h, 2);
         assert!(!h.may_hold(8, &[&fh(9)]), "never handed out: nobody holds it");
-        let r = Request::GetAttr { fh: fh(3) };
-        h.begin(7, &r);
-        h.end(7, &r, &Err(fs_proto::Errno::ENOENT));
+        get(&mut h, 3);
         assert!(h.may_hold(8, &[&fh(1)]), "1 was forgotten for room: anyone may hold it");
         assert!(!h.may_hold(8, &[&fh(3)]), "3 is known");
         let mut t = Holders::new(10);

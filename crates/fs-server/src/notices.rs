@@ -452,6 +452,16 @@ mod tests {
         vec![Change::Object { fh: FileHandle(vec![i]), change: Some(i as u64) }]
     }
 
+    /// The frames queued for a subscriber: each push's `next` and notice numbers.
+    fn frames(rx: &std::sync::mpsc::Receiver<Frame>) -> Vec<(u64, Vec<u64>)> {
+        rx.try_iter()
+            .map(|f| match fs_proto::decode::<Reply>(&f[4..]).unwrap().res {
+                Ok(Response::Notices { next, notices, .. }) => (next, notices.iter().map(|n| n.seq).collect()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn numbers_in_order_and_a_bounded_history() {
         let mut s = Sequencer::new(9, 3);
@@ -508,14 +518,6 @@ mod tests {
         hub.beat();
         let (tx2, rx2) = std::sync::mpsc::sync_channel(QUEUE);
         hub.subscribe(2, 100, 8, 0, tx2);
-        let frames = |rx: &std::sync::mpsc::Receiver<Frame>| -> Vec<(u64, Vec<u64>)> {
-            rx.try_iter()
-                .map(|f| match fs_proto::decode::<Reply>(&f[4..]).unwrap().res {
-                    Ok(Response::Notices { next, notices, .. }) => (next, notices.iter().map(|n| n.seq).collect()),
-                    other => panic!("{other:?}"),
-                })
-                .collect()
-        };
         assert_eq!(frames(&rx), [(1, vec![]), (1, vec![])], "the answer and a beat, both saying 1 comes next");
         assert_eq!(frames(&rx2), [(1, vec![])], "a catch-up without the held ones");
         hub.release(1);
@@ -603,14 +605,6 @@ mod tests {
         let hub = Hub::new(5, 1000);
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         hub.subscribe(1, 7, 1, u64::MAX, tx);
-        let frames = |rx: &std::sync::mpsc::Receiver<Frame>| -> Vec<(u64, Vec<u64>)> {
-            rx.try_iter()
-                .map(|f| match fs_proto::decode::<Reply>(&f[4..]).unwrap().res {
-                    Ok(Response::Notices { next, notices, .. }) => (next, notices.iter().map(|n| n.seq).collect()),
-                    other => panic!("{other:?}"),
-                })
-                .collect()
-        };
         assert_eq!(frames(&rx), [(1, vec![])], "the subscription's answer");
         hub.publish(7, ch(1));
         hub.publish(7, ch(2));

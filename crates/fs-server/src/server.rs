@@ -317,16 +317,9 @@ impl Server {
     /// [`Server::dispatch_caught`] for `client`, registering it as a holder of the
     /// handles the call names and of those its reply hands out ([`crate::holders`]).
     fn dispatch_tracked(&self, client: u64, cred: &Cred, req: Request) -> Result<Response, Errno> {
-        crate::lock(&self.holders).begin(client, &req);
-        // The request without its data, for `end` (the call consumes the request).
-        let shape = match &req {
-            Request::Write { fh, offset, stable, fence, .. } => {
-                Request::Write { fh: fh.clone(), offset: *offset, stable: *stable, fence: *fence, data: Vec::new() }
-            }
-            other => other.clone(),
-        };
+        let handing = crate::lock(&self.holders).begin(client, &req);
         let res = self.dispatch_caught(cred, req);
-        crate::lock(&self.holders).end(client, &shape, &res);
+        crate::lock(&self.holders).end(client, handing, &res);
         res
     }
 

@@ -139,13 +139,7 @@ impl Client {
             Err(Errno::ENODATA) if caps => {
                 let attr = self.inodes.lock().unwrap().get(ino).map(|n| n.attr);
                 if let Some(attr) = attr {
-                    let adaptive = self.attr_ttl(&attr);
-                    let ttl = match self.promised(mark, &[ino]) {
-                        _ if adaptive.is_zero() => Duration::ZERO, // noac
-                        None => adaptive,
-                        Some(false) => Duration::ZERO,
-                        Some(true) => adaptive.max(self.opts.callback),
-                    };
+                    let (ttl, _) = self.cache_ttl(mark, &[ino], &attr);
                     if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
                         n.no_caps_until = (!ttl.is_zero()).then(|| Instant::now() + ttl);
                     }

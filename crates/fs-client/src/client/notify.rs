@@ -90,22 +90,29 @@ impl Client {
         parent: Option<u64>,
         attr: &Attr,
     ) -> (Duration, Option<bool>) {
+        let inos: Vec<u64> = std::iter::once(ino).chain(parent).collect();
+        let (ttl, promise) = self.cache_ttl(mark, &inos, attr);
+        if promise == Some(true) {
+            if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+                n.promised_until = Some(Instant::now() + ttl);
+            }
+        }
+        (ttl, promise)
+    }
+
+    /// How long an answer about `inos` (sent under `mark`; `attr` the object's) may be
+    /// kept: the callback bound when promised; nothing when suspect or under `noac`;
+    /// else the adaptive timeout. With the promise found (`None` under `noac`).
+    pub(super) fn cache_ttl(&self, mark: Option<Mark>, inos: &[u64], attr: &Attr) -> (Duration, Option<bool>) {
         let adaptive = self.attr_ttl(attr);
         if adaptive.is_zero() {
             return (adaptive, None); // noac: nothing is cached, promise or not
         }
-        let inos: Vec<u64> = std::iter::once(ino).chain(parent).collect();
-        let promise = self.promised(mark, &inos);
+        let promise = self.promised(mark, inos);
         let ttl = match promise {
             None => adaptive,
             Some(false) => Duration::ZERO,
-            Some(true) => {
-                let ttl = adaptive.max(self.opts.callback);
-                if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
-                    n.promised_until = Some(Instant::now() + ttl);
-                }
-                ttl
-            }
+            Some(true) => adaptive.max(self.opts.callback),
         };
         (ttl, promise)
     }
