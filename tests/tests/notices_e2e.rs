@@ -360,6 +360,48 @@ fn lookups_answered_from_a_listing_follow_another_mounts_changes() {
     assert_eq!(names.len(), 301);
 }
 
+/// `rm` after `ls`: our own removals keep the folder's listing, which follows them, so
+/// each removal's LOOKUP is answered from it; the listing and every LOOKUP then show the
+/// folder as it is, and the other name of a hard-linked file shows its new link count
+/// (the listing held the old one, so it is not kept past that removal).
+#[test]
+fn removals_here_keep_the_listing_and_it_follows_them() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "actimeo=3600");
+    subscribed(&b.mountpoint);
+    std::fs::create_dir(rig.mnt("d")).unwrap();
+    for i in 0..200 {
+        std::fs::write(rig.export(&format!("d/f{i}")), b"x").unwrap();
+    }
+    std::fs::write(rig.export("d/a"), b"linked").unwrap();
+    std::fs::hard_link(rig.export("d/a"), rig.export("d/a2")).unwrap();
+    std::fs::create_dir(rig.export("d/sub")).unwrap();
+    let names = |root: &Path| {
+        let mut v: Vec<String> =
+            std::fs::read_dir(root.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&b.mountpoint).len(), 203);
+    let before = calls(&b.mountpoint, "LOOKUP");
+    for i in 0..100 {
+        std::fs::remove_file(b.path(&format!("d/f{i}"))).unwrap();
+    }
+    std::fs::remove_dir(b.path("d/sub")).unwrap();
+    assert_eq!(calls(&b.mountpoint, "LOOKUP"), before, "rm after ls: no LOOKUP reached the server");
+    assert_eq!(names(&b.mountpoint), names(&rig.export("")), "the listing follows our removals");
+    // The kernel forgets its names, so each `stat` below is a LOOKUP of ours.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert!(!b.path("d/f5").exists() && !b.path("d/sub").exists() && b.path("d/f150").exists());
+    assert_eq!(std::fs::metadata(b.path("d/a2")).unwrap().nlink(), 2);
+    std::fs::remove_file(b.path("d/a")).unwrap();
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert_eq!(std::fs::metadata(b.path("d/a2")).unwrap().nlink(), 1, "the other name's link count");
+    assert_eq!(std::fs::read(b.path("d/a2")).unwrap(), b"linked");
+    assert_eq!(names(&b.mountpoint), names(&rig.export("")));
+}
+
 /// Gaps: a server that pushes no seventh notice, and one that pushes none at all (a test
 /// switch; they are numbered and kept all the same). The mount notices each gap (at the
 /// next notice, or at the server's beat when no notice follows), reconnects, catches up

@@ -523,7 +523,7 @@ impl Filesystem for Fs {
                 Ok(l) => l,
                 Err(e) => return reply.fail(e),
             };
-            for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
+            for (i, e) in listing.from(offset as usize) {
                 let kind = file_type(e.kind.unwrap_or(FileKind::Regular));
                 if reply.add(INodeNo(e.fileid), i as u64 + 1, kind, OsStr::from_bytes(&e.name)) {
                     break;
@@ -546,7 +546,7 @@ impl Filesystem for Fs {
             };
             // Held until the kernel has the whole answer (see `client::Gate`).
             let mut gates = Vec::new();
-            for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
+            for (i, e) in listing.from(offset as usize) {
                 let name = OsStr::from_bytes(&e.name);
                 let next = i as u64 + 1;
                 if e.name == b"." || e.name == b".." {

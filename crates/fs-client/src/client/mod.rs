@@ -216,9 +216,13 @@ impl Client {
                 return Err(Errno::EROFS);
             }
             // A change of ours makes no notice here (its reply tells us), and the
-            // attributes a kept listing holds for the object would be stale.
-            self.listings.lock().unwrap().clear();
+            // attributes a kept listing holds for the object would be stale; a removal
+            // keeps its directory's listing, which follows it.
+            let dir_ino = self.listings_before(&req);
             let res = self.rpc.call(cred, req.clone()).await;
+            if let Some(ino) = dir_ino {
+                self.listing_removed(ino, &req, &res);
+            }
             self.known_after(&req, &res);
             return res;
         }

@@ -8,7 +8,7 @@ use super::{unexpected, Caller, Client, Entry, OpenNo, Opened};
 use crate::inodes::atime_due;
 use crate::readahead::ReadAhead;
 use fs_proto::*;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
@@ -23,21 +23,58 @@ pub(super) struct OpenFile {
 
 /// A directory's entries, and the notice state they were fetched under (so that an
 /// entry handed to the kernel later is promised only if no notice touched the directory
-/// since).
+/// since). Our own removals in the directory mark entries gone ([`Client::listing_removed`]),
+/// so that `rm` after `ls` answers each LOOKUP from here, as `ls -l` does.
 pub struct Listing {
-    pub entries: Vec<DirEntry>,
+    entries: Vec<DirEntry>,
+    /// Per entry: removed by a change of ours since the listing.
+    gone: Vec<AtomicBool>,
     pub mark: Option<super::Mark>,
-    /// The directory's change attribute when listed.
-    pub change: u64,
+    /// The directory's change attribute when listed, moved on by our own removals.
+    change: AtomicU64,
     /// Entries by name, made on the first LOOKUP answered from the listing.
     index: std::sync::OnceLock<std::collections::HashMap<Vec<u8>, usize>>,
 }
 
 impl Listing {
-    pub fn get(&self, name: &[u8]) -> Option<&DirEntry> {
+    fn new(entries: Vec<DirEntry>, mark: Option<super::Mark>, change: u64) -> Listing {
+        let gone = entries.iter().map(|_| AtomicBool::new(false)).collect();
+        Listing { entries, gone, mark, change: AtomicU64::new(change), index: Default::default() }
+    }
+
+    fn position(&self, name: &[u8]) -> Option<usize> {
         let index =
             self.index.get_or_init(|| self.entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect());
-        index.get(name).map(|&i| &self.entries[i])
+        index.get(name).copied().filter(|&i| !self.gone[i].load(Ordering::Acquire))
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&DirEntry> {
+        self.position(name).map(|i| &self.entries[i])
+    }
+
+    /// The entries from index `from` on, each with its index, without those gone.
+    pub fn from(&self, from: usize) -> impl Iterator<Item = (usize, &DirEntry)> {
+        self.entries.iter().enumerate().skip(from).filter(|(i, _)| !self.gone[*i].load(Ordering::Acquire))
+    }
+
+    pub fn change(&self) -> u64 {
+        self.change.load(Ordering::Acquire)
+    }
+
+    /// Our removal of `name` took the directory from change `before` to `after`:
+    /// whether the listing follows (it was the listing's state, and the entry's object
+    /// had no other name whose attributes a listing could hold).
+    fn removed(&self, name: &[u8], before: u64, after: u64) -> bool {
+        let Some(i) = self.position(name) else { return false };
+        let single = match &self.entries[i].plus {
+            Some((_, a)) => a.kind == FileKind::Directory || a.nlink <= 1,
+            None => false,
+        };
+        if !single || self.change.compare_exchange(before, after, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        self.gone[i].store(true, Ordering::Release);
+        true
     }
 }
 
@@ -226,8 +263,39 @@ impl Client {
     /// the directory since, and no change of ours moved its change attribute.
     pub(super) fn promised_listing(&self, dir_ino: u64) -> Option<Arc<Listing>> {
         let l = self.listings.lock().unwrap().get(&dir_ino).cloned()?;
-        let same = self.inodes.lock().unwrap().get(dir_ino).is_some_and(|n| n.attr.change == l.change);
+        let same = self.inodes.lock().unwrap().get(dir_ino).is_some_and(|n| n.attr.change == l.change());
         (same && self.promised(l.mark, &[dir_ino]) == Some(true)).then_some(l)
+    }
+
+    /// Before a change of ours: drops the kept listings it may make stale, all but a
+    /// removal's own directory's, whose node id it returns.
+    pub(super) fn listings_before(&self, req: &Request) -> Option<u64> {
+        let dir = match req {
+            Request::Remove { dir, .. } | Request::Rmdir { dir, .. } => self.inodes.lock().unwrap().ino_of(dir),
+            _ => None,
+        };
+        let mut listings = self.listings.lock().unwrap();
+        let kept = dir.and_then(|ino| listings.pop(&ino));
+        listings.clear();
+        let ino = dir.filter(|_| kept.is_some())?;
+        listings.put(ino, kept?);
+        Some(ino)
+    }
+
+    /// After our removal in directory `dir_ino`, whose listing was kept: the entry is
+    /// marked gone if the reply shows the directory went from the listing's state to
+    /// the next; otherwise (a failure, or another change in between) the listing goes.
+    pub(super) fn listing_removed(&self, dir_ino: u64, req: &Request, res: &Result<Response, Errno>) {
+        let (Request::Remove { name, .. } | Request::Rmdir { name, .. }) = req else { return };
+        let mut listings = self.listings.lock().unwrap();
+        let Some(l) = listings.get(&dir_ino) else { return };
+        let follows = match res {
+            Ok(Response::Wcc(Wcc { before: Some(b), after: Some(a) })) => l.removed(name, b.ctime.change(), a.change),
+            _ => false,
+        };
+        if !follows {
+            listings.pop(&dir_ino);
+        }
     }
 
     pub fn releasedir(&self, fh: OpenNo) {
@@ -275,7 +343,7 @@ impl Client {
                 r => return Err(unexpected(r)),
             }
         }
-        let listing = Arc::new(Listing { entries: all, mark, change, index: Default::default() });
+        let listing = Arc::new(Listing::new(all, mark, change));
         if mark.is_some() {
             self.listings.lock().unwrap().put(dir_ino, listing.clone());
         }
