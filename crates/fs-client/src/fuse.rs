@@ -382,17 +382,22 @@ impl Filesystem for Fs {
         reply: ReplyData,
     ) {
         let cl = self.client.clone();
-        self.spawn(
-            reply,
-            async move {
-                let d = cl.read(ino.0, OpenNo(fh.0), offset, size).await?;
-                if d.len() < size as usize {
-                    tracing::debug!(ino = ino.0, offset, size, got = d.len(), "short read");
-                }
-                Ok(d)
-            },
-            |r, d| r.data(&d),
-        );
+        // A random reader waits for one READ at a time (the kernel reads nothing ahead
+        // for it): waiting here, as a metadata call does, saves the hand-off to the
+        // runtime and back. Sequential readers' READs go on as tasks, many in flight.
+        let random = cl.reads_randomly(OpenNo(fh.0));
+        let work = async move {
+            let d = cl.read(ino.0, OpenNo(fh.0), offset, size).await?;
+            if d.len() < size as usize {
+                tracing::debug!(ino = ino.0, offset, size, got = d.len(), "short read");
+            }
+            Ok(d)
+        };
+        if random {
+            self.run(reply, work, |r, d| r.data(&d));
+        } else {
+            self.spawn(reply, work, |r, d| r.data(&d));
+        }
     }
 
     fn write(

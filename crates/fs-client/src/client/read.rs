@@ -83,6 +83,11 @@ impl Client {
         Ok(out)
     }
 
+    /// Whether the last read of open file `fh` looked random (see [`crate::readahead::ReadAhead::is_random`]).
+    pub fn reads_randomly(&self, fh: OpenNo) -> bool {
+        self.opens.lock().unwrap().get(&fh).is_some_and(|of| of.ra.is_random())
+    }
+
     /// Whether every block of `blocks` is in the page cache under `change`.
     pub(super) fn cached(&self, ino: u64, change: u64, blocks: std::ops::Range<u64>) -> bool {
         let mut cache = self.cache.lock().unwrap();
