@@ -99,9 +99,20 @@ impl Client {
     }
 
     /// Sends one WRITE, queued by [`Wb::queue`], once no older overlapping WRITE is still
-    /// on its way.
+    /// on its way; the WRITE goes on as a task.
     pub(super) async fn send_write(self: &Arc<Self>, f: &Arc<FileState>, seq: u64, offset: u64, data: Vec<u8>) {
-        let end = offset + data.len() as u64;
+        let permit = self.write_turn(f, seq, offset, data.len()).await;
+        let (this, f) = (self.clone(), f.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            this.write_call(&f, seq, offset, data).await;
+        });
+    }
+
+    /// Waits until no older WRITE overlapping `[offset, offset + len)` is on its way, and
+    /// for a slot among the WRITEs in flight.
+    async fn write_turn(&self, f: &FileState, seq: u64, offset: u64, len: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let end = offset + len as u64;
         loop {
             let idle = f.idle.notified();
             tokio::pin!(idle);
@@ -112,32 +123,32 @@ impl Client {
             }
             idle.await;
         }
-        let permit = self.write_slots.clone().acquire_owned().await.expect("never closed");
-        let (this, f) = (self.clone(), f.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let cred = f.cred.lock().unwrap().clone();
-            let fence = f.fence.load(std::sync::atomic::Ordering::SeqCst);
-            let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data: data.clone() };
-            let res = this.rpc.call(&cred, req).await;
-            let mut wb = f.wb.lock().unwrap();
-            wb.in_flight.done(seq);
-            match res {
-                Ok(Response::Write { committed, verifier, wcc, .. }) => {
-                    if committed == Stable::Unstable {
-                        wb.unstable.push(offset, data, verifier);
-                    }
-                    if let Some(a) = &wcc.after {
-                        wb.last_write_change = wb.last_write_change.max(a.change);
-                    }
-                    drop(wb);
-                    this.note_wcc(&f.fh, &wcc);
+        self.write_slots.clone().acquire_owned().await.expect("never closed")
+    }
+
+    /// One WRITE, and what its reply tells.
+    async fn write_call(&self, f: &FileState, seq: u64, offset: u64, data: Vec<u8>) {
+        let cred = f.cred.lock().unwrap().clone();
+        let fence = f.fence.load(std::sync::atomic::Ordering::SeqCst);
+        let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data: data.clone() };
+        let res = self.rpc.call(&cred, req).await;
+        let mut wb = f.wb.lock().unwrap();
+        wb.in_flight.done(seq);
+        match res {
+            Ok(Response::Write { committed, verifier, wcc, .. }) => {
+                if committed == Stable::Unstable {
+                    wb.unstable.push(offset, data, verifier);
                 }
-                Ok(r) => wb.error = Some(unexpected(r)),
-                Err(e) => wb.error = Some(e),
+                if let Some(a) = &wcc.after {
+                    wb.last_write_change = wb.last_write_change.max(a.change);
+                }
+                drop(wb);
+                self.note_wcc(&f.fh, &wcc);
             }
-            f.idle.notify_waiters();
-        });
+            Ok(r) => wb.error = Some(unexpected(r)),
+            Err(e) => wb.error = Some(e),
+        }
+        f.idle.notify_waiters();
     }
 
     /// Sends every buffered byte of `ino` and waits until no WRITE is in flight.
@@ -153,8 +164,16 @@ impl Client {
             let chunks = wb.dirty.take_all(self.opts.wsize.min(self.max_io));
             wb.in_flight.queue(chunks)
         };
-        for (seq, off, chunk) in chunks {
-            self.send_write(f, seq, off, chunk).await;
+        if chunks.len() == 1 {
+            // One WRITE (a small file's close, `tar`'s SETATTR after the data): sent and
+            // awaited here, so its reply wakes this caller, not a task that wakes it.
+            let (seq, off, chunk) = chunks.into_iter().next().expect("one");
+            let _permit = self.write_turn(f, seq, off, chunk.len()).await;
+            self.write_call(f, seq, off, chunk).await;
+        } else {
+            for (seq, off, chunk) in chunks {
+                self.send_write(f, seq, off, chunk).await;
+            }
         }
         loop {
             let idle = f.idle.notified();
