@@ -39,6 +39,11 @@ pub struct MountOptions {
     /// `callback=SECS`: while subscribed, how long what is cached may be trusted without
     /// a notice (the AFS callback promise's bound).
     pub callback: Duration,
+    /// `lookupcache=all` (default) or `none`, as nfs(5): with `none` no name is kept,
+    /// in the kernel or here: every path lookup asks the server, so another mount's
+    /// creates, renames and removals show at once and in the order they were made (a
+    /// round trip per name looked up).
+    pub lookup_cache: bool,
     /// `threads=N`: FUSE request threads (1 to 64).
     pub threads: usize,
     /// `key=FILE`: prove to the server that we hold its key (see `fs_proto::secure`).
@@ -68,6 +73,7 @@ impl Default for MountOptions {
             clock_check: Duration::from_secs(60),
             notify: true,
             callback: Duration::from_secs(300),
+            lookup_cache: true,
             threads: 8,
             key: None,
             encrypt: None,
@@ -172,6 +178,13 @@ impl MountOptions {
                 "notify" => flag(&mut o.notify, true)?,
                 "nonotify" => flag(&mut o.notify, false)?,
                 "callback" => o.callback = secs(key, need()?)?,
+                "lookupcache" => {
+                    o.lookup_cache = match need()? {
+                        "all" => true,
+                        "none" => false,
+                        _ => return Err(OptionError::BadValue(key.into(), "all or none".into())),
+                    }
+                }
                 "threads" => {
                     o.threads = number(key, need()?)?;
                     if !(1..=64).contains(&o.threads) {
@@ -220,6 +233,9 @@ mod tests {
         let o = MountOptions::parse("nonotify,callback=30").unwrap();
         assert!(!o.notify);
         assert_eq!(o.callback, Duration::from_secs(30));
+        assert!(MountOptions::parse("").unwrap().lookup_cache);
+        assert!(!MountOptions::parse("lookupcache=none").unwrap().lookup_cache);
+        assert!(MountOptions::parse("lookupcache=all").unwrap().lookup_cache);
     }
 
     #[test]
@@ -231,6 +247,7 @@ mod tests {
         assert!(matches!(MountOptions::parse("block_size=3000"), Err(OptionError::BadValue(..))));
         assert!(matches!(MountOptions::parse("timeo=0"), Err(OptionError::BadValue(..))));
         assert!(matches!(MountOptions::parse("encrypt"), Err(OptionError::BadValue(..))));
+        assert!(matches!(MountOptions::parse("lookupcache=positive"), Err(OptionError::BadValue(..))));
         assert_eq!(MountOptions::parse("key=/k,noencrypt").unwrap().encrypt, Some(false));
         let msg = MountOptions::parse("readahead=-1").unwrap_err().to_string();
         assert!(msg.contains("readahead") && !msg.contains('\n'), "{msg}");

@@ -368,8 +368,10 @@ impl Client {
         let (attr_ttl, promise) = self.kernel_ttl_promised(mark, ino, Some(parent), &attr);
         let attr = self.local_view(ino, attr);
         // Names are revalidated on the directory timeouts, as NFS's dentry cache; under
-        // the promise, when a notice says so; a suspect answer not at all.
+        // the promise, when a notice says so; a suspect answer, or any under
+        // `lookupcache=none`, at every use.
         let entry_ttl = match promise {
+            _ if !self.opts.lookup_cache => Duration::ZERO,
             Some(true) => attr_ttl,
             Some(false) => Duration::ZERO,
             None => self.timeouts().dir_min,

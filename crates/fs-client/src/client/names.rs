@@ -9,6 +9,9 @@ use std::time::Instant;
 impl Client {
     pub async fn lookup(&self, c: Caller, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
         let dir = self.fh(parent)?;
+        if !self.opts.lookup_cache {
+            return self.lookup_call(c, parent, &dir, name).await;
+        }
         if name != b"." && name != b".." && self.known_absent(parent, name) {
             return Err(Errno::ENOENT);
         }

@@ -262,6 +262,9 @@ impl Client {
     /// The directory's recent listing, if the promise still covers it: no notice touched
     /// the directory since, and no change of ours moved its change attribute.
     pub(super) fn promised_listing(&self, dir_ino: u64) -> Option<Arc<Listing>> {
+        if !self.opts.lookup_cache {
+            return None; // every listing and lookup asks the server
+        }
         let l = self.listings.lock().unwrap().get(&dir_ino).cloned()?;
         let same = self.inodes.lock().unwrap().get(dir_ino).is_some_and(|n| n.attr.change == l.change());
         (same && self.promised(l.mark, &[dir_ino]) == Some(true)).then_some(l)
