@@ -13,7 +13,7 @@
 //!   mount does; "server not responding, still trying" is logged once per outage.
 //! - `soft`: a call that has no reply after `timeo * (retrans + 1)` fails with `EIO`.
 
-use fs_proto::{decode, encode_frame, frame_len, Addr, Call, Cred, Errno, Reply, Request, Response};
+use fs_proto::{decode, encode_frame, frame_len, Addr, Call, CallRef, Cred, Errno, Reply, Request, Response};
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -51,7 +51,7 @@ impl RpcConfig {
     }
 }
 
-type Frame = Arc<[u8]>;
+type Frame = Arc<Vec<u8>>;
 
 struct Pending {
     frame: Frame,
@@ -291,6 +291,11 @@ impl Rpc {
     }
 
     pub async fn call(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
+        self.call_ref(cred, &req).await
+    }
+
+    /// [`Rpc::call`] with a borrowed request (which the caller keeps: a WRITE's data).
+    pub async fn call_ref(&self, cred: &Cred, req: &Request) -> Result<Response, Errno> {
         let (op, started) = (req.name(), std::time::Instant::now());
         let result = self.call_inner(cred, req).await;
         // Any error counts (ENOENT from a LOOKUP too: that is how misses look).
@@ -310,10 +315,10 @@ impl Rpc {
         }
     }
 
-    async fn call_inner(&self, cred: &Cred, req: Request) -> Result<Response, Errno> {
+    async fn call_inner(&self, cred: &Cred, req: &Request) -> Result<Response, Errno> {
         let xid = self.inner.next_xid.fetch_add(1, Ordering::Relaxed);
-        let call = Call { xid, client: self.inner.client, cred: cred.clone(), req };
-        let frame: Frame = encode_frame(&call).map_err(|_| Errno::EINVAL)?.into();
+        let call = CallRef { xid, client: self.inner.client, cred, req };
+        let frame: Frame = Arc::new(encode_frame(&call).map_err(|_| Errno::EINVAL)?);
         let (tx, rx) = oneshot::channel();
         let conn = {
             let mut st = self.inner.state.lock().unwrap();

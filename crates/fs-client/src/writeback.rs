@@ -53,6 +53,11 @@ impl Dirty {
         // General case: merge every extent that overlaps or touches [offset, end).
         let touching: Vec<u64> =
             self.extents.range(..=end).filter(|(&s, v)| s + v.len() as u64 >= offset).map(|(&s, _)| s).collect();
+        if touching.is_empty() {
+            self.bytes += data.len();
+            self.extents.insert(offset, data.to_vec());
+            return;
+        }
         let start = touching.first().map_or(offset, |&s| s.min(offset));
         let mut merged_end = end;
         for s in &touching {

@@ -18,6 +18,17 @@ pub struct Call {
     pub req: Request,
 }
 
+/// A [`Call`] made from borrowed parts, encoded byte for byte as the `Call` it stands
+/// for: a caller that needs its request back (a WRITE's data, kept until COMMIT) sends
+/// it without a copy.
+#[derive(Debug, Encode)]
+pub struct CallRef<'a> {
+    pub xid: u64,
+    pub client: u64,
+    pub cred: &'a Cred,
+    pub req: &'a Request,
+}
+
 /// Server to client.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -219,7 +219,7 @@ impl Client {
             // attributes a kept listing holds for the object would be stale; a removal
             // keeps its directory's listing, which follows it.
             let dir_ino = self.listings_before(&req);
-            let res = self.rpc.call(cred, req.clone()).await;
+            let res = self.rpc.call_ref(cred, &req).await;
             if let Some(ino) = dir_ino {
                 self.listing_removed(ino, &req, &res);
             }

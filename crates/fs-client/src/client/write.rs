@@ -130,8 +130,9 @@ impl Client {
     async fn write_call(&self, f: &FileState, seq: u64, offset: u64, data: Vec<u8>) {
         let cred = f.cred.lock().unwrap().clone();
         let fence = f.fence.load(std::sync::atomic::Ordering::SeqCst);
-        let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data: data.clone() };
-        let res = self.rpc.call(&cred, req).await;
+        let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data };
+        let res = self.rpc.call_ref(&cred, &req).await;
+        let Request::Write { data, .. } = req else { unreachable!("made above") };
         let mut wb = f.wb.lock().unwrap();
         wb.in_flight.done(seq);
         match res {
