@@ -134,6 +134,11 @@ struct HubInner {
     held: VecDeque<Notice>,
 }
 
+/// Whether subscriber `s` still has to apply notice `n` of a change by `origin`.
+fn is_behind(s: &Sub, n: u64, origin: u64, may_hold: &impl Fn(u64) -> bool) -> bool {
+    s.client != origin && s.acked < n && may_hold(s.client)
+}
+
 impl Hub {
     pub fn new(instance: u64, history: usize) -> Hub {
         Hub {
@@ -203,7 +208,7 @@ impl Hub {
     /// hold the file). Returns how many mounts it waited for and how many were dropped.
     pub fn await_applied(&self, n: u64, origin: u64, limit: Duration, may_hold: impl Fn(u64) -> bool) -> Awaited {
         let deadline = Instant::now() + limit;
-        let behind = |s: &Sub| s.client != origin && s.acked < n && may_hold(s.client);
+        let behind = |s: &Sub| is_behind(s, n, origin, &may_hold);
         let mut h = crate::lock(&self.inner);
         let waited = h.subs.values().filter(|s| behind(s)).count();
         loop {
@@ -227,6 +232,11 @@ impl Hub {
             }
             h = self.acked.wait_timeout(h, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
+    }
+
+    /// How many mounts [`Hub::await_applied`] would wait for now.
+    pub fn behind(&self, n: u64, origin: u64, may_hold: impl Fn(u64) -> bool) -> usize {
+        crate::lock(&self.inner).subs.values().filter(|s| is_behind(s, n, origin, &may_hold)).count()
     }
 
     /// Numbers a change made by `client` and pushes it to every subscriber.
@@ -579,16 +589,35 @@ mod tests {
         assert_eq!(hub.subscribers(), 1);
         assert!(rx_b.try_iter().count() > 0 && rx_b.recv().is_err(), "its queue closed");
         hub.publish(20, ch(3));
+        // The waiter asks `may_hold` under the hub's lock each time it looks (first when
+        // it counts the mounts behind, then at every wake-up).
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let waiter = {
-            let hub = hub.clone();
-            std::thread::spawn(move || hub.await_applied(3, 20, Duration::from_secs(30), |_| true))
+            let (hub, asked) = (hub.clone(), asked.clone());
+            let may_hold = move |_| {
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                true
+            };
+            std::thread::spawn(move || hub.await_applied(3, 20, Duration::from_secs(30), may_hold))
         };
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(!waiter.is_finished(), "mount 10 has not applied 3 yet");
+        let looked = |more_than: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while asked.load(std::sync::atomic::Ordering::SeqCst) <= more_than {
+                assert!(Instant::now() < deadline, "the waiter did not look again");
+                std::thread::yield_now();
+            }
+        };
+        looked(0);
+        // (Taking the lock: the waiter is now waiting, or gone.)
+        assert_eq!(hub.behind(3, 20, all), 1, "mount 10 has not applied 3 yet");
+        let before = asked.load(std::sync::atomic::Ordering::SeqCst);
         hub.ack(1, 2);
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(!waiter.is_finished(), "2 is not 3");
+        looked(before);
+        assert_eq!(hub.behind(3, 20, all), 1, "woken, it looked again: 2 is not 3");
         hub.ack(1, 3);
+        assert_eq!(hub.behind(3, 20, all), 0);
+        // It waited for that mount (a 30 s limit: the acknowledgement ended it), and
+        // dropped nobody.
         assert_eq!(waiter.join().unwrap(), Awaited { waited: 1, dropped: 0 });
         assert_eq!(
             hub.await_applied(3, 10, Duration::ZERO, |_| true).waited,
