@@ -70,11 +70,13 @@ impl Listing {
             Some((_, a)) => a.kind == FileKind::Directory || a.nlink <= 1,
             None => false,
         };
-        if !single || self.change.compare_exchange(before, after, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        if !single {
             return false;
         }
+        // Gone first (the removal was made), so that no one finds the name under the
+        // new change attribute.
         self.gone[i].store(true, Ordering::Release);
-        true
+        self.change.compare_exchange(before, after, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 }
 
