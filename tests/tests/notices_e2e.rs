@@ -27,6 +27,14 @@ fn size(p: &Path) -> Option<u64> {
     std::fs::metadata(p).ok().map(|m| m.len())
 }
 
+/// The names in folder `d`, sorted.
+fn names(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v
+}
+
 /// Another mount's write and close shows in a mount that caches attributes for an hour
 /// (`actimeo=3600`) within moments, and so do a new name, a removal and a rename (the
 /// kernel's cached names dropped); the same mount without notices (`nonotify`) still
@@ -277,12 +285,6 @@ fn storm_of_renames(watcher_opts: &str, tolerance: Duration) {
         &violations[..violations.len().min(10)]
     );
     assert_eq!(last_seen, N);
-    let names = |d: &Path| {
-        let mut v: Vec<String> =
-            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        v.sort();
-        v
-    };
     assert_eq!(names(&b.path("d")), [format!("x{N}"), format!("y{}", N - 1)]);
     assert_eq!(names(&b.path("d")), names(&rig.export("d")), "the watcher's listing ends as the server's");
     for k in 0..N {
@@ -401,12 +403,10 @@ fn lookups_answered_from_a_listing_follow_another_mounts_changes() {
     wait_until(Duration::from_secs(5), "the rename seen", || !b.path("d/f7").exists());
     assert!(b.path("d/renamed").exists());
     assert_eq!(std::fs::read(b.path("d/nothing")).unwrap(), b"now");
-    let mut names: Vec<String> =
-        std::fs::read_dir(b.path("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    names.sort();
-    assert!(names.contains(&"renamed".to_string()) && names.contains(&"nothing".to_string()));
-    assert!(!names.contains(&"f7".to_string()));
-    assert_eq!(names.len(), 301);
+    let seen = names(&b.path("d"));
+    assert!(seen.contains(&"renamed".to_string()) && seen.contains(&"nothing".to_string()));
+    assert!(!seen.contains(&"f7".to_string()));
+    assert_eq!(seen.len(), 301);
 }
 
 /// `rm` after `ls`: our own removals keep the folder's listing, which follows them, so
@@ -426,20 +426,14 @@ fn removals_here_keep_the_listing_and_it_follows_them() {
     std::fs::write(rig.export("d/a"), b"linked").unwrap();
     std::fs::hard_link(rig.export("d/a"), rig.export("d/a2")).unwrap();
     std::fs::create_dir(rig.export("d/sub")).unwrap();
-    let names = |root: &Path| {
-        let mut v: Vec<String> =
-            std::fs::read_dir(root.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        v.sort();
-        v
-    };
-    assert_eq!(names(&b.mountpoint).len(), 203);
+    assert_eq!(names(&b.path("d")).len(), 203);
     let before = calls(&b.mountpoint, "LOOKUP");
     for i in 0..100 {
         std::fs::remove_file(b.path(&format!("d/f{i}"))).unwrap();
     }
     std::fs::remove_dir(b.path("d/sub")).unwrap();
     assert_eq!(calls(&b.mountpoint, "LOOKUP"), before, "rm after ls: no LOOKUP reached the server");
-    assert_eq!(names(&b.mountpoint), names(&rig.export("")), "the listing follows our removals");
+    assert_eq!(names(&b.path("d")), names(&rig.export("d")), "the listing follows our removals");
     // The kernel forgets its names, so each `stat` below is a LOOKUP of ours.
     std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
     assert!(!b.path("d/f5").exists() && !b.path("d/sub").exists() && b.path("d/f150").exists());
@@ -448,7 +442,7 @@ fn removals_here_keep_the_listing_and_it_follows_them() {
     std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
     assert_eq!(std::fs::metadata(b.path("d/a2")).unwrap().nlink(), 1, "the other name's link count");
     assert_eq!(std::fs::read(b.path("d/a2")).unwrap(), b"linked");
-    assert_eq!(names(&b.mountpoint), names(&rig.export("")));
+    assert_eq!(names(&b.path("d")), names(&rig.export("d")));
 }
 
 /// Gaps: a server that pushes no seventh notice, and one that pushes none at all (a test
@@ -616,12 +610,7 @@ fn names_of_a_folder_we_made_need_no_lookup_and_follow_another_mount() {
     make(rig.mnt("d/f100"));
     std::fs::remove_file(b.path("d/f2")).unwrap();
     wait_until(Duration::from_secs(5), "the other mount's removal seen", || !rig.mnt("d/f2").exists());
-    let mut names: Vec<String> =
-        std::fs::read_dir(rig.mnt("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    names.sort();
-    let mut want: Vec<String> =
-        std::fs::read_dir(rig.export("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    want.sort();
-    assert_eq!(names, want);
-    assert_eq!(names.len(), 101, "f0 renamed, f1 and f2 gone, sub, f100 and theirs made");
+    let seen = names(&rig.mnt("d"));
+    assert_eq!(seen, names(&rig.export("d")));
+    assert_eq!(seen.len(), 101, "f0 renamed, f1 and f2 gone, sub, f100 and theirs made");
 }

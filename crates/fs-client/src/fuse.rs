@@ -574,7 +574,7 @@ impl Filesystem for Fs {
                 let a = file_attr(entry.ino, &entry.attr);
                 // (One lifetime for the name and the attributes here: the name's, where
                 // names are not kept.)
-                let ttl = entry.attr_ttl.min(if cl.options().lookup_cache { Duration::MAX } else { entry.entry_ttl });
+                let ttl = if cl.options().lookup_cache { entry.attr_ttl } else { entry.entry_ttl };
                 if reply.add(a.ino, next, name, &ttl, &a, Generation(0)) {
                     // Did not fit: the kernel never saw it, so it holds no reference.
                     cl.forget(entry.ino, 1);

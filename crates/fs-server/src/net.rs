@@ -350,7 +350,8 @@ fn answer(server: &Server, call: Call) -> Option<Reply> {
 
 /// Data calls may wait on the disk for long, and changes of attributes on other mounts
 /// applying their notice ([`crate::notices::Hub::await_applied`], whose acknowledgements
-/// the reader thread takes in); they never run on the reader thread.
+/// the reader thread takes in); they never run on the reader thread, but for a lone
+/// small READ ([`is_lone_read`]), which waits for no mount.
 fn is_data(req: &Request) -> bool {
     matches!(
         req,

@@ -235,6 +235,7 @@ impl Hub {
     }
 
     /// How many mounts [`Hub::await_applied`] would wait for now.
+    #[cfg(test)]
     pub fn behind(&self, n: u64, origin: u64, may_hold: impl Fn(u64) -> bool) -> usize {
         crate::lock(&self.inner).subs.values().filter(|s| is_behind(s, n, origin, &may_hold)).count()
     }

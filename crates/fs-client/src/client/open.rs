@@ -280,10 +280,10 @@ impl Client {
             _ => None,
         };
         let mut listings = self.listings.lock().unwrap();
-        let kept = dir.and_then(|ino| listings.pop(&ino));
+        let kept = dir.and_then(|ino| Some((ino, listings.pop(&ino)?)));
         listings.clear();
-        let ino = dir.filter(|_| kept.is_some())?;
-        listings.put(ino, kept?);
+        let (ino, l) = kept?;
+        listings.put(ino, l);
         Some(ino)
     }
 
