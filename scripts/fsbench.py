@@ -12,6 +12,8 @@ and bindfs in one run. Workloads:
   readdir DIR          list them                                      -> entries/s
   delete DIR N         unlink them                                    -> files/s
   untar DIR TARBALL    tar xf                                         -> seconds
+  tarback DIR          tar cf of the untarred tree, into a pipe       -> seconds
+  rmrf DIR             rm -rf of the untarred tree                    -> seconds
   appends DIR N        N writes of 32 bytes to one open file (a log)  -> writes/s
   statloop DIR SECS    stat one file again and again                  -> us per stat
 """
@@ -115,6 +117,19 @@ def main():
         t = time.perf_counter()
         subprocess.run(["tar", "xf", tarball, "-C", dest], check=True)
         print(f"{time.perf_counter() - t:.2f} s")
+    elif what == "tarback":
+        # Into a pipe: GNU tar reads nothing when its archive is /dev/null.
+        t = time.perf_counter()
+        tar = subprocess.Popen(["tar", "cf", "-", "-C", d, "untar"], stdout=subprocess.PIPE)
+        while tar.stdout.read(MIB):
+            pass
+        if tar.wait() != 0:
+            sys.exit("tar failed")
+        print(f"{time.perf_counter() - t:.3f} s")
+    elif what == "rmrf":
+        t = time.perf_counter()
+        subprocess.run(["rm", "-rf", os.path.join(d, "untar")], check=True)
+        print(f"{time.perf_counter() - t:.3f} s")
     else:
         sys.exit(f"unknown workload {what}")
 

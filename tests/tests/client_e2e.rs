@@ -743,3 +743,35 @@ fn the_mount_helper_mounts_in_the_background() {
         assert!(!tests::is_mounted(&mp));
     }
 }
+
+/// `ls -l`: a listing brings every name's handle and attributes into the kernel
+/// (READDIRPLUS on every page: `rdirplus=all`, the default), so an `lstat` of each
+/// listed name makes no LOOKUP request at all, and the attributes are the server's.
+/// Under `rdirplus=auto` the kernel takes them for the first page only and looks up
+/// the rest.
+#[test]
+fn a_listing_brings_every_name_into_the_kernel() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    std::fs::create_dir(rig.export("d")).unwrap();
+    for i in 0..2000 {
+        std::fs::write(rig.export(&format!("d/f{i:04}")), vec![b'x'; i % 7]).unwrap();
+    }
+    for (name, opts, looked_up_most) in [("all", "", false), ("auto", "rdirplus=auto", true)] {
+        let m = rig.second_mount(name, opts);
+        let lookups = || tests::metric(&tests::mount_status(&m.mountpoint), "kernel lookups");
+        let names: Vec<_> = std::fs::read_dir(m.path("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2000);
+        let before = lookups();
+        for n in &names {
+            let i: usize = n.to_str().unwrap()[1..].parse().unwrap();
+            assert_eq!(std::fs::symlink_metadata(m.path("d").join(n)).unwrap().len(), (i % 7) as u64);
+        }
+        let asked = lookups() - before;
+        if looked_up_most {
+            assert!(asked > 1000.0, "{name}: the kernel looked up only {asked} of 2000 names");
+        } else {
+            assert_eq!(asked, 0.0, "{name}: the kernel looked up names the listing brought");
+        }
+    }
+}

@@ -4,7 +4,8 @@
 
 use crate::client::{Caller, Client, Entry, OpenNo};
 use crate::locks::Locks;
-use fs_proto::{Attr, Errno, FileKind, SetAttrs, SetTime, Timespec};
+use crate::options::ReaddirPlus;
+use fs_proto::{Attr, DirEntry, Errno, FileKind, SetAttrs, SetTime, Timespec};
 use fuser::{
     AccessFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
@@ -231,12 +232,18 @@ impl Filesystem for Fs {
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             // A kernel without one of these simply goes without.
+            let _ = config.add_capabilities(flag);
+        }
+        let plus: &[InitFlags] = match self.client.options().rdirplus {
+            ReaddirPlus::All => &[InitFlags::FUSE_DO_READDIRPLUS],
+            ReaddirPlus::Auto => &[InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_READDIRPLUS_AUTO],
+            ReaddirPlus::None => &[],
+        };
+        for &flag in plus {
             let _ = config.add_capabilities(flag);
         }
         if self.locks.is_some() {
@@ -523,7 +530,9 @@ impl Filesystem for Fs {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let cl = self.client.clone();
-        self.rt.spawn(async move {
+        // Answered from this thread when the listing is at hand (no hand-off).
+        let _rt = self.rt.enter();
+        crate::client::now_or_spawn(async move {
             let listing = match cl.readdir(ino.0, OpenNo(fh.0), offset).await {
                 Ok(l) => l,
                 Err(e) => return reply.fail(e),
@@ -540,7 +549,8 @@ impl Filesystem for Fs {
 
     fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let (c, cl) = (caller(req), self.client.clone());
-        self.rt.spawn(async move {
+        let _rt = self.rt.enter();
+        crate::client::now_or_spawn(async move {
             let listing = match cl.readdir(ino.0, OpenNo(fh.0), offset).await {
                 Ok(l) => l,
                 Err(e) => return reply.fail(e),
@@ -551,36 +561,55 @@ impl Filesystem for Fs {
             };
             // Held until the kernel has the whole answer (see `client::Gate`).
             let mut gates = Vec::new();
-            for (i, e) in listing.from(offset as usize) {
-                let name = OsStr::from_bytes(&e.name);
-                let next = i as u64 + 1;
-                if e.name == b"." || e.name == b".." {
-                    // The kernel neither links nor counts these.
-                    let a = file_attr(if e.name == b"." { ino.0 } else { e.fileid }, &dir_attr);
-                    if reply.add(a.ino, next, name, &Duration::ZERO, &a, Generation(0)) {
-                        break;
-                    }
-                    continue;
-                }
-                let entry = match &e.plus {
-                    Some((fh, attr)) => cl.remember(ino.0, &e.name, fh, *attr, listing.mark),
-                    // No handle in the listing (it raced with a removal, or is another
-                    // file system's mount point): ask, and leave it out if that fails.
-                    None => match cl.lookup(c, ino.0, &e.name).await {
-                        Ok(en) => en,
-                        Err(_) => continue,
-                    },
-                };
-                let a = file_attr(entry.ino, &entry.attr);
-                // (One lifetime for the name and the attributes here: the name's, where
-                // names are not kept.)
-                let ttl = if cl.options().lookup_cache { entry.attr_ttl } else { entry.entry_ttl };
-                if reply.add(a.ino, next, name, &ttl, &a, Generation(0)) {
-                    // Did not fit: the kernel never saw it, so it holds no reference.
-                    cl.forget(entry.ino, 1);
+            let mut rest = listing.from(offset as usize);
+            // Remembered a chunk at a time (the page's size is the kernel's to know; what
+            // did not fit is forgotten again).
+            'page: loop {
+                let chunk: Vec<(usize, &DirEntry)> = rest.by_ref().take(64).collect();
+                if chunk.is_empty() {
                     break;
                 }
-                gates.push(entry.gate);
+                let dot = |e: &DirEntry| e.name == b"." || e.name == b"..";
+                let plus: Vec<(&[u8], &fs_proto::FileHandle, Attr)> = chunk
+                    .iter()
+                    .filter(|(_, e)| !dot(e))
+                    .filter_map(|(_, e)| e.plus.as_ref().map(|(fh, a)| (e.name.as_slice(), fh, *a)))
+                    .collect();
+                let mut remembered = cl.remember_many(ino.0, &plus, listing.mark).into_iter();
+                for &(i, e) in &chunk {
+                    let name = OsStr::from_bytes(&e.name);
+                    let next = i as u64 + 1;
+                    if dot(e) {
+                        // The kernel neither links nor counts these.
+                        let a = file_attr(if e.name == b"." { ino.0 } else { e.fileid }, &dir_attr);
+                        if reply.add(a.ino, next, name, &Duration::ZERO, &a, Generation(0)) {
+                            remembered.for_each(|left| cl.forget(left.ino, 1));
+                            break 'page;
+                        }
+                        continue;
+                    }
+                    let entry = match e.plus {
+                        Some(_) => remembered.next().expect("one per entry with a handle"),
+                        // No handle in the listing (it raced with a removal, or is another
+                        // file system's mount point): ask, and leave it out if that fails.
+                        None => match cl.lookup(c, ino.0, &e.name).await {
+                            Ok(en) => en,
+                            Err(_) => continue,
+                        },
+                    };
+                    let a = file_attr(entry.ino, &entry.attr);
+                    // (One lifetime for the name and the attributes here: the name's, where
+                    // names are not kept.)
+                    let ttl = if cl.options().lookup_cache { entry.attr_ttl } else { entry.entry_ttl };
+                    if reply.add(a.ino, next, name, &ttl, &a, Generation(0)) {
+                        // Did not fit: the kernel never saw it, nor the rest of the chunk,
+                        // so it holds no reference to them.
+                        cl.forget(entry.ino, 1);
+                        remembered.for_each(|left| cl.forget(left.ino, 1));
+                        break 'page;
+                    }
+                    gates.push(entry.gate);
+                }
             }
             reply.ok();
             drop(gates);

@@ -12,6 +12,7 @@
 //! exactly that race).
 
 use lru::LruCache;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 pub type Data = Arc<Vec<u8>>;
@@ -23,7 +24,10 @@ struct Block {
 
 pub struct PageCache {
     lru: LruCache<(u64, u64), Block>,
-    epochs: std::collections::HashMap<u64, u64>,
+    /// The cached block indices of each node (so dropping a file's blocks, at every
+    /// FORGET, costs its own blocks rather than a walk of the whole cache).
+    blocks: HashMap<u64, BTreeSet<u64>>,
+    epochs: HashMap<u64, u64>,
     bytes: usize,
     capacity: usize,
     block_size: usize,
@@ -35,6 +39,7 @@ impl PageCache {
     pub fn new(capacity_bytes: usize, block_size: usize) -> PageCache {
         PageCache {
             lru: LruCache::unbounded(),
+            blocks: Default::default(),
             epochs: Default::default(),
             bytes: 0,
             capacity: capacity_bytes,
@@ -78,13 +83,28 @@ impl PageCache {
             return;
         }
         self.bytes += data.len();
-        if let Some(old) = self.lru.put((ino, block), Block { change, data }) {
-            self.bytes -= old.data.len();
+        match self.lru.put((ino, block), Block { change, data }) {
+            Some(old) => self.bytes -= old.data.len(),
+            None => {
+                self.blocks.entry(ino).or_default().insert(block);
+            }
         }
         while self.bytes > self.capacity {
             match self.lru.pop_lru() {
-                Some((_, b)) => self.bytes -= b.data.len(),
+                Some((key, b)) => {
+                    self.bytes -= b.data.len();
+                    self.unindex(key);
+                }
                 None => break,
+            }
+        }
+    }
+
+    fn unindex(&mut self, (ino, block): (u64, u64)) {
+        if let Some(set) = self.blocks.get_mut(&ino) {
+            set.remove(&block);
+            if set.is_empty() {
+                self.blocks.remove(&ino);
             }
         }
     }
@@ -97,20 +117,13 @@ impl PageCache {
         *self.epochs.entry(ino).or_insert(0) += 1;
         let bs = self.block_size as u64;
         let (first, last) = (start / bs, (end - 1) / bs);
-        if last - first < 64 {
-            for b in first..=last {
-                if let Some(old) = self.lru.pop(&(ino, b)) {
-                    self.bytes -= old.data.len();
-                }
+        let Some(set) = self.blocks.get(&ino) else { return };
+        let doomed: Vec<u64> = set.range(first..=last).copied().collect();
+        for b in doomed {
+            if let Some(old) = self.lru.pop(&(ino, b)) {
+                self.bytes -= old.data.len();
             }
-        } else {
-            let keys: Vec<_> =
-                self.lru.iter().map(|(k, _)| *k).filter(|&(i, b)| i == ino && b >= first && b <= last).collect();
-            for k in keys {
-                if let Some(old) = self.lru.pop(&k) {
-                    self.bytes -= old.data.len();
-                }
-            }
+            self.unindex((ino, b));
         }
     }
 
@@ -168,7 +181,10 @@ mod tests {
             let mut c = PageCache::new(1000, 100);
             for (ino, block, len, inval) in ops {
                 if inval {
-                    c.invalidate_range(ino, block * 100, block * 100 + len as u64 * 100);
+                    let (start, end) = (block * 100, block * 100 + len as u64 * 100);
+                    c.invalidate_range(ino, start, end);
+                    let left = c.lru.iter().any(|(&(i, b), _)| i == ino && b * 100 < end && (b + 1) * 100 > start);
+                    prop_assert!(!left, "a block of the range outlived its invalidation");
                 } else {
                     let e = c.epoch(ino);
                     c.insert(ino, block, 0, e, data(len));
@@ -176,6 +192,13 @@ mod tests {
                 prop_assert!(c.bytes() <= 1000);
                 let sum: usize = c.lru.iter().map(|(_, b)| b.data.len()).sum();
                 prop_assert_eq!(sum, c.bytes());
+                // The index of each node's blocks is exactly what the LRU holds.
+                let mut held: Vec<(u64, u64)> = c.lru.iter().map(|(k, _)| *k).collect();
+                held.sort();
+                let indexed: Vec<(u64, u64)> =
+                    c.blocks.iter().flat_map(|(&i, set)| set.iter().map(move |&b| (i, b))).collect::<BTreeSet<_>>().into_iter().collect();
+                prop_assert_eq!(held, indexed);
+                prop_assert!(c.blocks.values().all(|set| !set.is_empty()));
             }
         }
     }

@@ -15,6 +15,24 @@ impl Client {
     /// writes still buffered here.
     /// A silly-renamed file shows the link count it would have had, had it really been
     /// removed (pjdfstest's `unlink::open_file_not_freed`).
+    /// [`Self::local_view`] of many entries, each lock held once.
+    pub(super) fn local_views(&self, entries: &mut [super::Entry]) {
+        {
+            let files = self.files.lock().unwrap();
+            for e in entries.iter_mut() {
+                if let Some(f) = files.get(&e.ino) {
+                    e.attr.size = e.attr.size.max(f.wb.lock().unwrap().written_end);
+                }
+            }
+        }
+        let silly = self.silly.lock().unwrap();
+        for e in entries.iter_mut() {
+            if silly.contains_key(&e.ino) {
+                e.attr.nlink = e.attr.nlink.saturating_sub(1);
+            }
+        }
+    }
+
     pub(super) fn local_view(&self, ino: u64, mut attr: Attr) -> Attr {
         if let Some(f) = self.files.lock().unwrap().get(&ino) {
             let end = f.wb.lock().unwrap().written_end;

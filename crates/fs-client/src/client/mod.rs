@@ -56,7 +56,7 @@ use open::OpenFile;
 use read::Fetch;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, Semaphore};
@@ -146,6 +146,9 @@ pub struct Client {
     clock: Mutex<crate::srvclock::ServerClock>,
     started: Instant,
     clock_warned: std::sync::atomic::AtomicBool,
+    /// The kernel's LOOKUPs, and those answered here without a round trip (`status`).
+    lookups: AtomicU64,
+    lookups_here: AtomicU64,
     /// Change notices: subscribed or not, how far applied ([`notify`]). A leaf lock.
     notice: Mutex<notify::NoticeView>,
     notice_applied: Notify,
@@ -189,6 +192,8 @@ impl Client {
             clock: Mutex::new(Default::default()),
             started: Instant::now(),
             clock_warned: std::sync::atomic::AtomicBool::new(false),
+            lookups: AtomicU64::new(0),
+            lookups_here: AtomicU64::new(0),
             notice: Mutex::new(Default::default()),
             notice_applied: Notify::new(),
             gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -330,6 +335,8 @@ impl Client {
         };
         let ratio = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
         s += &format!("page cache {cached} bytes, {hits} hits, {misses} misses, hit ratio {ratio:.3}\n");
+        let (lookups, here) = (self.lookups.load(Relaxed), self.lookups_here.load(Relaxed));
+        s += &format!("kernel lookups {lookups}\nkernel lookups answered here {here}\n");
         let (mut dirty, mut unstable) = (0usize, 0usize);
         for f in self.files.lock().unwrap().values() {
             let wb = f.wb.lock().unwrap();
@@ -361,24 +368,54 @@ impl Client {
     /// The kernel now holds a reference to `fh` (LOOKUP, CREATE, READDIRPLUS entry...),
     /// by `name` in `parent`; `mark`: the notice state the reply's call was sent under.
     pub fn remember(&self, parent: u64, name: &[u8], fh: &FileHandle, attr: Attr, mark: Option<Mark>) -> Entry {
-        let (mark, gate) = self.gate(mark);
-        let adaptive = self.attr_ttl(&attr);
-        let ino = self.inodes.lock().unwrap().lookup(fh, attr, adaptive, Instant::now());
-        self.remember_name(ino, parent, name);
-        let (attr_ttl, promise) = self.kernel_ttl_promised(mark, ino, Some(parent), &attr);
-        let attr = self.local_view(ino, attr);
-        // Names are revalidated on the directory timeouts, as NFS's dentry cache; under
-        // the promise, when a notice says so; a suspect answer, or any under
-        // `lookupcache=none`, at every use.
-        let entry_ttl = match promise {
-            _ if !self.opts.lookup_cache => Duration::ZERO,
-            Some(true) => attr_ttl,
-            Some(false) => Duration::ZERO,
-            None => self.timeouts().dir_min,
-        };
-        Entry { ino, attr, attr_ttl, entry_ttl, gate }
+        self.remember_many(parent, &[(name, fh, attr)], mark).pop().expect("one in, one out")
     }
 
+    /// [`Self::remember`] for many names in `parent` at once (a page of READDIRPLUS): one
+    /// gate, one reading of the clocks and one hold of each lock for all of them.
+    pub fn remember_many(&self, parent: u64, names: &[(&[u8], &FileHandle, Attr)], mark: Option<Mark>) -> Vec<Entry> {
+        let (mark, gate) = self.gate(mark);
+        let (server_now, now) = (self.server_now(), Instant::now());
+        let dir_min = self.timeouts().dir_min;
+        // The promise needs the subscription unbroken since the call was sent (`promised`).
+        let unbroken = mark.map(|m| self.notice_unbroken(m));
+        let mut entries = Vec::with_capacity(names.len());
+        {
+            let mut t = self.inodes.lock().unwrap();
+            for &(name, fh, attr) in names {
+                let adaptive = self.timeouts().timeout(&attr, server_now);
+                let ino = t.lookup(fh, attr, adaptive, now);
+                let node = t.get_mut(ino).expect("just looked up");
+                node.add_name(parent, name);
+                let promise = match (mark, unbroken) {
+                    _ if adaptive.is_zero() => None, // noac: nothing is cached, promise or not
+                    (Some(m), Some(true)) => Some(notify::untouched(&t, &[ino, parent], m)),
+                    (Some(_), _) => Some(false),
+                    (None, _) => None,
+                };
+                let attr_ttl = match promise {
+                    None => adaptive,
+                    Some(false) => Duration::ZERO,
+                    Some(true) => adaptive.max(self.opts.callback),
+                };
+                if promise == Some(true) {
+                    t.get_mut(ino).expect("just looked up").promised_until = Some(now + attr_ttl);
+                }
+                // Names are revalidated on the directory timeouts, as NFS's dentry cache;
+                // under the promise, when a notice says so; a suspect answer, or any under
+                // `lookupcache=none`, at every use.
+                let entry_ttl = match promise {
+                    _ if !self.opts.lookup_cache => Duration::ZERO,
+                    Some(true) => attr_ttl,
+                    Some(false) => Duration::ZERO,
+                    None => dir_min,
+                };
+                entries.push(Entry { ino, attr, attr_ttl, entry_ttl, gate: gate.clone() });
+            }
+        }
+        self.local_views(&mut entries);
+        entries
+    }
     /// A mark for a call whose reply may be promised (readdirplus in the FUSE layer).
     pub fn notice_mark(&self) -> Option<Mark> {
         self.mark()

@@ -4,15 +4,19 @@
 
 use super::{unexpected, Caller, Client, Entry};
 use fs_proto::*;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 impl Client {
     pub async fn lookup(&self, c: Caller, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
+        self.lookups.fetch_add(1, Relaxed);
         let dir = self.fh(parent)?;
         if !self.opts.lookup_cache {
             return self.lookup_call(c, parent, &dir, name).await;
         }
+        let here = || self.lookups_here.fetch_add(1, Relaxed);
         if name != b"." && name != b".." && self.known_absent(parent, name) {
+            here();
             return Err(Errno::ENOENT);
         }
         // What a listing under the promise brought answers without a round trip (`ls -l`
@@ -21,9 +25,15 @@ impl Client {
         if let Some(l) = self.promised_listing(parent) {
             if name != b"." && name != b".." {
                 return match l.get(name) {
-                    Some(DirEntry { plus: Some((fh, attr)), .. }) => Ok(self.remember(parent, name, fh, *attr, l.mark)),
+                    Some(DirEntry { plus: Some((fh, attr)), .. }) => {
+                        here();
+                        Ok(self.remember(parent, name, fh, *attr, l.mark))
+                    }
                     Some(_) => self.lookup_call(c, parent, &dir, name).await,
-                    None => Err(Errno::ENOENT),
+                    None => {
+                        here();
+                        Err(Errno::ENOENT)
+                    }
                 };
             }
         }

@@ -38,6 +38,11 @@ pub struct Mark {
     applied: u64,
 }
 
+/// Whether no notice touched `inos` since `m` was taken.
+pub(super) fn untouched(t: &crate::inodes::Inodes, inos: &[u64], m: Mark) -> bool {
+    inos.iter().all(|ino| t.get(*ino).is_none_or(|n| n.notice_seq <= m.applied))
+}
+
 impl Client {
     /// Taken before a call whose reply may be promised.
     pub(super) fn mark(&self) -> Option<Mark> {
@@ -57,20 +62,22 @@ impl Client {
         }
     }
 
+    /// Whether the subscription has held without a lapse since `m` was taken.
+    pub(super) fn notice_unbroken(&self, m: Mark) -> bool {
+        let v = self.notice.lock().unwrap();
+        v.live && v.epoch == m.epoch
+    }
+
     /// Whether a reply to a call sent under `mark` about `inos` is covered by the
     /// promise (`Some(true)`: still subscribed without a lapse, and no notice touched them
     /// since), is suspect (`Some(false)`: a notice touched them after the call was sent,
     /// so the reply may predate it), or neither (`None`: not subscribed when sent).
     pub fn promised(&self, mark: Option<Mark>, inos: &[u64]) -> Option<bool> {
         let m = mark?;
-        {
-            let v = self.notice.lock().unwrap();
-            if !v.live || v.epoch != m.epoch {
-                return Some(false);
-            }
+        if !self.notice_unbroken(m) {
+            return Some(false);
         }
-        let t = self.inodes.lock().unwrap();
-        Some(inos.iter().all(|ino| t.get(*ino).is_none_or(|n| n.notice_seq <= m.applied)))
+        Some(untouched(&self.inodes.lock().unwrap(), inos, m))
     }
 
     /// How long the kernel may keep `attr` of `ino` (and, for a name, the name in
@@ -223,13 +230,6 @@ impl Client {
             }
         }
         out
-    }
-
-    /// The kernel holds `ino` under `name` in `parent` (for [`Client::drop_all`]).
-    pub(super) fn remember_name(&self, ino: u64, parent: u64, name: &[u8]) {
-        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
-            n.add_name(parent, name);
-        }
     }
 
     /// `fs-client status`'s line on notices.
