@@ -127,12 +127,29 @@ fn mount_fuse_fs(mp: &Path, source: &str, read_only: bool, allow_other: bool) ->
 }
 
 /// `fs-client mount`: runs in the foreground until unmounted or signalled.
+/// Two malloc arenas for the mount's threads instead of glibc's eight per core. Data
+/// moves between threads here (written on a FUSE thread, freed after its COMMIT on the
+/// runtime's; cache blocks filled on one, dropped on another), and every thread's own
+/// arena kept what was freed into it: the resident size before each 256 MiB read grew
+/// 42 -> 94 -> 104 MiB over three rounds with an empty cache, against 32 -> 32 -> 43
+/// with two arenas (one: 15, flat, but creates ran about a fifth slower). Left alone
+/// when `MALLOC_ARENA_MAX` is set.
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a tunable; called before the mount's threads start.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
     // ADDR1,ADDR2,...: a primary and its standbys, tried in turn.
     let addrs = addr.split(',').map(str::parse).collect::<Result<Vec<Addr>, _>>()?;
     let addr = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let opts = MountOptions::parse(opts)?;
     let mp = check_mountpoint(mountpoint)?;
+    limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let key = match &opts.key {
         Some(k) => Some(Arc::new(fs_proto::secure::Key::load(k)?)),
