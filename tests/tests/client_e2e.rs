@@ -775,3 +775,27 @@ fn a_listing_brings_every_name_into_the_kernel() {
         }
     }
 }
+
+/// `tar`'s order for each file: the data, then its time through the open file. The time
+/// goes right behind the file's last WRITE, without waiting for its reply, and every
+/// file keeps both, as seen from another mount and on the server's disk.
+#[test]
+fn a_time_set_right_after_the_data_stays() {
+    use std::io::Write;
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let when = |i: u64| std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000 + i);
+    for i in 0..100u64 {
+        let mut f = std::fs::File::create(rig.mnt(&format!("f{i}"))).unwrap();
+        f.write_all(&vec![i as u8; 3000 + i as usize]).unwrap();
+        f.set_modified(when(i)).unwrap();
+    }
+    let b = rig.second_mount("b", "");
+    for i in 0..100u64 {
+        for p in [b.path(&format!("f{i}")), rig.export(&format!("f{i}"))] {
+            let m = std::fs::metadata(&p).unwrap();
+            assert_eq!(m.modified().unwrap(), when(i), "{}: the time", p.display());
+            assert_eq!(std::fs::read(&p).unwrap(), vec![i as u8; 3000 + i as usize], "{}: the data", p.display());
+        }
+    }
+}

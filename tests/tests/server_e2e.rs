@@ -294,3 +294,41 @@ fn metrics_in_the_prometheus_format() {
     assert_ne!(st.code(), Some(0));
     assert!(err.contains("cannot serve metrics on") && err.trim().lines().count() == 1, "{err}");
 }
+
+/// A SETATTR of times sent right behind a WRITE of the same file on one connection,
+/// without waiting for the WRITE's reply (as a mount sends `tar`'s and `touch`'s times
+/// after the file's last data), lands after it: every file ends with all its data and
+/// the time set. (Run beside it, a 1 MiB WRITE lands last, and the time is lost.)
+#[test]
+fn a_setattr_sent_behind_a_write_lands_after_it() {
+    let _w = Watchdog::new(Duration::from_secs(60));
+    let (export, state) = dirs();
+    for i in 0..50 {
+        std::fs::write(export.path().join(format!("f{i}")), b"").unwrap();
+    }
+    let srv = start(export.path(), state.path());
+    let mut c = Conn::connect(&srv.addr).unwrap();
+    let root = c.mount();
+    let when = Timespec { sec: 1_000_000_000, nsec: 0 };
+    for i in 0..50u64 {
+        let fh = match c.call(Request::Lookup { dir: root.clone(), name: format!("f{i}").into_bytes() }) {
+            Ok(Response::Lookup { fh, .. }) => fh,
+            r => panic!("{r:?}"),
+        };
+        let data = vec![7; 1 << 20];
+        c.send(1000 + 2 * i, Request::Write { fh: fh.clone(), offset: 0, stable: Stable::Unstable, fence: 0, data })
+            .unwrap();
+        let attrs = SetAttrs { mtime: SetTime::Set(when), ..Default::default() };
+        c.send(1001 + 2 * i, Request::SetAttr { fh, attrs, guard: None }).unwrap();
+        c.flush().unwrap();
+        for _ in 0..2 {
+            let r = c.recv().unwrap();
+            assert!(r.res.is_ok(), "{r:?}");
+        }
+    }
+    for i in 0..50 {
+        let m = std::fs::metadata(export.path().join(format!("f{i}"))).unwrap();
+        assert_eq!(m.len(), 1 << 20);
+        assert_eq!(std::os::unix::fs::MetadataExt::mtime(&m), 1_000_000_000, "f{i}: the WRITE landed after the time");
+    }
+}

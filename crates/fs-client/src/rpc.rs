@@ -296,11 +296,28 @@ impl Rpc {
 
     /// [`Rpc::call`] with a borrowed request (which the caller keeps: a WRITE's data).
     pub async fn call_ref(&self, cred: &Cred, req: &Request) -> Result<Response, Errno> {
+        self.send(cred, req).await
+    }
+
+    /// Sends the call now, before the first poll of what it returns (which waits for the
+    /// reply): calls sent one after another leave in that order.
+    pub fn send(
+        &self,
+        cred: &Cred,
+        req: &Request,
+    ) -> impl std::future::Future<Output = Result<Response, Errno>> + Send {
         let (op, started) = (req.name(), std::time::Instant::now());
-        let result = self.call_inner(cred, req).await;
-        // Any error counts (ENOENT from a LOOKUP too: that is how misses look).
-        self.inner.stats.lock().unwrap().record(op, started.elapsed(), result.is_ok());
-        result
+        let sent = self.start(cred, req);
+        let inner = self.inner.clone();
+        async move {
+            let result = match sent {
+                Ok(s) => s.reply().await,
+                Err(e) => Err(e),
+            };
+            // Any error counts (ENOENT from a LOOKUP too: that is how misses look).
+            inner.stats.lock().unwrap().record(op, started.elapsed(), result.is_ok());
+            result
+        }
     }
 
     /// Sends a call that has no answer (NOTICEACK) on the connection now up; nothing is
@@ -315,7 +332,7 @@ impl Rpc {
         }
     }
 
-    async fn call_inner(&self, cred: &Cred, req: &Request) -> Result<Response, Errno> {
+    fn start(&self, cred: &Cred, req: &Request) -> Result<Sent, Errno> {
         let xid = self.inner.next_xid.fetch_add(1, Ordering::Relaxed);
         let call = CallRef { xid, client: self.inner.client, cred, req };
         let frame: Frame = Arc::new(encode_frame(&call).map_err(|_| Errno::EINVAL)?);
@@ -328,19 +345,35 @@ impl Rpc {
         // Cancel safety: a call whose future is dropped before its reply (a timeout
         // around it, an aborted task) takes its entry with it; left behind, it would be
         // resent on every reconnect and never answered to anyone.
-        let _forget = Forget { inner: &self.inner, xid };
+        let sent = Sent { inner: self.inner.clone(), xid, rx };
         // Not connected: the connection thread sends it on reconnect. If the connection
         // dies mid-send, it is resent too; a duplicate is harmless (idempotent, or caught
         // by the server's duplicate request cache).
         if let Some(conn) = conn {
             conn.send(&frame);
         }
+        Ok(sent)
+    }
+}
+
+/// A call on its way: waits for its reply (see the module doc for hard and soft), and
+/// removes its entry from the pending table however it ends (answered: the reader
+/// already removed it, and this does nothing).
+struct Sent {
+    inner: Arc<Inner>,
+    xid: u64,
+    rx: oneshot::Receiver<Reply>,
+}
+
+impl Sent {
+    async fn reply(mut self) -> Result<Response, Errno> {
+        let rx = &mut self.rx;
         let reply = if self.inner.cfg.soft {
             let limit = self.inner.cfg.timeo * (self.inner.cfg.retrans + 1);
             match tokio::time::timeout(limit, rx).await {
                 Ok(r) => r,
                 Err(_) => {
-                    tracing::warn!(xid, "server {} not responding, timed out", self.inner.addr());
+                    tracing::warn!(xid = self.xid, "server {} not responding, timed out", self.inner.addr());
                     return Err(Errno::EIO);
                 }
             }
@@ -351,14 +384,7 @@ impl Rpc {
     }
 }
 
-/// Removes a call's entry from the pending table when the call ends, however it ends
-/// (answered: the reader already removed it, and this does nothing).
-struct Forget<'a> {
-    inner: &'a Inner,
-    xid: u64,
-}
-
-impl Drop for Forget<'_> {
+impl Drop for Sent {
     fn drop(&mut self) {
         self.inner.state.lock().unwrap().pending.remove(&self.xid);
     }

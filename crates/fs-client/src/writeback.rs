@@ -23,6 +23,11 @@ impl Dirty {
         self.extents.is_empty()
     }
 
+    /// How many separate runs of dirty bytes there are.
+    pub fn runs(&self) -> usize {
+        self.extents.len()
+    }
+
     /// End of the highest dirty byte, for the file size the kernel should see.
     pub fn end(&self) -> Option<u64> {
         self.extents.iter().next_back().map(|(s, v)| s + v.len() as u64)

@@ -11,7 +11,9 @@
 //! wake-ups, which are most of a round trip's cost on small machines (measured: a
 //! writer task and a hand-off per call doubled the latency of a LOOKUP). A bound on the
 //! calls in flight per connection is the back-pressure on a client that sends faster
-//! than we answer.
+//! than we answer. One order is kept among them: a SETATTR waits for the WRITEs of its
+//! file that arrived before it on the connection, and runs on the thread of the last of
+//! them ([`Writes`]), so a mount sends a file's times right behind its last data.
 //!
 //! A connection that subscribes to change notices (SUBSCRIBE) gets a pusher thread: it
 //! writes the subscription's answer and then every notice from the connection's queue
@@ -19,7 +21,7 @@
 //! subscriber that fell behind, the pusher closes the connection.
 
 use crate::server::Server;
-use fs_proto::{decode, encode_reply, frame_len, Addr, Call, Errno, Reply, Request};
+use fs_proto::{decode, encode_reply, frame_len, Addr, Call, Errno, FileHandle, Reply, Request};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
@@ -294,6 +296,56 @@ impl InFlight {
     }
 }
 
+/// WRITEs of each file still running for one connection, and the SETATTRs of the file
+/// that arrived behind them. A SETATTR waits for the WRITEs of its file that came before
+/// it on the same connection, and then runs on the thread of the last of them (no
+/// thread to wake), so a mount may send a file's last data and the times `tar` or
+/// `touch` sets right behind it without waiting for the WRITE's reply: the times land
+/// last, as they were sent.
+#[derive(Default)]
+struct Writes {
+    running: std::sync::Mutex<std::collections::HashMap<FileHandle, Running>>,
+}
+
+#[derive(Default)]
+struct Running {
+    writes: usize,
+    then: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+impl Writes {
+    fn begin(&self, fh: &FileHandle) {
+        crate::lock(&self.running).entry(fh.clone()).or_default().writes += 1;
+    }
+
+    /// A WRITE of `fh` is done: the last one runs what waited for it.
+    fn end(&self, fh: &FileHandle) {
+        let then = {
+            let mut running = crate::lock(&self.running);
+            let Some(r) = running.get_mut(fh) else { return };
+            r.writes -= 1;
+            if r.writes > 0 {
+                return;
+            }
+            running.remove(fh).map(|r| r.then).unwrap_or_default()
+        };
+        for f in then {
+            f();
+        }
+    }
+
+    /// Runs `f` after the WRITEs of `fh` now running, or hands it back when none is.
+    fn after(&self, fh: &FileHandle, f: Box<dyn FnOnce() + Send>) -> Option<Box<dyn FnOnce() + Send>> {
+        match crate::lock(&self.running).get_mut(fh) {
+            Some(r) => {
+                r.then.push(f);
+                None
+            }
+            None => Some(f),
+        }
+    }
+}
+
 /// The write side of a connection, shared by whoever finishes a call.
 struct Replies<W> {
     w: std::sync::Mutex<W>,
@@ -391,6 +443,7 @@ fn connection(
     server.metrics.connections.inc();
     let replies = Arc::new(Replies { w: std::sync::Mutex::new(write_half) });
     let inflight = Arc::new(InFlight { n: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() });
+    let writes = Arc::new(Writes::default());
     let mut warned = false;
     let why = loop {
         let mut header = [0u8; 4];
@@ -484,13 +537,35 @@ fn connection(
             inflight.release();
             continue;
         }
-        let (server, replies, inflight) = (server.clone(), replies.clone(), inflight.clone());
-        rt.spawn_blocking(move || {
+        // A WRITE is counted from its arrival, so that a SETATTR read after it waits.
+        let write = match &call.req {
+            Request::Write { fh, .. } => Some(fh.clone()),
+            _ => None,
+        };
+        if let Some(fh) = &write {
+            writes.begin(fh);
+        }
+        let setattr = match &call.req {
+            Request::SetAttr { fh, .. } => Some(fh.clone()),
+            _ => None,
+        };
+        let (server, replies, inflight, w) = (server.clone(), replies.clone(), inflight.clone(), writes.clone());
+        let run: Box<dyn FnOnce() + Send> = Box::new(move || {
             if let Some(reply) = answer(&server, call) {
                 replies.send(reply);
             }
+            if let Some(fh) = &write {
+                w.end(fh);
+            }
             inflight.release();
         });
+        let run = match &setattr {
+            Some(fh) => writes.after(fh, run),
+            None => Some(run),
+        };
+        if let Some(run) = run {
+            rt.spawn_blocking(run);
+        }
     };
     if subscribed {
         server.notices.unsubscribe(conn);

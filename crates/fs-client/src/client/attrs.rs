@@ -79,7 +79,16 @@ impl Client {
         let fh = self.fh(ino)?;
         // Buffered writes must land first: after a truncate they would extend the file
         // again, and after a new mtime they would overwrite it (`tar`, `touch` after write).
-        self.writeback(ino).await?;
+        // Times alone (`tar`, `touch`, `cp -p` after the data) need not wait for the
+        // WRITE's reply: it is sent first, and the server applies a SETATTR after the
+        // WRITEs of the file that came before it on the connection.
+        let times_only = attrs.mode.is_none() && attrs.uid.is_none() && attrs.gid.is_none() && attrs.size.is_none();
+        // (The WRITE's reply is a task's: dropped with this call, it would leave the
+        // WRITE counted as on its way for good.)
+        let written = if times_only { self.writeback_now(ino).map(tokio::spawn) } else { None };
+        if written.is_none() {
+            self.writeback(ino).await?;
+        }
         if let Some(size) = attrs.size {
             if let Some(f) = self.files.lock().unwrap().get(&ino) {
                 let mut wb = f.wb.lock().unwrap();
@@ -91,10 +100,26 @@ impl Client {
         }
         let req = Request::SetAttr { fh: fh.clone(), attrs, guard: None };
         let mark = self.mark();
-        let wcc = match self.call(&self.cred(c), req).await? {
-            Response::Wcc(w) => w,
-            r => return Err(unexpected(r)),
+        let mut wcc = match self.call(&self.cred(c), req.clone()).await {
+            Ok(Response::Wcc(w)) => w,
+            Ok(r) => return Err(unexpected(r)),
+            Err(e) => {
+                if let Some(w) = written {
+                    let _ = w.await;
+                }
+                return Err(e);
+            }
         };
+        if let Some(w) = written {
+            // A server that does not order them (an older one) may have run the WRITE
+            // last: then it found the times we set, and set its own. Set them again.
+            if write_came_after(w.await.ok().flatten(), wcc.after.as_ref(), &attrs) {
+                wcc = match self.call(&self.cred(c), req).await? {
+                    Response::Wcc(w) => w,
+                    r => return Err(unexpected(r)),
+                };
+            }
+        }
         let attr = match wcc.after {
             Some(a) => a,
             None => return self.getattr(c, ino).await,
@@ -203,5 +228,41 @@ impl Client {
             r => return Err(unexpected(r)),
         }
         Ok(())
+    }
+}
+
+/// Whether a WRITE sent right before a SETATTR that sets the modification time may have
+/// run after it, and so overwritten the time: its change time is not before the
+/// SETATTR's (or either is unknown). A tie repeats the SETATTR, which costs a round trip
+/// and nothing else.
+fn write_came_after(write: Option<Attr>, setattr: Option<&Attr>, attrs: &SetAttrs) -> bool {
+    if !matches!(attrs.mtime, SetTime::Set(_)) {
+        return false; // the time the WRITE gave is as good ("now", or no change asked)
+    }
+    match (write, setattr) {
+        (Some(w), Some(s)) => (w.ctime.sec, w.ctime.nsec) >= (s.ctime.sec, s.ctime.nsec),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_that_may_have_run_last_repeats_the_time() {
+        let at = |sec: i64, nsec: u32| {
+            let mut a = crate::testutil::attr(FileKind::Regular, 5, 0);
+            a.ctime = Timespec { sec, nsec };
+            a
+        };
+        let set = SetAttrs { mtime: SetTime::Set(Timespec { sec: 1, nsec: 0 }), ..Default::default() };
+        assert!(!write_came_after(Some(at(5, 1)), Some(&at(5, 2)), &set), "the SETATTR changed the file last");
+        assert!(write_came_after(Some(at(5, 3)), Some(&at(5, 2)), &set), "the WRITE did");
+        assert!(write_came_after(Some(at(5, 2)), Some(&at(5, 2)), &set), "a tie: set it again");
+        assert!(write_came_after(None, Some(&at(5, 2)), &set), "no attributes from the WRITE");
+        assert!(write_came_after(Some(at(5, 1)), None, &set));
+        let now = SetAttrs { mtime: SetTime::ServerNow, ..Default::default() };
+        assert!(!write_came_after(Some(at(5, 3)), Some(&at(5, 2)), &now), "`touch`: the WRITE's time will do");
     }
 }

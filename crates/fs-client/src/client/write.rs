@@ -128,11 +128,28 @@ impl Client {
 
     /// One WRITE, and what its reply tells.
     async fn write_call(&self, f: &FileState, seq: u64, offset: u64, data: Vec<u8>) {
+        let (req, reply) = self.write_send(f, offset, data);
+        let res = reply.await;
+        self.write_done(f, seq, req, res);
+    }
+
+    /// Sends a WRITE now; the reply is the future's.
+    fn write_send(
+        &self,
+        f: &FileState,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> (Request, impl std::future::Future<Output = Result<Response, Errno>> + Send) {
         let cred = f.cred.lock().unwrap().clone();
         let fence = f.fence.load(std::sync::atomic::Ordering::SeqCst);
         let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data };
-        let res = self.rpc.call_ref(&cred, &req).await;
-        let Request::Write { data, .. } = req else { unreachable!("made above") };
+        let reply = self.rpc.send(&cred, &req);
+        (req, reply)
+    }
+
+    /// What a WRITE's reply tells.
+    fn write_done(&self, f: &FileState, seq: u64, req: Request, res: Result<Response, Errno>) {
+        let Request::Write { data, offset, .. } = req else { unreachable!("a WRITE") };
         let mut wb = f.wb.lock().unwrap();
         wb.in_flight.done(seq);
         match res {
@@ -157,6 +174,38 @@ impl Client {
         let Some(f) = self.files.lock().unwrap().get(&ino).cloned() else { return Ok(()) };
         self.drain(&f).await;
         Ok(())
+    }
+
+    /// When the buffered data of `ino` goes in one WRITE that may leave at once (no
+    /// older overlapping WRITE on its way, a slot free): sends it, and returns the wait
+    /// for its reply, and the file's attributes right after the WRITE (from the reply).
+    pub(super) fn writeback_now(
+        self: &Arc<Self>,
+        ino: u64,
+    ) -> Option<impl std::future::Future<Output = Option<Attr>> + Send + 'static> {
+        let f = self.files.lock().unwrap().get(&ino).cloned()?;
+        let permit = self.write_slots.clone().try_acquire_owned().ok()?;
+        let (seq, offset, chunk) = {
+            let mut wb = f.wb.lock().unwrap();
+            let max = self.opts.wsize.min(self.max_io);
+            if !wb.in_flight.is_empty() || wb.dirty.runs() != 1 || wb.dirty.bytes() > max {
+                return None;
+            }
+            let taken = wb.dirty.take_all(max);
+            wb.in_flight.queue(taken).pop().expect("one run, one WRITE")
+        };
+        let (req, reply) = self.write_send(&f, offset, chunk);
+        let this = self.clone();
+        Some(async move {
+            let _permit = permit;
+            let res = reply.await;
+            let after = match &res {
+                Ok(Response::Write { wcc, .. }) => wcc.after,
+                _ => None,
+            };
+            this.write_done(&f, seq, req, res);
+            after
+        })
     }
 
     pub(super) async fn drain(self: &Arc<Self>, f: &Arc<FileState>) {
