@@ -11,36 +11,29 @@ use std::time::{Duration, Instant};
 const CAPS: &[u8] = b"security.capability";
 
 impl Client {
-    /// What the kernel should see: the server's attributes, with the size grown by
-    /// writes still buffered here.
-    /// A silly-renamed file shows the link count it would have had, had it really been
-    /// removed (pjdfstest's `unlink::open_file_not_freed`).
-    /// [`Self::local_view`] of many entries, each lock held once.
-    pub(super) fn local_views(&self, entries: &mut [super::Entry]) {
+    /// [`Self::local_view`] of many nodes' attributes, each lock held once.
+    pub(super) fn local_views(&self, attrs: &mut [(u64, &mut Attr)]) {
         {
             let files = self.files.lock().unwrap();
-            for e in entries.iter_mut() {
-                if let Some(f) = files.get(&e.ino) {
-                    e.attr.size = e.attr.size.max(f.wb.lock().unwrap().written_end);
+            for (ino, attr) in attrs.iter_mut() {
+                if let Some(f) = files.get(ino) {
+                    attr.size = attr.size.max(f.wb.lock().unwrap().written_end);
                 }
             }
         }
         let silly = self.silly.lock().unwrap();
-        for e in entries.iter_mut() {
-            if silly.contains_key(&e.ino) {
-                e.attr.nlink = e.attr.nlink.saturating_sub(1);
+        for (ino, attr) in attrs.iter_mut() {
+            if silly.contains_key(ino) {
+                attr.nlink = attr.nlink.saturating_sub(1);
             }
         }
     }
 
+    /// What the kernel should see: the server's attributes, with the size grown by
+    /// writes still buffered here. A silly-renamed file shows the link count it would
+    /// have had, had it really been removed (pjdfstest's `unlink::open_file_not_freed`).
     pub(super) fn local_view(&self, ino: u64, mut attr: Attr) -> Attr {
-        if let Some(f) = self.files.lock().unwrap().get(&ino) {
-            let end = f.wb.lock().unwrap().written_end;
-            attr.size = attr.size.max(end);
-        }
-        if self.silly.lock().unwrap().contains_key(&ino) {
-            attr.nlink = attr.nlink.saturating_sub(1);
-        }
+        self.local_views(&mut [(ino, &mut attr)]);
         attr
     }
 

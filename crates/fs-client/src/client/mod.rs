@@ -413,7 +413,8 @@ impl Client {
                 entries.push(Entry { ino, attr, attr_ttl, entry_ttl, gate: gate.clone() });
             }
         }
-        self.local_views(&mut entries);
+        let mut views: Vec<(u64, &mut Attr)> = entries.iter_mut().map(|e| (e.ino, &mut e.attr)).collect();
+        self.local_views(&mut views);
         entries
     }
     /// A mark for a call whose reply may be promised (readdirplus in the FUSE layer).
