@@ -57,7 +57,7 @@ impl Client {
             Response::Attr(a) => {
                 self.note_attr(&fh, &a);
                 let (mark, gate) = self.gate(mark);
-                Ok((self.local_view(ino, a), self.kernel_ttl(mark, ino, None, &a), gate))
+                Ok((self.local_view(ino, a), self.kernel_ttl(mark, ino, &a), gate))
             }
             r => Err(unexpected(r)),
         }
@@ -93,7 +93,9 @@ impl Client {
         }
         let req = Request::SetAttr { fh: fh.clone(), attrs, guard: None };
         let mark = self.mark();
-        let mut wcc = match self.call(&self.cred(c), req.clone()).await {
+        // (Kept for the repeat below, which only a WRITE sent along may need.)
+        let again = written.as_ref().map(|_| req.clone());
+        let mut wcc = match self.call(&self.cred(c), req).await {
             Ok(Response::Wcc(w)) => w,
             Ok(r) => return Err(unexpected(r)),
             Err(e) => {
@@ -106,7 +108,8 @@ impl Client {
         if let Some(w) = written {
             // A server that does not order them (an older one) may have run the WRITE
             // last: then it found the times we set, and set its own. Set them again.
-            if write_came_after(w.await.ok().flatten(), wcc.after.as_ref(), &attrs) {
+            let write = w.await.ok().flatten();
+            if let Some(req) = again.filter(|_| write_came_after(write, wcc.after.as_ref(), &attrs)) {
                 wcc = match self.call(&self.cred(c), req).await? {
                     Response::Wcc(w) => w,
                     r => return Err(unexpected(r)),
@@ -127,7 +130,7 @@ impl Client {
             self.invalidate(ino, 0, u64::MAX);
         }
         let (mark, gate) = self.gate(mark);
-        Ok((self.local_view(ino, attr), self.kernel_ttl(mark, ino, None, &attr), gate))
+        Ok((self.local_view(ino, attr), self.kernel_ttl(mark, ino, &attr), gate))
     }
 
     pub async fn readlink(&self, c: Caller, ino: u64) -> Result<Vec<u8>, Errno> {

@@ -387,17 +387,11 @@ impl Client {
                 let ino = t.lookup(fh, attr, adaptive, now);
                 let node = t.get_mut(ino).expect("just looked up");
                 node.add_name(parent, name);
-                let promise = match (mark, unbroken) {
-                    _ if adaptive.is_zero() => None, // noac: nothing is cached, promise or not
+                let (attr_ttl, promise) = self.ttl_under(adaptive, || match (mark, unbroken) {
                     (Some(m), Some(true)) => Some(notify::untouched(&t, &[ino, parent], m)),
                     (Some(_), _) => Some(false),
                     (None, _) => None,
-                };
-                let attr_ttl = match promise {
-                    None => adaptive,
-                    Some(false) => Duration::ZERO,
-                    Some(true) => adaptive.max(self.opts.callback),
-                };
+                });
                 if promise == Some(true) {
                     t.get_mut(ino).expect("just looked up").promised_until = Some(now + attr_ttl);
                 }

@@ -80,42 +80,36 @@ impl Client {
         Some(untouched(&self.inodes.lock().unwrap(), inos, m))
     }
 
-    /// How long the kernel may keep `attr` of `ino` (and, for a name, the name in
-    /// `parent`): the callback bound when promised; nothing when suspect; else the
-    /// adaptive timeout.
-    pub(super) fn kernel_ttl(&self, mark: Option<Mark>, ino: u64, parent: Option<u64>, attr: &Attr) -> Duration {
-        self.kernel_ttl_promised(mark, ino, parent, attr).0
-    }
-
-    /// [`Client::kernel_ttl`], with the promise it found ([`Client::promised`]; `None`
-    /// under `noac`, where nothing is cached either way), so that a caller needing both
-    /// asks once.
-    pub(super) fn kernel_ttl_promised(
-        &self,
-        mark: Option<Mark>,
-        ino: u64,
-        parent: Option<u64>,
-        attr: &Attr,
-    ) -> (Duration, Option<bool>) {
-        let inos: Vec<u64> = std::iter::once(ino).chain(parent).collect();
-        let (ttl, promise) = self.cache_ttl(mark, &inos, attr);
+    /// How long the kernel may keep `attr` of `ino`: the callback bound when promised;
+    /// nothing when suspect; else the adaptive timeout.
+    pub(super) fn kernel_ttl(&self, mark: Option<Mark>, ino: u64, attr: &Attr) -> Duration {
+        let (ttl, promise) = self.cache_ttl(mark, &[ino], attr);
         if promise == Some(true) {
             if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
                 n.promised_until = Some(Instant::now() + ttl);
             }
         }
-        (ttl, promise)
+        ttl
     }
 
     /// How long an answer about `inos` (sent under `mark`; `attr` the object's) may be
     /// kept: the callback bound when promised; nothing when suspect or under `noac`;
     /// else the adaptive timeout. With the promise found (`None` under `noac`).
     pub(super) fn cache_ttl(&self, mark: Option<Mark>, inos: &[u64], attr: &Attr) -> (Duration, Option<bool>) {
-        let adaptive = self.attr_ttl(attr);
+        self.ttl_under(self.attr_ttl(attr), || self.promised(mark, inos))
+    }
+
+    /// [`Client::cache_ttl`] from the adaptive timeout and the promise (asked only when
+    /// something may be cached at all).
+    pub(super) fn ttl_under(
+        &self,
+        adaptive: Duration,
+        promise: impl FnOnce() -> Option<bool>,
+    ) -> (Duration, Option<bool>) {
         if adaptive.is_zero() {
             return (adaptive, None); // noac: nothing is cached, promise or not
         }
-        let promise = self.promised(mark, inos);
+        let promise = promise();
         let ttl = match promise {
             None => adaptive,
             Some(false) => Duration::ZERO,
@@ -316,23 +310,23 @@ mod tests {
         let c = rt.block_on(Client::new(rpc, opts)).unwrap();
         let attr = crate::testutil::attr(FileKind::Directory, 2, 0);
         let root = crate::inodes::ROOT;
-        assert_eq!(c.kernel_ttl(c.mark(), root, None, &attr), Duration::from_secs(60), "not subscribed: adaptive");
+        assert_eq!(c.kernel_ttl(c.mark(), root, &attr), Duration::from_secs(60), "not subscribed: adaptive");
         c.notices_live(9, 0);
         let before = c.mark();
-        assert_eq!(c.kernel_ttl(before, root, None, &attr), Duration::from_secs(300), "promised: the callback bound");
+        assert_eq!(c.kernel_ttl(before, root, &attr), Duration::from_secs(300), "promised: the callback bound");
         let other =
             Notice { seq: 1, client: 8, changes: vec![Change::Object { fh: FileHandle(vec![1]), change: None }] };
         assert_eq!(c.apply_notice(&other), vec![Inval::Inode(root)]);
-        assert_eq!(c.kernel_ttl(before, root, None, &attr), Duration::ZERO, "sent before the notice: suspect");
-        assert_eq!(c.kernel_ttl(c.mark(), root, None, &attr), Duration::from_secs(300), "sent after it: promised");
+        assert_eq!(c.kernel_ttl(before, root, &attr), Duration::ZERO, "sent before the notice: suspect");
+        assert_eq!(c.kernel_ttl(c.mark(), root, &attr), Duration::from_secs(300), "sent after it: promised");
         let own = Notice { seq: 2, client: 7, changes: other.changes.clone() };
         assert!(c.apply_notice(&own).is_empty(), "our own change: its reply told us already");
         let held = c.gate.clone().try_write_owned().unwrap();
         let (mark, gate) = c.gate(c.mark());
         assert!(gate.is_none());
-        assert_eq!(c.kernel_ttl(mark, root, None, &attr), Duration::ZERO, "the notifier is applying: suspect");
+        assert_eq!(c.kernel_ttl(mark, root, &attr), Duration::ZERO, "the notifier is applying: suspect");
         drop(held);
         c.notices_lapsed();
-        assert_eq!(c.kernel_ttl(c.mark(), root, None, &attr), Duration::from_secs(60), "lapsed: adaptive");
+        assert_eq!(c.kernel_ttl(c.mark(), root, &attr), Duration::from_secs(60), "lapsed: adaptive");
     }
 }

@@ -125,7 +125,7 @@ impl Client {
                     r => return Err(unexpected(r)),
                 };
                 self.note_attr(&fh, &a);
-                self.kernel_ttl(mark, ino, None, &a);
+                self.kernel_ttl(mark, ino, &a);
                 a
             }
         };
