@@ -13,7 +13,7 @@
 //!   mount does; "server not responding, still trying" is logged once per outage.
 //! - `soft`: a call that has no reply after `timeo * (retrans + 1)` fails with `EIO`.
 
-use fs_proto::{decode, encode_frame, frame_len, Addr, Call, CallRef, Cred, Errno, Reply, Request, Response};
+use fs_proto::{encode_frame, encode_head, frame_len, Addr, Call, CallRef, Cred, Errno, Reply, Request, Response};
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -51,7 +51,13 @@ impl RpcConfig {
     }
 }
 
-type Frame = Arc<Vec<u8>>;
+/// A call's frame as sent: its bytes, then a WRITE's data, which is never copied into
+/// the frame (the caller keeps it until COMMIT).
+#[derive(Clone)]
+struct Frame {
+    head: Arc<Vec<u8>>,
+    tail: Option<Arc<Vec<u8>>>,
+}
 
 struct Pending {
     frame: Frame,
@@ -68,9 +74,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn send(&self, frame: &[u8]) {
+    fn send(&self, frame: &Frame) {
         let mut w = self.w.lock().unwrap();
-        if w.write_all(frame).is_err() {
+        let tail = frame.tail.as_deref().map_or(&[][..], |t| &t[..]);
+        if w.write_all(&frame.head).and_then(|_| w.write_all(tail)).is_err() {
             // The reader notices the broken connection and reconnects; the frame stays
             // pending and is resent then.
             self.raw.shutdown();
@@ -306,8 +313,21 @@ impl Rpc {
         cred: &Cred,
         req: &Request,
     ) -> impl std::future::Future<Output = Result<Response, Errno>> + Send {
+        self.send_with_tail(cred, req, None)
+    }
+
+    /// [`Rpc::send`] of a request whose last field, an empty byte vector (a WRITE's
+    /// data), holds `tail` on the wire: those bytes are sent as they are, never copied
+    /// into a frame, and shared with the caller (the pending call holds them for a resend
+    /// until its reply, which drops them before the caller hears of it).
+    pub fn send_with_tail(
+        &self,
+        cred: &Cred,
+        req: &Request,
+        tail: Option<Arc<Vec<u8>>>,
+    ) -> impl std::future::Future<Output = Result<Response, Errno>> + Send {
         let (op, started) = (req.name(), std::time::Instant::now());
-        let sent = self.start(cred, req);
+        let sent = self.start(cred, req, tail);
         let inner = self.inner.clone();
         async move {
             let result = match sent {
@@ -325,17 +345,19 @@ impl Rpc {
     pub fn send_oneway(&self, cred: &Cred, req: Request) {
         let xid = self.inner.next_xid.fetch_add(1, Ordering::Relaxed);
         let call = Call { xid, client: self.inner.client, cred: cred.clone(), req };
-        let Ok(frame) = encode_frame(&call) else { return };
+        let Ok(head) = encode_frame(&call) else { return };
         let conn = self.inner.state.lock().unwrap().conn.clone();
         if let Some(conn) = conn {
-            conn.send(&frame);
+            conn.send(&Frame { head: Arc::new(head), tail: None });
         }
     }
 
-    fn start(&self, cred: &Cred, req: &Request) -> Result<Sent, Errno> {
+    fn start(&self, cred: &Cred, req: &Request, tail: Option<Arc<Vec<u8>>>) -> Result<Sent, Errno> {
         let xid = self.inner.next_xid.fetch_add(1, Ordering::Relaxed);
         let call = CallRef { xid, client: self.inner.client, cred, req };
-        let frame: Frame = Arc::new(encode_frame(&call).map_err(|_| Errno::EINVAL)?);
+        let tail_len = tail.as_ref().map_or(0, |t| t.len());
+        let head = encode_head(&call, tail_len).map_err(|_| Errno::EINVAL)?;
+        let frame = Frame { head: Arc::new(head), tail };
         let (tx, rx) = oneshot::channel();
         let conn = {
             let mut st = self.inner.state.lock().unwrap();
@@ -484,13 +506,10 @@ fn read_replies(inner: &Inner, mut r: Box<dyn Read + Send>) -> (String, bool) {
             Ok(n) => n,
             Err(e) => break e.to_string(),
         };
-        let mut buf = vec![0u8; n];
-        if let Err(e) = r.read_exact(&mut buf) {
-            break e.to_string();
-        }
-        let reply: Reply = match decode(&buf) {
+        let reply: Reply = match fs_proto::read_reply(&mut r, n) {
             Ok(r) => r,
-            Err(e) => break format!("malformed reply: {e}"),
+            Err(fs_proto::ReadError::Io(e)) => break e.to_string(),
+            Err(fs_proto::ReadError::Malformed(e)) => break format!("malformed reply: {e}"),
         };
         if reply.xid == 0 {
             push(inner, Push::Reply(Box::new(reply)));
@@ -498,8 +517,10 @@ fn read_replies(inner: &Inner, mut r: Box<dyn Read + Send>) -> (String, bool) {
         }
         refused = reply.res == Err(Errno::AUTH);
         let p = inner.state.lock().unwrap().pending.remove(&reply.xid);
-        if let Some(p) = p {
-            let _ = p.tx.send(reply);
+        if let Some(Pending { frame, tx }) = p {
+            // Dropped first: a WRITE's caller then gets its data back without a copy.
+            drop(frame);
+            let _ = tx.send(reply);
         }
     };
     (why, refused)

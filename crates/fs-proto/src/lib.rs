@@ -25,8 +25,8 @@ pub mod types;
 
 pub use addr::{Addr, AddrError};
 pub use codec::{
-    decode, encode_frame, encode_payload, encode_reply, frame_len, DecodeError, FrameError, SplitFrame, MAX_FRAME,
-    MAX_IO,
+    decode, encode_frame, encode_head, encode_payload, encode_reply, frame_len, read_call, read_reply, DecodeError,
+    FrameError, ReadError, SplitFrame, MAX_FRAME, MAX_IO,
 };
 pub use errno::Errno;
 pub use msg::*;

@@ -466,15 +466,10 @@ fn connection(
             Ok(n) => n,
             Err(e) => break Some(e.to_string()),
         };
-        let mut payload = vec![0u8; len];
-        if let Err(e) = r.read_exact(&mut payload) {
-            break Some(format!("truncated frame: {e}"));
-        }
-        let call: Call = match decode(&payload) {
+        let call: Call = match fs_proto::read_call(&mut r, len) {
             Ok(c) => c,
-            Err(e) => break Some(format!("malformed frame: {e}")),
+            Err(e) => break Some(e.to_string()),
         };
-        drop(payload);
         if cred.as_ref().is_some_and(|c| !c.allows(&call.cred)) {
             if !warned {
                 tracing::warn!(%peer, "refused calls as uid {} (a peer that is not root calls only as itself)", call.cred.uid);

@@ -29,6 +29,13 @@ pub(super) struct Wb {
     pub(super) last_write_change: u64,
 }
 
+/// A WRITE on its way: where its data goes, and the data (shared with the connection
+/// until the reply).
+struct Sending {
+    offset: u64,
+    data: Arc<Vec<u8>>,
+}
+
 /// Write-back state of one file, while it is open (and until its last COMMIT).
 ///
 /// Lock order: taken after `Client::files`, before `Client::cache`; `wb` is never held
@@ -128,28 +135,33 @@ impl Client {
 
     /// One WRITE, and what its reply tells.
     async fn write_call(&self, f: &FileState, seq: u64, offset: u64, data: Vec<u8>) {
-        let (req, reply) = self.write_send(f, offset, data);
+        let (sent, reply) = self.write_send(f, offset, data);
         let res = reply.await;
-        self.write_done(f, seq, req, res);
+        self.write_done(f, seq, sent, res);
     }
 
-    /// Sends a WRITE now; the reply is the future's.
+    /// Sends a WRITE now; the reply is the future's. The data goes out as it is (not
+    /// copied into the call's frame) and comes back with the reply, for [`Self::write_done`].
     fn write_send(
         &self,
         f: &FileState,
         offset: u64,
         data: Vec<u8>,
-    ) -> (Request, impl std::future::Future<Output = Result<Response, Errno>> + Send) {
+    ) -> (Sending, impl std::future::Future<Output = Result<Response, Errno>> + Send) {
         let cred = f.cred.lock().unwrap().clone();
         let fence = f.fence.load(std::sync::atomic::Ordering::SeqCst);
-        let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data };
-        let reply = self.rpc.send(&cred, &req);
-        (req, reply)
+        let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data: Vec::new() };
+        let data = Arc::new(data);
+        let reply = self.rpc.send_with_tail(&cred, &req, Some(data.clone()));
+        (Sending { offset, data }, reply)
     }
 
     /// What a WRITE's reply tells.
-    fn write_done(&self, f: &FileState, seq: u64, req: Request, res: Result<Response, Errno>) {
-        let Request::Write { data, offset, .. } = req else { unreachable!("a WRITE") };
+    fn write_done(&self, f: &FileState, seq: u64, sent: Sending, res: Result<Response, Errno>) {
+        let Sending { offset, data } = sent;
+        // The connection let go of its share before the reply came (a resend in progress
+        // may still hold one: then a copy).
+        let data = Arc::try_unwrap(data).unwrap_or_else(|d| d.to_vec());
         let mut wb = f.wb.lock().unwrap();
         wb.in_flight.done(seq);
         match res {
@@ -194,7 +206,7 @@ impl Client {
             let taken = wb.dirty.take_all(max);
             wb.in_flight.queue(taken).pop().expect("one run, one WRITE")
         };
-        let (req, reply) = self.write_send(&f, offset, chunk);
+        let (sent, reply) = self.write_send(&f, offset, chunk);
         let this = self.clone();
         Some(async move {
             let _permit = permit;
@@ -203,7 +215,7 @@ impl Client {
                 Ok(Response::Write { wcc, .. }) => wcc.after,
                 _ => None,
             };
-            this.write_done(&f, seq, req, res);
+            this.write_done(&f, seq, sent, res);
             after
         })
     }
