@@ -95,6 +95,80 @@ fn open_of_an_unchanged_file_needs_no_round_trip() {
     wait_until(Duration::from_secs(5), "the change seen by open", || std::fs::read(b.path("f")).unwrap() == b"abcdef");
 }
 
+/// `tar c` and `cp -p` read a file and then `fstat` it; the kernel asks for the
+/// attributes again after every read (it drops the access time it holds). Under the
+/// promise the mount answers from what it holds, but not where that could be stale: after
+/// a removal of another link of ours (the link count), a rename (the change time), or a
+/// read that moved the access time on the server.
+#[test]
+fn a_stat_after_a_read_needs_no_round_trip_and_follows_our_own_changes() {
+    use std::io::Read;
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "");
+    subscribed(&b.mountpoint);
+    std::fs::write(b.path("f"), b"abc").unwrap();
+    std::fs::hard_link(b.path("f"), b.path("g")).unwrap();
+    // Each read reaches the mount: the kernel's pages of the file are dropped first (a
+    // read the kernel serves itself keeps the access time it holds).
+    let read_and_stat = || {
+        let mut f = std::fs::File::open(b.path("f")).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: advice on an open descriptor.
+        assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        assert_eq!(v, b"abc");
+        f.metadata().unwrap()
+    };
+    // The first reads settle the access time (see above).
+    for _ in 0..3 {
+        read_and_stat();
+    }
+    let getattrs = || calls(&b.mountpoint, "GETATTR");
+    let before = getattrs();
+    for _ in 0..50 {
+        assert_eq!(read_and_stat().nlink(), 2);
+    }
+    assert_eq!(getattrs(), before, "50 reads, each with a stat after it: no GETATTR");
+    // A read that moves the access time on the server: the mount shows the new one.
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(rig.export("f"))
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_accessed(old))
+        .unwrap();
+    std::fs::write(rig.mnt("f"), b"abc").unwrap(); // through the other mount: a notice
+    wait_until(Duration::from_secs(5), "the rewrite seen", || {
+        std::fs::metadata(b.path("f")).unwrap().mtime() == std::fs::metadata(rig.export("f")).unwrap().mtime()
+    });
+    let on_server = |p: &str| std::fs::metadata(rig.export(p)).unwrap();
+    let m = read_and_stat();
+    assert_eq!((m.atime(), m.atime_nsec()), (on_server("f").atime(), on_server("f").atime_nsec()), "the access time");
+    // A removal of the other link here: one link left.
+    std::fs::remove_file(b.path("g")).unwrap();
+    assert_eq!(read_and_stat().nlink(), 1, "the link count after a removal of ours");
+    // A rename here moves the change time.
+    let ctime = |m: &std::fs::Metadata| (m.ctime(), m.ctime_nsec());
+    let was = ctime(&read_and_stat());
+    std::fs::rename(b.path("f"), b.path("h")).unwrap();
+    std::fs::rename(b.path("h"), b.path("f")).unwrap();
+    assert_eq!(ctime(&read_and_stat()), ctime(&on_server("f")), "the change time after renames of ours");
+    assert_ne!(ctime(&on_server("f")), was);
+    // A `chmod` right after a close: the close's COMMIT runs in the background, and its
+    // reply (attributes from before the `chmod`) may come last. (How the permission-bits
+    // regression test first caught it.)
+    use std::os::unix::fs::PermissionsExt;
+    for i in 0..30u32 {
+        std::fs::write(b.path("f"), vec![b'x'; 70_000]).unwrap();
+        let mode = 0o600 | ((i % 2) * 0o44);
+        std::fs::set_permissions(b.path("f"), std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::read(b.path("f")).unwrap();
+        assert_eq!(std::fs::metadata(b.path("f")).unwrap().mode() & 0o777, mode, "round {i}: the mode set");
+    }
+}
+
 /// Close-to-open under the promise, with no wait: the reader's `open` makes no round
 /// trip, so the writer's `close` must not return before the reader's caches (ours and
 /// the kernel's) dropped the file: the server answers the close's WRITEs only once every

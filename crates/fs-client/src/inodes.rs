@@ -36,6 +36,9 @@ pub struct Node {
     /// Until when `attr` is covered by the server's promise to tell us of changes (the
     /// AFS callback): `open` then needs no round trip.
     pub promised_until: Option<Instant>,
+    /// Our changes counted when the promised attributes were asked for (see
+    /// `Client::promised_file_attr`).
+    pub promised_own: u64,
     /// Names the kernel may hold this object under (parent node, name), for dropping
     /// every name when notices were missed. At most [`NAMES`], the latest.
     pub names: Vec<(u64, Vec<u8>)>,
@@ -92,6 +95,7 @@ impl Inodes {
                 attr_valid_until: now,
                 notice_seq: 0,
                 promised_until: None,
+                promised_own: 0,
                 names: Vec::new(),
                 no_caps_until: None,
             },
@@ -140,6 +144,7 @@ impl Inodes {
                 attr_valid_until: now + ttl,
                 notice_seq: 0,
                 promised_until: None,
+                promised_own: 0,
                 names: Vec::new(),
                 no_caps_until: None,
             },

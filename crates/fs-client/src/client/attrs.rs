@@ -41,15 +41,21 @@ impl Client {
         // A directory's attributes come back with every change we make in it (weak cache
         // consistency), so while they are fresh they are served from here: the kernel
         // drops its copy after each create or unlink, and asking the server again cost a
-        // second round trip per `rm` (RFC 1813, 2.6). Files always ask: an unlink or
-        // link elsewhere changes their link count without telling us.
-        let fresh = {
+        // second round trip per `rm` (RFC 1813, 2.6). Files ask unless the promise covers
+        // what we hold (`promised_file_attr`): an unlink or link elsewhere changes their
+        // link count without telling us otherwise.
+        let (fresh, promise_left) = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(Errno::ESTALE)?;
-            (n.attr.kind == FileKind::Directory && Instant::now() < n.attr_valid_until).then_some(n.attr)
+            let now = Instant::now();
+            let dir = n.attr.kind == FileKind::Directory && now < n.attr_valid_until;
+            (dir.then_some(n.attr), n.promised_until.map(|u| u.saturating_duration_since(now)))
         };
         if let Some(a) = fresh {
             return Ok((a, self.attr_ttl(&a), None));
+        }
+        if let (Some(a), Some(left)) = (self.promised_file_attr(ino), promise_left) {
+            return Ok((self.local_view(ino, a), left, None));
         }
         let fh = self.fh(ino)?;
         let mark = self.mark();

@@ -224,7 +224,10 @@ impl Client {
             // attributes a kept listing holds for the object would be stale; a removal
             // keeps its directory's listing, which follows it.
             let dir_ino = self.listings_before(&req);
+            self.own_change();
             let res = self.rpc.call_ref(cred, &req).await;
+            // Again after: an answer to a call that overtook this one is not trusted.
+            self.own_change();
             if let Some(ino) = dir_ino {
                 self.listing_removed(ino, &req, &res);
             }
@@ -393,7 +396,9 @@ impl Client {
                     (None, _) => None,
                 });
                 if promise == Some(true) {
-                    t.get_mut(ino).expect("just looked up").promised_until = Some(now + attr_ttl);
+                    let node = t.get_mut(ino).expect("just looked up");
+                    node.promised_until = Some(now + attr_ttl);
+                    node.promised_own = mark.map_or(0, |m| m.own_changes());
                 }
                 // Names are revalidated on the directory timeouts, as NFS's dentry cache;
                 // under the promise, when a notice says so; a suspect answer, or any under

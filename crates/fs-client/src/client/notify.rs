@@ -29,6 +29,9 @@ pub(super) struct NoticeView {
     epoch: u64,
     applied: u64,
     instance: Option<u64>,
+    /// Bumped before and after each change of ours (every call that changes something,
+    /// WRITEs and COMMITs included); see [`Client::promised_file_attr`].
+    own_changes: u64,
 }
 
 /// The notice state a call was sent under.
@@ -36,6 +39,13 @@ pub(super) struct NoticeView {
 pub struct Mark {
     epoch: u64,
     applied: u64,
+    own_changes: u64,
+}
+
+impl Mark {
+    pub(super) fn own_changes(&self) -> u64 {
+        self.own_changes
+    }
 }
 
 /// Whether no notice touched `inos` since `m` was taken.
@@ -47,7 +57,7 @@ impl Client {
     /// Taken before a call whose reply may be promised.
     pub(super) fn mark(&self) -> Option<Mark> {
         let v = self.notice.lock().unwrap();
-        (self.opts.notify && v.live).then_some(Mark { epoch: v.epoch, applied: v.applied })
+        (self.opts.notify && v.live).then_some(Mark { epoch: v.epoch, applied: v.applied, own_changes: v.own_changes })
     }
 
     /// The gate for an answer sent under `mark` (see [`super::Gate`]); when the notifier
@@ -58,7 +68,7 @@ impl Client {
         }
         match self.gate.clone().try_read_owned() {
             Ok(g) => (mark, Some(std::sync::Arc::new(g))),
-            Err(_) => (Some(Mark { epoch: u64::MAX, applied: 0 }), None),
+            Err(_) => (Some(Mark { epoch: u64::MAX, applied: 0, own_changes: 0 }), None),
         }
     }
 
@@ -87,6 +97,7 @@ impl Client {
         if promise == Some(true) {
             if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
                 n.promised_until = Some(Instant::now() + ttl);
+                n.promised_own = mark.map_or(0, |m| m.own_changes);
             }
         }
         ttl
@@ -126,6 +137,41 @@ impl Client {
         let t = self.inodes.lock().unwrap();
         let n = t.get(ino)?;
         n.promised_until.filter(|&u| Instant::now() < u).map(|_| n.attr)
+    }
+
+    /// Cached attributes of a file that `getattr` may answer with, no round trip: under
+    /// the promise, asked for after our last change of anything, with no access time the
+    /// server may have moved since we hold them (`atime_due`), and none of our data
+    /// buffered. Changes of ours are not told by notices, and their replies may come in
+    /// any order (a background COMMIT's attributes from before a `chmod` answered first)
+    /// or bring no attributes of what they changed (a REMOVE of one of a file's links
+    /// changes its link count): after one, files ask again until the next promise. The
+    /// kernel asks after every read (it drops the access time it holds): `tar c` and
+    /// `cp -p` ask for each file they read.
+    pub(super) fn promised_file_attr(&self, ino: u64) -> Option<Attr> {
+        if let Some(f) = self.files.lock().unwrap().get(&ino) {
+            let wb = f.wb.lock().unwrap();
+            if !wb.dirty.is_empty() {
+                return None;
+            }
+        }
+        let own_changes = {
+            let v = self.notice.lock().unwrap();
+            if !v.live {
+                return None;
+            }
+            v.own_changes
+        };
+        let t = self.inodes.lock().unwrap();
+        let n = t.get(ino)?;
+        let fresh = n.promised_until.is_some_and(|u| Instant::now() < u);
+        (fresh && n.promised_own == own_changes && !n.atime_due).then_some(n.attr)
+    }
+
+    /// Before a change of ours is sent and after its reply (see
+    /// [`Self::promised_file_attr`]).
+    pub(super) fn own_change(&self) {
+        self.notice.lock().unwrap().own_changes += 1;
     }
 
     /// The promise lapsed (the connection went away): nothing is promised until the

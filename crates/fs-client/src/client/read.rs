@@ -44,8 +44,12 @@ impl Client {
             // a fifth of the local file system's random-read rate). The first read after
             // an open that found the access time due goes to the server, whose file
             // system updates the access time (relatime), even if we have it cached.
-            return match self.call(&cred, Request::Read { fh: file, offset, count: size }).await? {
+            return match self.call(&cred, Request::Read { fh: file.clone(), offset, count: size }).await? {
                 Response::Read { data, attr, .. } => {
+                    if due {
+                        // The access time it moved (a `stat` after it is answered here).
+                        self.note_attr(&file, &attr);
+                    }
                     if due && attr.atime <= atime {
                         // The export does not keep access times (mounted `noatime`, or
                         // read-only): dropping caches for them would buy nothing.

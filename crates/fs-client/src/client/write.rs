@@ -152,12 +152,14 @@ impl Client {
         let fence = f.fence.load(std::sync::atomic::Ordering::SeqCst);
         let req = Request::Write { fh: f.fh.clone(), offset, stable: Stable::Unstable, fence, data: Vec::new() };
         let data = Arc::new(data);
+        self.own_change();
         let reply = self.rpc.send_with_tail(&cred, &req, Some(data.clone()));
         (Sending { offset, data }, reply)
     }
 
     /// What a WRITE's reply tells.
     fn write_done(&self, f: &FileState, seq: u64, sent: Sending, res: Result<Response, Errno>) {
+        self.own_change();
         let Sending { offset, data } = sent;
         // The connection let go of its share before the reply came (a resend in progress
         // may still hold one: then a copy).
@@ -259,7 +261,9 @@ impl Client {
         }
         let cred = f.cred.lock().unwrap().clone();
         let freed = batch.bytes();
+        self.own_change();
         let res = self.rpc.call(&cred, Request::Commit { fh: f.fh.clone(), offset: 0, count: 0 }).await;
+        self.own_change();
         let mut wb = f.wb.lock().unwrap();
         match res {
             Ok(Response::Commit { verifier, wcc }) => {
