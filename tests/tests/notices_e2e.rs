@@ -169,6 +169,37 @@ fn a_stat_after_a_read_needs_no_round_trip_and_follows_our_own_changes() {
     }
 }
 
+/// Another mount's removal of one of a file's links, or rename of one, moves the file's
+/// link count or change time. The notice names the folder's entry, and the file too: a
+/// mount that holds the file by its other name under the promise (an hour's `actimeo`
+/// here) sees the change, in the kernel's cache and ours.
+#[test]
+fn a_link_removed_or_renamed_on_another_mount_is_seen_through_the_other_link() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "actimeo=3600");
+    subscribed(&b.mountpoint);
+    std::fs::write(rig.mnt("f"), b"abc").unwrap();
+    std::fs::hard_link(rig.mnt("f"), rig.mnt("g")).unwrap();
+    std::fs::hard_link(rig.mnt("f"), rig.mnt("x")).unwrap();
+    wait_until(Duration::from_secs(5), "three links seen", || std::fs::metadata(b.path("f")).unwrap().nlink() == 3);
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(b.path("f")).unwrap(), b"abc");
+    }
+    std::fs::remove_file(rig.mnt("g")).unwrap();
+    wait_until(Duration::from_secs(5), "the removal of a link seen through another", || {
+        std::fs::metadata(b.path("f")).unwrap().nlink() == 2
+    });
+    let ctime = |m: std::fs::Metadata| (m.ctime(), m.ctime_nsec());
+    let before = ctime(std::fs::metadata(rig.export("f")).unwrap());
+    std::fs::rename(rig.mnt("x"), rig.mnt("y")).unwrap();
+    let after = ctime(std::fs::metadata(rig.export("f")).unwrap());
+    assert_ne!(after, before, "a rename moves the change time");
+    wait_until(Duration::from_secs(5), "the rename of a link seen through another", || {
+        ctime(std::fs::metadata(b.path("f")).unwrap()) == after
+    });
+}
+
 /// Close-to-open under the promise, with no wait: the reader's `open` makes no round
 /// trip, so the writer's `close` must not return before the reader's caches (ours and
 /// the kernel's) dropped the file: the server answers the close's WRITEs only once every

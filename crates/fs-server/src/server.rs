@@ -134,6 +134,25 @@ impl Server {
         self.verifier
     }
 
+    /// The objects a REMOVE, RMDIR or RENAME will unlink or move, found before it runs:
+    /// their link counts and change times move, which the notice of the entries alone
+    /// does not tell a mount that holds them by another name (a hard link) under the
+    /// promise. The objects' new attributes are not known (they may be gone).
+    fn relinked_by(&self, req: &Request) -> Vec<FileHandle> {
+        let handle = |dir: &FileHandle, name: &[u8]| {
+            let d = self.handles.resolve(dir).ok()?;
+            let name = std::ffi::CString::new(name).ok()?;
+            self.handles.make(d.raw(), &name).ok()
+        };
+        match req {
+            Request::Remove { dir, name } | Request::Rmdir { dir, name } => handle(dir, name).into_iter().collect(),
+            Request::Rename { from_dir, from, to_dir, to, .. } => {
+                handle(from_dir, from).into_iter().chain(handle(to_dir, to)).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Answers one call. `None` means "say nothing": the same call is already running
     /// and its reply will answer this retransmission too.
     pub fn handle_call(&self, call: Call) -> Option<Reply> {
@@ -189,6 +208,7 @@ impl Server {
             }
         }
         drop(drc);
+        let relinked = self.relinked_by(&req);
         // The call is finished in the cache however it ends: a panic left it "in
         // progress" for good, and every retransmission went unanswered.
         let reply = Reply { xid, res: self.dispatch_tracked(client, &cred, req.clone()) };
@@ -198,7 +218,11 @@ impl Server {
             std::thread::sleep(self.test_delay_changes);
         }
         let changes = match &reply.res {
-            Ok(r) => crate::notices::changes(&req, r),
+            Ok(r) => {
+                let mut c = crate::notices::changes(&req, r);
+                c.extend(relinked.into_iter().map(|fh| fs_proto::Change::Object { fh, change: None }));
+                c
+            }
             // Soon after a takeover, a call that fails may be the retransmission of one
             // the old primary did and died before its notice reached us (a CREATE now
             // answered EEXIST): its targets are announced all the same.
