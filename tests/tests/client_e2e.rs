@@ -759,6 +759,11 @@ fn a_listing_brings_every_name_into_the_kernel() {
     }
     for (name, opts, looked_up_most) in [("all", "", false), ("auto", "rdirplus=auto", true)] {
         let m = rig.second_mount(name, opts);
+        // Listed once subscribed: a page answered while the first subscription drops
+        // what the mount holds is given with no lifetime, and its names looked up again.
+        tests::wait_until(Duration::from_secs(10), "subscribed", || {
+            tests::mount_status(&m.mountpoint).contains("notices subscribed")
+        });
         let lookups = || tests::metric(&tests::mount_status(&m.mountpoint), "kernel lookups");
         let names: Vec<_> = std::fs::read_dir(m.path("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2000);

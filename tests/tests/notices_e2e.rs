@@ -157,8 +157,9 @@ fn a_stat_after_a_read_needs_no_round_trip_and_follows_our_own_changes() {
     assert_eq!(ctime(&read_and_stat()), ctime(&on_server("f")), "the change time after renames of ours");
     assert_ne!(ctime(&on_server("f")), was);
     // A `chmod` right after a close: the close's COMMIT runs in the background, and its
-    // reply (attributes from before the `chmod`) may come last. (How the permission-bits
-    // regression test first caught it.)
+    // reply (attributes from before the `chmod`) may come last. A race this only gives
+    // chances to, 30 times (the permission-bits regression test met it once); it does
+    // not fail for certain without the COMMIT's `own_change`.
     use std::os::unix::fs::PermissionsExt;
     for i in 0..30u32 {
         std::fs::write(b.path("f"), vec![b'x'; 70_000]).unwrap();

@@ -183,10 +183,11 @@ pub enum ReadError {
 }
 
 /// Reads a frame payload of `len` bytes (its header already read and checked by
-/// [`frame_len`]) from `r` and decodes the call in it. A WRITE's data is read straight
-/// into the buffer the call keeps: no byte of it is zeroed first or copied after (the
-/// payload's first bytes are decoded to find where the data starts). Everything else is
-/// decoded as [`decode`] does, with the same errors.
+/// [`frame_len`]) from `r` and decodes the call in it. A WRITE's data is read into the
+/// buffer the call keeps, not zeroed first and not copied by the decoder (the payload's
+/// first bytes are decoded to find where the data starts; what `r` buffers itself it
+/// copies, as for any read). Everything else is decoded as [`decode`] does, with the
+/// same errors.
 pub fn read_call<R: std::io::Read + ?Sized>(r: &mut R, len: usize) -> Result<crate::Call, ReadError> {
     read_message::<WriteHead, R>(r, len)
 }

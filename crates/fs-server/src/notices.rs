@@ -394,8 +394,16 @@ fn frame(instance: u64, next: u64, notices: Vec<Notice>) -> Option<Frame> {
 }
 
 /// What a successful call changed, from its request and its reply (the change
-/// attributes after it). Calls that change nothing give nothing.
-pub fn changes(req: &Request, res: &Response) -> Vec<Change> {
+/// attributes after it), and the objects it unlinked or moved (`relinked`, found before
+/// it ran: their attributes after it are not known). Calls that change nothing give
+/// nothing.
+pub fn changes(req: &Request, res: &Response, relinked: Vec<fs_proto::FileHandle>) -> Vec<Change> {
+    let mut v = named_changes(req, res);
+    v.extend(relinked.into_iter().map(|fh| Change::Object { fh, change: None }));
+    v
+}
+
+fn named_changes(req: &Request, res: &Response) -> Vec<Change> {
     let obj = |fh: &fs_proto::FileHandle, change: Option<u64>| Change::Object { fh: fh.clone(), change };
     let entry = |dir: &fs_proto::FileHandle, name: &[u8]| Change::Entry { dir: dir.clone(), name: name.to_vec() };
     let after = |w: &fs_proto::Wcc| w.after.as_ref().map(|a| a.change);

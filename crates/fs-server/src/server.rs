@@ -137,7 +137,7 @@ impl Server {
     /// The objects a REMOVE, RMDIR or RENAME will unlink or move, found before it runs:
     /// their link counts and change times move, which the notice of the entries alone
     /// does not tell a mount that holds them by another name (a hard link) under the
-    /// promise. The objects' new attributes are not known (they may be gone).
+    /// promise (see [`crate::notices::changes`]).
     fn relinked_by(&self, req: &Request) -> Vec<FileHandle> {
         let handle = |dir: &FileHandle, name: &[u8]| {
             let d = self.handles.resolve(dir).ok()?;
@@ -179,7 +179,7 @@ impl Server {
             );
             let res = self.dispatch_tracked(client, &cred, req);
             if let (Some(shape), Ok(r)) = (&shape, &res) {
-                self.announce(client, crate::notices::changes(shape, r), None, durable);
+                self.announce(client, crate::notices::changes(shape, r, Vec::new()), None, durable);
             }
             return Some(Reply { xid, res });
         }
@@ -218,11 +218,7 @@ impl Server {
             std::thread::sleep(self.test_delay_changes);
         }
         let changes = match &reply.res {
-            Ok(r) => {
-                let mut c = crate::notices::changes(&req, r);
-                c.extend(relinked.into_iter().map(|fh| fs_proto::Change::Object { fh, change: None }));
-                c
-            }
+            Ok(r) => crate::notices::changes(&req, r, relinked),
             // Soon after a takeover, a call that fails may be the retransmission of one
             // the old primary did and died before its notice reached us (a CREATE now
             // answered EEXIST): its targets are announced all the same.

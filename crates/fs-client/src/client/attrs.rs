@@ -44,17 +44,15 @@ impl Client {
         // second round trip per `rm` (RFC 1813, 2.6). Files ask unless the promise covers
         // what we hold (`promised_file_attr`): an unlink or link elsewhere changes their
         // link count without telling us otherwise.
-        let (fresh, promise_left) = {
+        let fresh = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(Errno::ESTALE)?;
-            let now = Instant::now();
-            let dir = n.attr.kind == FileKind::Directory && now < n.attr_valid_until;
-            (dir.then_some(n.attr), n.promised_until.map(|u| u.saturating_duration_since(now)))
+            (n.attr.kind == FileKind::Directory && Instant::now() < n.attr_valid_until).then_some(n.attr)
         };
         if let Some(a) = fresh {
             return Ok((a, self.attr_ttl(&a), None));
         }
-        if let (Some(a), Some(left)) = (self.promised_file_attr(ino), promise_left) {
+        if let Some((a, left)) = self.promised_file_attr(ino) {
             return Ok((self.local_view(ino, a), left, None));
         }
         let fh = self.fh(ino)?;

@@ -147,8 +147,8 @@ impl Client {
     /// or bring no attributes of what they changed (a REMOVE of one of a file's links
     /// changes its link count): after one, files ask again until the next promise. The
     /// kernel asks after every read (it drops the access time it holds): `tar c` and
-    /// `cp -p` ask for each file they read.
-    pub(super) fn promised_file_attr(&self, ino: u64) -> Option<Attr> {
+    /// `cp -p` ask for each file they read. With how long the promise has left.
+    pub(super) fn promised_file_attr(&self, ino: u64) -> Option<(Attr, Duration)> {
         if let Some(f) = self.files.lock().unwrap().get(&ino) {
             let wb = f.wb.lock().unwrap();
             if !wb.dirty.is_empty() {
@@ -164,8 +164,8 @@ impl Client {
         };
         let t = self.inodes.lock().unwrap();
         let n = t.get(ino)?;
-        let fresh = n.promised_until.is_some_and(|u| Instant::now() < u);
-        (fresh && n.promised_own == own_changes && !n.atime_due).then_some(n.attr)
+        let left = n.promised_until?.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+        (n.promised_own == own_changes && !n.atime_due).then_some((n.attr, left))
     }
 
     /// Before a change of ours is sent and after its reply (see
