@@ -10,7 +10,7 @@
 //! promised only if no notice touched its objects since.
 
 use super::Client;
-use fs_proto::{Attr, Change, Notice};
+use fs_proto::{Attr, Change, FileKind, Notice};
 use std::time::{Duration, Instant};
 
 /// What the kernel must drop (done by the notifier thread, outside every lock).
@@ -165,7 +165,9 @@ impl Client {
         let t = self.inodes.lock().unwrap();
         let n = t.get(ino)?;
         let left = n.promised_until?.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
-        (n.promised_own == own_changes && !n.atime_due).then_some((n.attr, left))
+        // (Folders keep their own rule in `getattr`.)
+        let file = n.attr.kind != FileKind::Directory;
+        (file && n.promised_own == own_changes && !n.atime_due).then_some((n.attr, left))
     }
 
     /// Before a change of ours is sent and after its reply (see
