@@ -152,7 +152,8 @@ for n in 5 2100 40 70000 3 131073 1 4096 200000 17; do
   i=$((i + 1))
   head -c $n /dev/urandom | base64 -w0 > $w.b64
   head -c $n $w.b64 > $w
-  cat $w > $wr/f
+  # (What the kernel holds of the file and its folder, should the write be refused.)
+  cat $w > $wr/f || { echo "round $i: writing $wr/f refused; uid gid mode: $(stat -c '%u %g %a' $wr/f $wr 2>&1 | tr '\n' ' ')"; exit 1; }
   got=$(head -c 12 $rd/f)
   [ "$got" = "$(head -c 12 $w)" ] || { echo "round $i: head -c 12 gave '$got' ($old -> $n bytes)"; exit 1; }
   c=$((n < 300 ? n : 300))

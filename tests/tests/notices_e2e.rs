@@ -109,6 +109,9 @@ fn a_stat_after_a_read_needs_no_round_trip_and_follows_our_own_changes() {
     subscribed(&b.mountpoint);
     std::fs::write(b.path("f"), b"abc").unwrap();
     std::fs::hard_link(b.path("f"), b.path("g")).unwrap();
+    // The last close's COMMIT goes in the background; its reply, late under load, is a
+    // change of ours that rightly sends the next stat to the server.
+    wait_until(Duration::from_secs(10), "the COMMIT answered", || calls(&b.mountpoint, "COMMIT") >= 1);
     // Each read reaches the mount: the kernel's pages of the file are dropped first (a
     // read the kernel serves itself keeps the access time it holds).
     let read_and_stat = || {
@@ -722,4 +725,61 @@ fn names_of_a_folder_we_made_need_no_lookup_and_follow_another_mount() {
     let seen = names(&rig.mnt("d"));
     assert_eq!(seen, names(&rig.export("d")));
     assert_eq!(seen.len(), 101, "f0 renamed, f1 and f2 gone, sub, f100 and theirs made");
+}
+
+/// Kernel listing pages the mount at `mp` was asked for, from `fs-client status`.
+fn listing_pages(mp: &Path) -> f64 {
+    tests::metric(&mount_status(mp), "kernel listing pages")
+}
+
+/// A folder listed again is answered by the kernel alone (`FOPEN_CACHE_DIR`, kept at the
+/// next open only if made from the listing the promise still covers), and that copy
+/// follows every change: another mount's (its notice), ours through the kernel, and ours
+/// the kernel does not see (the last close of a silly-renamed file removes it). With the
+/// kernel's copy kept at every open of a promised folder, the removed silly name stays
+/// listed: seen.
+#[test]
+fn a_listing_again_is_answered_by_the_kernel_and_follows_every_change() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    // (An hour's attribute timeout: the kernel would otherwise ask for the folder's
+    // attributes again soon after a change, and drop its copy on a new change time.)
+    let rig = Rig::new("actimeo=3600");
+    let b = rig.second_mount("b", "");
+    let a = &rig.mount.mountpoint;
+    for m in [a, &b.mountpoint] {
+        subscribed(m);
+    }
+    std::fs::create_dir(rig.export("d")).unwrap();
+    for i in 0..500 {
+        std::fs::write(rig.export(&format!("d/f{i}")), b"x").unwrap();
+    }
+    let same = || names(&rig.mnt("d")) == names(&rig.export("d"));
+    assert!(same());
+    let first = listing_pages(a);
+    assert!(first > 0.0);
+    for _ in 0..3 {
+        assert!(same());
+    }
+    assert_eq!(listing_pages(a), first, "listed again: no page asked of the mount");
+    // Another mount's changes: seen once their notice is applied.
+    std::fs::write(b.path("d/new"), b"n").unwrap();
+    std::fs::rename(b.path("d/f1"), b.path("d/moved")).unwrap();
+    std::fs::remove_file(b.path("d/f2")).unwrap();
+    wait_until(Duration::from_secs(10), "another mount's changes listed", same);
+    // Ours, through the kernel: at once.
+    std::fs::write(rig.mnt("d/mine"), b"m").unwrap();
+    assert!(same(), "our create listed at once");
+    std::fs::remove_file(rig.mnt("d/f3")).unwrap();
+    assert!(same(), "our removal listed at once");
+    // Ours, unseen by the kernel: a file removed while open here is renamed aside, and
+    // its last close removes that name.
+    let open = std::fs::File::open(rig.mnt("d/f4")).unwrap();
+    std::fs::remove_file(rig.mnt("d/f4")).unwrap();
+    let silly = || names(&rig.export("d")).into_iter().any(|n| n.starts_with(".fs-silly-"));
+    assert!(silly());
+    assert!(same(), "the silly name listed");
+    assert!(same(), "the silly name listed again");
+    drop(open);
+    wait_until(Duration::from_secs(10), "the silly name removed", || !silly());
+    assert!(same(), "the removed silly name is no longer listed");
 }

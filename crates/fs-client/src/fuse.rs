@@ -2,7 +2,7 @@
 //! kernel's arguments into plain values, hands the work to [`Client`] on the tokio
 //! runtime, and turns the result into a reply. No callback blocks the FUSE thread.
 
-use crate::client::{Caller, Client, Entry, OpenNo};
+use crate::client::{Caller, Client, DirCache, Entry, OpenNo};
 use crate::locks::Locks;
 use crate::options::ReaddirPlus;
 use fs_proto::{Attr, DirEntry, Errno, FileKind, SetAttrs, SetTime, Timespec};
@@ -524,8 +524,14 @@ impl Filesystem for Fs {
         self.spawn(reply, async move { cl.fsync(ino.0).await }, |r, ()| r.ok());
     }
 
-    fn opendir(&self, req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(self.client.opendir(caller(req)).0), FopenFlags::empty());
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let (fh, cache) = self.client.opendir(caller(req), ino.0);
+        let flags = match cache {
+            DirCache::None => FopenFlags::empty(),
+            DirCache::Fill => FopenFlags::FOPEN_CACHE_DIR,
+            DirCache::Keep => FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        };
+        reply.opened(FileHandle(fh.0), flags);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {

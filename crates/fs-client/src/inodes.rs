@@ -45,6 +45,10 @@ pub struct Node {
     /// Until when the server's answer that the file has no `security.capability` holds
     /// (see [`crate::client::Client::getxattr`]).
     pub no_caps_until: Option<Instant>,
+    /// A directory's listing the kernel was last given from offset 0 by an open that
+    /// let it keep what it lists (`FOPEN_CACHE_DIR`): the listing's number and its
+    /// change attribute then. See `Client::opendir`.
+    pub kernel_listing: Option<(u64, u64)>,
 }
 
 /// Names remembered per object (hard links beyond this are rare; a name forgotten here
@@ -98,6 +102,7 @@ impl Inodes {
                 promised_own: 0,
                 names: Vec::new(),
                 no_caps_until: None,
+                kernel_listing: None,
             },
         );
         t
@@ -147,6 +152,7 @@ impl Inodes {
                 promised_own: 0,
                 names: Vec::new(),
                 no_caps_until: None,
+                kernel_listing: None,
             },
         );
         ino

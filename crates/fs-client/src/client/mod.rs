@@ -94,6 +94,17 @@ pub struct Entry {
 /// wait for can be waiting here.)
 pub type Gate = Option<Arc<tokio::sync::OwnedRwLockReadGuard<()>>>;
 
+/// What the kernel may do with what a directory open lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirCache {
+    /// Nothing kept (no promise): every listing asks us.
+    None,
+    /// Keep it from now on (`FOPEN_CACHE_DIR`), dropping what it holds now.
+    Fill,
+    /// Keep it, and what it holds now is current (`FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE`).
+    Keep,
+}
+
 pub struct Opened {
     pub fh: OpenNo,
     /// Keep the kernel's page cache: the file did not change since we cached it.
@@ -149,6 +160,8 @@ pub struct Client {
     /// The kernel's LOOKUPs, and those answered here without a round trip (`status`).
     lookups: AtomicU64,
     lookups_here: AtomicU64,
+    /// The kernel's requests for a page of a listing.
+    listing_pages: AtomicU64,
     /// Change notices: subscribed or not, how far applied ([`notify`]). A leaf lock.
     notice: Mutex<notify::NoticeView>,
     notice_applied: Notify,
@@ -194,6 +207,7 @@ impl Client {
             clock_warned: std::sync::atomic::AtomicBool::new(false),
             lookups: AtomicU64::new(0),
             lookups_here: AtomicU64::new(0),
+            listing_pages: AtomicU64::new(0),
             notice: Mutex::new(Default::default()),
             notice_applied: Notify::new(),
             gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -340,6 +354,7 @@ impl Client {
         s += &format!("page cache {cached} bytes, {hits} hits, {misses} misses, hit ratio {ratio:.3}\n");
         let (lookups, here) = (self.lookups.load(Relaxed), self.lookups_here.load(Relaxed));
         s += &format!("kernel lookups {lookups}\nkernel lookups answered here {here}\n");
+        s += &format!("kernel listing pages {}\n", self.listing_pages.load(Relaxed));
         let (mut dirty, mut unstable) = (0usize, 0usize);
         for f in self.files.lock().unwrap().values() {
             let wb = f.wb.lock().unwrap();

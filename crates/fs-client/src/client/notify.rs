@@ -235,6 +235,15 @@ impl Client {
                 }
             }
         }
+        // A folder whose names changed: the kernel's copy of its listing goes too, even
+        // when the folder's attributes we hold were already current.
+        let dirs: Vec<u64> =
+            out.iter().filter_map(|i| if let Inval::Entry(d, _) = i { Some(*d) } else { None }).collect();
+        for d in dirs {
+            if !out.contains(&Inval::Inode(d)) {
+                out.push(Inval::Inode(d));
+            }
+        }
         if objects {
             // A kept listing may hold the object's attributes, whether or not the kernel
             // knows the object.

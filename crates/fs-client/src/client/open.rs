@@ -4,7 +4,7 @@
 //! writes, the last `release` commits in the background.
 
 use super::write::{FileState, Wb};
-use super::{unexpected, Caller, Client, Entry, OpenNo, Opened};
+use super::{unexpected, Caller, Client, DirCache, Entry, OpenNo, Opened};
 use crate::inodes::atime_due;
 use crate::readahead::ReadAhead;
 use fs_proto::*;
@@ -19,6 +19,8 @@ pub(super) struct OpenFile {
     pub(super) ra: ReadAhead,
     /// A directory's listing, fetched whole at offset 0 and served from here.
     pub(super) listing: Option<Arc<Listing>>,
+    /// A directory opened with `FOPEN_CACHE_DIR`: the kernel keeps what it is listed.
+    pub(super) cache_dir: bool,
 }
 
 /// A directory's entries, and the notice state they were fetched under (so that an
@@ -26,6 +28,8 @@ pub(super) struct OpenFile {
 /// since). Our own removals in the directory mark entries gone ([`Client::listing_removed`]),
 /// so that `rm` after `ls` answers each LOOKUP from here, as `ls -l` does.
 pub struct Listing {
+    /// Unique among the mount's listings (which the kernel's copy was made from).
+    id: u64,
     entries: Vec<DirEntry>,
     /// Per entry: removed by a change of ours since the listing.
     gone: Vec<AtomicBool>,
@@ -39,7 +43,9 @@ pub struct Listing {
 impl Listing {
     fn new(entries: Vec<DirEntry>, mark: Option<super::Mark>, change: u64) -> Listing {
         let gone = entries.iter().map(|_| AtomicBool::new(false)).collect();
-        Listing { entries, gone, mark, change: AtomicU64::new(change), index: Default::default() }
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        Listing { id, entries, gone, mark, change: AtomicU64::new(change), index: Default::default() }
     }
 
     fn position(&self, name: &[u8]) -> Option<usize> {
@@ -83,7 +89,10 @@ impl Listing {
 impl Client {
     pub(super) fn new_open(&self, ino: u64, cred: Cred) -> OpenNo {
         let fh = OpenNo(self.next_fh.fetch_add(1, Ordering::Relaxed));
-        self.opens.lock().unwrap().insert(fh, OpenFile { cred, ra: ReadAhead::default(), listing: None });
+        self.opens
+            .lock()
+            .unwrap()
+            .insert(fh, OpenFile { cred, ra: ReadAhead::default(), listing: None, cache_dir: false });
         self.inodes.lock().unwrap().open(ino);
         fh
     }
@@ -255,10 +264,30 @@ impl Client {
         .await;
     }
 
-    pub fn opendir(&self, c: Caller) -> OpenNo {
+    /// Opens a directory. While change notices are followed the kernel may keep what it
+    /// is listed (`FOPEN_CACHE_DIR`: a listing again is answered by the kernel alone,
+    /// without a request), and keep it across this open (`FOPEN_KEEP_CACHE`) if it was
+    /// made from the listing the promise still covers, unchanged. What drops it: the kernel's
+    /// own changes in the directory (its version), a notice of another mount's
+    /// (the notifier drops the directory's pages), and an open that does not let it keep
+    /// its copy (any change of ours it did not see moves our listing on).
+    pub fn opendir(&self, c: Caller, ino: u64) -> (OpenNo, DirCache) {
         let fh = OpenNo(self.next_fh.fetch_add(1, Ordering::Relaxed));
-        self.opens.lock().unwrap().insert(fh, OpenFile { cred: self.cred(c), ra: ReadAhead::default(), listing: None });
-        fh
+        let cache = match self.promised_listing(ino) {
+            Some(l)
+                if self.inodes.lock().unwrap().get(ino).and_then(|n| n.kernel_listing) == Some((l.id, l.change())) =>
+            {
+                DirCache::Keep
+            }
+            // The listing this open fetches is kept under the promise, and the kernel's
+            // copy with it.
+            _ if self.opts.lookup_cache && self.mark().is_some() => DirCache::Fill,
+            _ => DirCache::None,
+        };
+        let cache_dir = cache != DirCache::None;
+        let of = OpenFile { cred: self.cred(c), ra: ReadAhead::default(), listing: None, cache_dir };
+        self.opens.lock().unwrap().insert(fh, of);
+        (fh, cache)
     }
 
     /// The directory's recent listing, if the promise still covers it: no notice touched
@@ -307,10 +336,29 @@ impl Client {
         self.opens.lock().unwrap().remove(&fh);
     }
 
+    /// `listing` answers the open `fh` from offset 0 on; the kernel keeps it if the open
+    /// lets it.
+    fn serving(&self, dir_ino: u64, fh: OpenNo, offset: u64, listing: &Arc<Listing>) {
+        let cache_dir = match self.opens.lock().unwrap().get_mut(&fh) {
+            Some(of) => {
+                of.listing = Some(listing.clone());
+                of.cache_dir
+            }
+            None => false,
+        };
+        if offset != 0 {
+            return; // (a seek: the kernel fills its copy from the start only)
+        }
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(dir_ino) {
+            n.kernel_listing = cache_dir.then(|| (listing.id, listing.change()));
+        }
+    }
+
     /// The directory listing of an open directory handle: fetched whole (READDIRPLUS,
     /// as many calls as it takes) when the kernel asks from offset 0, then served from
     /// memory for the kernel's following calls. Offsets are indices + 1.
     pub async fn readdir(&self, dir_ino: u64, fh: OpenNo, offset: u64) -> Result<Arc<Listing>, Errno> {
+        self.listing_pages.fetch_add(1, Ordering::Relaxed);
         let (cred, cached) = {
             let o = self.opens.lock().unwrap();
             let of = o.get(&fh).ok_or(Errno::EBADF)?;
@@ -320,9 +368,7 @@ impl Client {
             return Ok(l);
         }
         if let Some(l) = self.promised_listing(dir_ino) {
-            if let Some(of) = self.opens.lock().unwrap().get_mut(&fh) {
-                of.listing = Some(l.clone());
-            }
+            self.serving(dir_ino, fh, offset, &l);
             return Ok(l);
         }
         let dir = self.fh(dir_ino)?;
@@ -352,9 +398,7 @@ impl Client {
         if mark.is_some() {
             self.listings.lock().unwrap().put(dir_ino, listing.clone());
         }
-        if let Some(of) = self.opens.lock().unwrap().get_mut(&fh) {
-            of.listing = Some(listing.clone());
-        }
+        self.serving(dir_ino, fh, offset, &listing);
         Ok(listing)
     }
 }
