@@ -9,7 +9,9 @@
 //! Every invalidation of a file bumps its epoch. A fetch notes the epoch when it starts
 //! and its result is only cached if the epoch is still the same: a READ that was on its
 //! way while a write or truncate changed the file must not put old data back (fsx found
-//! exactly that race).
+//! exactly that race). Epochs are stamps from one counter, kept only for files fetched
+//! since the kernel last forgot them: a long-lived mount that walks millions of files
+//! keeps no record of each.
 
 use lru::LruCache;
 use std::collections::{BTreeSet, HashMap};
@@ -27,7 +29,11 @@ pub struct PageCache {
     /// The cached block indices of each node (so dropping a file's blocks, at every
     /// FORGET, costs its own blocks rather than a walk of the whole cache).
     blocks: HashMap<u64, BTreeSet<u64>>,
+    /// Per node fetched since it was last forgotten: the stamp of its last invalidation
+    /// (or of the first fetch after).
     epochs: HashMap<u64, u64>,
+    /// The last stamp handed out.
+    stamp: u64,
     bytes: usize,
     capacity: usize,
     block_size: usize,
@@ -41,6 +47,7 @@ impl PageCache {
             lru: LruCache::unbounded(),
             blocks: Default::default(),
             epochs: Default::default(),
+            stamp: 0,
             bytes: 0,
             capacity: capacity_bytes,
             block_size,
@@ -72,14 +79,16 @@ impl PageCache {
         (self.hits, self.misses)
     }
 
-    /// The file's invalidation epoch, to pass back to [`PageCache::insert`].
-    pub fn epoch(&self, ino: u64) -> u64 {
-        self.epochs.get(&ino).copied().unwrap_or(0)
+    /// The file's invalidation epoch, noted as a fetch starts, to pass back to
+    /// [`PageCache::insert`].
+    pub fn epoch(&mut self, ino: u64) -> u64 {
+        *self.epochs.entry(ino).or_insert(self.stamp)
     }
 
-    /// Caches a block fetched when the file's epoch was `epoch`; a stale one is dropped.
+    /// Caches a block fetched when the file's epoch was `epoch`; a stale one (the file
+    /// invalidated or forgotten since) is dropped.
     pub fn insert(&mut self, ino: u64, block: u64, change: u64, epoch: u64, data: Data) {
-        if self.capacity == 0 || self.epoch(ino) != epoch {
+        if self.capacity == 0 || self.epochs.get(&ino) != Some(&epoch) {
             return;
         }
         self.bytes += data.len();
@@ -114,7 +123,11 @@ impl PageCache {
         if end <= start {
             return;
         }
-        *self.epochs.entry(ino).or_insert(0) += 1;
+        // (A node without an epoch has no fetch on its way.)
+        if let Some(e) = self.epochs.get_mut(&ino) {
+            self.stamp += 1;
+            *e = self.stamp;
+        }
         let bs = self.block_size as u64;
         let (first, last) = (start / bs, (end - 1) / bs);
         let Some(set) = self.blocks.get(&ino) else { return };
@@ -131,6 +144,14 @@ impl PageCache {
     pub fn invalidate(&mut self, ino: u64) {
         self.invalidate_range(ino, 0, u64::MAX);
     }
+
+    /// The kernel forgot `ino`: its blocks and its epoch go (a fetch still on its way
+    /// is not cached, and a later one notes a newer stamp than it had: the invalidation
+    /// took one).
+    pub fn forget(&mut self, ino: u64) {
+        self.invalidate(ino);
+        self.epochs.remove(&ino);
+    }
 }
 
 #[cfg(test)]
@@ -145,6 +166,9 @@ mod tests {
     #[test]
     fn tags_and_lru_bound() {
         let mut c = PageCache::new(300, 100);
+        for ino in [1, 2] {
+            assert_eq!(c.epoch(ino), 0);
+        }
         c.insert(1, 0, 7, 0, data(100));
         assert!(c.get(1, 0, 7).is_some());
         assert!(c.get(1, 0, 8).is_none(), "another change attribute: stale");
@@ -171,11 +195,67 @@ mod tests {
         c.invalidate_range(1, 0, 10); // a write lands while the READ is on its way
         c.insert(1, 0, 7, started, data(100));
         assert!(c.get(1, 0, 7).is_none());
-        c.insert(1, 0, 7, c.epoch(1), data(100));
+        let now = c.epoch(1);
+        c.insert(1, 0, 7, now, data(100));
         assert!(c.get(1, 0, 7).is_some());
     }
 
+    /// What a fetch of a node's block does when the node was invalidated or forgotten
+    /// while it was on its way.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Start(u64),
+        Finish(usize),
+        Invalidate(u64),
+        Forget(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4u64).prop_map(Op::Start),
+            (0..8usize).prop_map(Op::Finish),
+            (0..4u64).prop_map(Op::Invalidate),
+            (0..4u64).prop_map(Op::Forget),
+        ]
+    }
+
     proptest! {
+        /// A fetch is cached exactly when its node was neither invalidated nor forgotten
+        /// since it started, and once every node is forgotten no epoch is kept.
+        #[test]
+        fn a_fetch_is_cached_only_if_nothing_dropped_its_node_meanwhile(ops in proptest::collection::vec(op(), 0..200)) {
+            let mut c = PageCache::new(1 << 20, 100);
+            // Fetches on their way: node, noted epoch, whether still valid (the model).
+            let mut pending: Vec<(u64, u64, bool)> = Vec::new();
+            let mut block = 0u64;
+            for o in ops {
+                match o {
+                    Op::Start(ino) => pending.push((ino, c.epoch(ino), true)),
+                    Op::Finish(i) if i < pending.len() => {
+                        let (ino, e, valid) = pending.remove(i);
+                        block += 1;
+                        c.insert(ino, block, 0, e, data(10));
+                        prop_assert_eq!(c.get(ino, block, 0).is_some(), valid);
+                    }
+                    Op::Finish(_) => {}
+                    Op::Invalidate(ino) | Op::Forget(ino) => {
+                        if matches!(o, Op::Forget(_)) {
+                            c.forget(ino);
+                        } else {
+                            c.invalidate(ino);
+                        }
+                        for p in pending.iter_mut().filter(|p| p.0 == ino) {
+                            p.2 = false;
+                        }
+                    }
+                }
+            }
+            for ino in 0..4 {
+                c.forget(ino);
+            }
+            prop_assert!(c.epochs.is_empty());
+        }
+
         #[test]
         fn never_over_capacity_and_bytes_exact(ops in proptest::collection::vec((0..3u64, 0..200u64, 1..120usize, any::<bool>()), 0..300)) {
             let mut c = PageCache::new(1000, 100);
@@ -188,6 +268,10 @@ mod tests {
                 } else {
                     let e = c.epoch(ino);
                     c.insert(ino, block, 0, e, data(len));
+                }
+                for ino in 0..3 {
+                    // (Another thread's fetch may be on its way at any time.)
+                    let _ = c.epoch(ino);
                 }
                 prop_assert!(c.bytes() <= 1000);
                 let sum: usize = c.lru.iter().map(|(_, b)| b.data.len()).sum();

@@ -447,7 +447,7 @@ impl Client {
 
     pub fn forget(&self, ino: u64, n: u64) {
         if self.inodes.lock().unwrap().forget(ino, n) {
-            self.cache.lock().unwrap().invalidate(ino);
+            self.cache.lock().unwrap().forget(ino);
         }
     }
 }
