@@ -783,3 +783,36 @@ fn a_listing_again_is_answered_by_the_kernel_and_follows_every_change() {
     wait_until(Duration::from_secs(10), "the silly name removed", || !silly());
     assert!(same(), "the removed silly name is no longer listed");
 }
+
+/// `git status` or `make` in a folder nobody listed looks each name up: after the second
+/// LOOKUP that reaches the server, the folder's listing is fetched in the background, and
+/// the rest are answered from it, a name it lacks included, while another mount's
+/// changes there still show. Seen to fail (a LOOKUP per name) without the fetch.
+#[test]
+fn lookups_by_name_in_a_folder_nobody_listed_are_answered_from_a_fetched_listing() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let rig = Rig::new("");
+    let b = rig.second_mount("b", "actimeo=3600");
+    subscribed(&b.mountpoint);
+    std::fs::create_dir(rig.export("d")).unwrap();
+    for i in 0..300 {
+        std::fs::write(rig.export(&format!("d/f{i}")), b"x").unwrap();
+    }
+    let lookups = || calls(&b.mountpoint, "LOOKUP");
+    for i in 0..2 {
+        assert!(std::fs::symlink_metadata(b.path(&format!("d/f{i}"))).is_ok());
+    }
+    wait_until(Duration::from_secs(10), "the folder's listing fetched", || calls(&b.mountpoint, "READDIRPLUS") >= 1);
+    let before = lookups();
+    for i in 2..300 {
+        assert!(std::fs::symlink_metadata(b.path(&format!("d/f{i}"))).is_ok());
+    }
+    assert!(!b.path("d/nothing").exists());
+    // (One LOOKUP may still have raced the listing's keeping.)
+    assert!(lookups() <= before + 1, "298 names and an absent one: {} LOOKUPs", lookups() - before);
+    std::fs::write(rig.mnt("d/new"), b"n").unwrap();
+    std::fs::remove_file(rig.mnt("d/f5")).unwrap();
+    wait_until(Duration::from_secs(10), "another mount's create seen", || b.path("d/new").exists());
+    wait_until(Duration::from_secs(10), "another mount's removal seen", || !b.path("d/f5").exists());
+    assert_eq!(names(&b.path("d")), names(&rig.export("d")));
+}

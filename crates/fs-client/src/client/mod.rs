@@ -168,6 +168,9 @@ pub struct Client {
     gate: Arc<tokio::sync::RwLock<()>>,
     /// Recent directory listings, kept while the promise covers them. A leaf lock.
     listings: Mutex<LruCache<u64, Arc<open::Listing>>>,
+    /// Per folder: LOOKUPs that went to the server since its listing was last fetched
+    /// in the background (`u32::MAX`: that fetch failed). See `Client::missed`.
+    misses: Mutex<LruCache<u64, u32>>,
     /// Every name of directories we made, kept through our own changes ([`known`]).
     /// Taken after `inodes` (never the other way).
     known: Mutex<LruCache<u64, known::Known>>,
@@ -212,6 +215,7 @@ impl Client {
             notice_applied: Notify::new(),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             listings: Mutex::new(LruCache::new(NonZeroUsize::new(64).unwrap())),
+            misses: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             known: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             opts,
         })

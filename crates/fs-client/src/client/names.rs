@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 impl Client {
-    pub async fn lookup(&self, c: Caller, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
+    pub async fn lookup(self: &std::sync::Arc<Self>, c: Caller, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
         self.lookups.fetch_add(1, Relaxed);
         let dir = self.fh(parent)?;
         if !self.opts.lookup_cache {
@@ -36,6 +36,9 @@ impl Client {
                     }
                 };
             }
+        }
+        if name != b"." && name != b".." {
+            self.missed(parent, c);
         }
         self.lookup_call(c, parent, &dir, name).await
     }

@@ -371,13 +371,21 @@ impl Client {
             self.serving(dir_ino, fh, offset, &l);
             return Ok(l);
         }
+        let listing = self.fetch_listing(dir_ino, &cred).await?;
+        self.serving(dir_ino, fh, offset, &listing);
+        Ok(listing)
+    }
+
+    /// Fetches a directory's listing whole (READDIRPLUS, as many calls as it takes) and
+    /// keeps it while the promise covers it.
+    pub(super) async fn fetch_listing(&self, dir_ino: u64, cred: &Cred) -> Result<Arc<Listing>, Errno> {
         let dir = self.fh(dir_ino)?;
         let mark = self.mark();
         let mut change: u64;
         let (mut cookie, mut verifier, mut all) = (0u64, 0u64, Vec::new());
         loop {
             let req = Request::ReadDirPlus { dir: dir.clone(), cookie, verifier, count: 256 * 1024 };
-            match self.call(&cred, req).await? {
+            match self.call(cred, req).await? {
                 Response::Dir { verifier: v, entries, eof, attr } => {
                     self.note_attr(&dir, &attr);
                     change = attr.change;
@@ -398,7 +406,43 @@ impl Client {
         if mark.is_some() {
             self.listings.lock().unwrap().put(dir_ino, listing.clone());
         }
-        self.serving(dir_ino, fh, offset, &listing);
         Ok(listing)
     }
+
+    /// A LOOKUP in `dir_ino` went to the server: after the second such in a folder with
+    /// no listing at hand (`git status`, `make` and `stat`s by name in a folder nobody
+    /// listed), its listing is fetched in the background under the promise, and the
+    /// folder's next LOOKUPs are answered from it. Not for a folder over
+    /// [`PREFETCH_MAX_DIR_SIZE`] (its listing would cost more than the lookups it saves),
+    /// nor once a fetch of it failed (no read permission), until forgotten.
+    pub(super) fn missed(self: &Arc<Self>, dir_ino: u64, c: Caller) {
+        if !self.opts.lookup_cache || self.mark().is_none() {
+            return;
+        }
+        let small = self.inodes.lock().unwrap().get(dir_ino).is_some_and(|n| n.attr.size <= PREFETCH_MAX_DIR_SIZE);
+        if !small {
+            return;
+        }
+        {
+            let mut m = self.misses.lock().unwrap();
+            let n = m.get_or_insert_mut(dir_ino, || 0);
+            *n = n.saturating_add(1);
+            if *n != 2 {
+                return; // (the first miss, or a fetch on its way or failed)
+            }
+        }
+        let (this, cred) = (self.clone(), self.cred(c));
+        tokio::spawn(async move {
+            let ok = this.fetch_listing(dir_ino, &cred).await.is_ok();
+            let mut m = this.misses.lock().unwrap();
+            if ok {
+                m.pop(&dir_ino); // a later streak of misses (the listing dropped) fetches again
+            } else if let Some(n) = m.get_mut(&dir_ino) {
+                *n = u32::MAX;
+            }
+        });
+    }
 }
+
+/// The largest folder (by its size attribute) whose listing a streak of LOOKUPs fetches.
+pub(super) const PREFETCH_MAX_DIR_SIZE: u64 = 1 << 20;
