@@ -168,9 +168,8 @@ pub struct Client {
     gate: Arc<tokio::sync::RwLock<()>>,
     /// Recent directory listings, kept while the promise covers them. A leaf lock.
     listings: Mutex<LruCache<u64, Arc<open::Listing>>>,
-    /// Per folder: LOOKUPs that went to the server since its listing was last fetched
-    /// in the background (`u32::MAX`: that fetch failed). See `Client::missed`.
-    misses: Mutex<LruCache<u64, u32>>,
+    /// Per folder: LOOKUPs that found their names at the server (see `Client::missed`).
+    misses: Mutex<LruCache<u64, open::Misses>>,
     /// Every name of directories we made, kept through our own changes ([`known`]).
     /// Taken after `inodes` (never the other way).
     known: Mutex<LruCache<u64, known::Known>>,

@@ -37,10 +37,11 @@ impl Client {
                 };
             }
         }
-        if name != b"." && name != b".." {
+        let found = self.lookup_call(c, parent, &dir, name).await;
+        if found.is_ok() && name != b"." && name != b".." {
             self.missed(parent, c);
         }
-        self.lookup_call(c, parent, &dir, name).await
+        found
     }
 
     async fn lookup_call(&self, c: Caller, parent: u64, dir: &FileHandle, name: &[u8]) -> Result<Entry, Errno> {

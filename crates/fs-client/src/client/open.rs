@@ -409,12 +409,15 @@ impl Client {
         Ok(listing)
     }
 
-    /// A LOOKUP in `dir_ino` went to the server: after the second such in a folder with
-    /// no listing at hand (`git status`, `make` and `stat`s by name in a folder nobody
-    /// listed), its listing is fetched in the background under the promise, and the
-    /// folder's next LOOKUPs are answered from it. Not for a folder over
+    /// A LOOKUP in `dir_ino` went to the server and found the name: after the second
+    /// such in a folder with no listing at hand (`git status`, `make` and `stat`s by name
+    /// in a folder nobody listed), its listing is fetched in the background under the
+    /// promise, and the folder's next LOOKUPs are answered from it. Names not found do
+    /// not count (the LOOKUP before each create: our creates drop the listing, and
+    /// fetching it again every other file would cost the square of the folder). After
+    /// each fetch it takes twice the finds for the next. Not for a folder over
     /// [`PREFETCH_MAX_DIR_SIZE`] (its listing would cost more than the lookups it saves),
-    /// nor once a fetch of it failed (no read permission), until forgotten.
+    /// nor once a fetch of it failed (no read permission), while remembered.
     pub(super) fn missed(self: &Arc<Self>, dir_ino: u64, c: Caller) {
         if !self.opts.lookup_cache || self.mark().is_none() {
             return;
@@ -425,23 +428,30 @@ impl Client {
         }
         {
             let mut m = self.misses.lock().unwrap();
-            let n = m.get_or_insert_mut(dir_ino, || 0);
-            *n = n.saturating_add(1);
-            if *n != 2 {
-                return; // (the first miss, or a fetch on its way or failed)
+            let s = m.get_or_insert_mut(dir_ino, || Misses { found: 0, fetch_at: 2 });
+            s.found = s.found.saturating_add(1);
+            if s.found != s.fetch_at {
+                return; // (too few yet, or a fetch on its way, or failed)
             }
         }
         let (this, cred) = (self.clone(), self.cred(c));
         tokio::spawn(async move {
             let ok = this.fetch_listing(dir_ino, &cred).await.is_ok();
-            let mut m = this.misses.lock().unwrap();
-            if ok {
-                m.pop(&dir_ino); // a later streak of misses (the listing dropped) fetches again
-            } else if let Some(n) = m.get_mut(&dir_ino) {
-                *n = u32::MAX;
+            if let Some(s) = this.misses.lock().unwrap().get_mut(&dir_ino) {
+                *s = match ok {
+                    true => Misses { found: 0, fetch_at: s.fetch_at.saturating_mul(2) },
+                    false => Misses { found: 0, fetch_at: u32::MAX },
+                };
             }
         });
     }
+}
+
+/// LOOKUPs of a folder that found their names at the server since its listing was last
+/// fetched in the background, and how many fetch it next (see `Client::missed`).
+pub(super) struct Misses {
+    found: u32,
+    fetch_at: u32,
 }
 
 /// The largest folder (by its size attribute) whose listing a streak of LOOKUPs fetches.
