@@ -785,9 +785,9 @@ fn a_listing_again_is_answered_by_the_kernel_and_follows_every_change() {
 }
 
 /// `git status` or `make` in a folder nobody listed looks each name up: after the second
-/// LOOKUP that reaches the server, the folder's listing is fetched in the background, and
-/// the rest are answered from it, a name it lacks included, while another mount's
-/// changes there still show. Seen to fail (a LOOKUP per name) without the fetch.
+/// LOOKUP that finds its name at the server, the folder's listing is fetched in the
+/// background, and the rest are answered from it, a name it lacks included, while
+/// another mount's changes there still show. Seen to fail without the fetch.
 #[test]
 fn lookups_by_name_in_a_folder_nobody_listed_are_answered_from_a_fetched_listing() {
     let _w = Watchdog::new(Duration::from_secs(120));
