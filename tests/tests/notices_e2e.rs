@@ -35,6 +35,14 @@ fn names(d: &Path) -> Vec<String> {
     v
 }
 
+/// Files `d/f0` .. `d/f{n-1}` of one byte each, made beside the server (no notice of
+/// theirs drops what a mount holds of the folder).
+fn files_beside_the_server(rig: &Rig, n: usize) {
+    for i in 0..n {
+        std::fs::write(rig.export(&format!("d/f{i}")), b"x").unwrap();
+    }
+}
+
 /// Another mount's write and close shows in a mount that caches attributes for an hour
 /// (`actimeo=3600`) within moments, and so do a new name, a removal and a rename (the
 /// kernel's cached names dropped); the same mount without notices (`nonotify`) still
@@ -487,9 +495,7 @@ fn lookups_answered_from_a_listing_follow_another_mounts_changes() {
     std::fs::create_dir(rig.mnt("d")).unwrap();
     // Made beside the server, so that no notice of theirs (the background COMMITs of 300
     // writes through a mount, late under load) drops the listing below.
-    for i in 0..300 {
-        std::fs::write(rig.export(&format!("d/f{i}")), b"x").unwrap();
-    }
+    files_beside_the_server(&rig, 300);
     let lookups = || calls(&b.mountpoint, "LOOKUP");
     let listed = std::fs::read_dir(b.path("d")).unwrap().count();
     assert_eq!(listed, 300);
@@ -532,9 +538,7 @@ fn removals_here_keep_the_listing_and_it_follows_them() {
     let b = rig.second_mount("b", "actimeo=3600,rdirplus=auto");
     subscribed(&b.mountpoint);
     std::fs::create_dir(rig.mnt("d")).unwrap();
-    for i in 0..200 {
-        std::fs::write(rig.export(&format!("d/f{i}")), b"x").unwrap();
-    }
+    files_beside_the_server(&rig, 200);
     std::fs::write(rig.export("d/a"), b"linked").unwrap();
     std::fs::hard_link(rig.export("d/a"), rig.export("d/a2")).unwrap();
     std::fs::create_dir(rig.export("d/sub")).unwrap();
@@ -750,9 +754,7 @@ fn a_listing_again_is_answered_by_the_kernel_and_follows_every_change() {
         subscribed(m);
     }
     std::fs::create_dir(rig.export("d")).unwrap();
-    for i in 0..500 {
-        std::fs::write(rig.export(&format!("d/f{i}")), b"x").unwrap();
-    }
+    files_beside_the_server(&rig, 500);
     let same = || names(&rig.mnt("d")) == names(&rig.export("d"));
     assert!(same());
     let first = listing_pages(a);
@@ -795,9 +797,7 @@ fn lookups_by_name_in_a_folder_nobody_listed_are_answered_from_a_fetched_listing
     let b = rig.second_mount("b", "actimeo=3600");
     subscribed(&b.mountpoint);
     std::fs::create_dir(rig.export("d")).unwrap();
-    for i in 0..300 {
-        std::fs::write(rig.export(&format!("d/f{i}")), b"x").unwrap();
-    }
+    files_beside_the_server(&rig, 300);
     let lookups = || calls(&b.mountpoint, "LOOKUP");
     for i in 0..2 {
         assert!(std::fs::symlink_metadata(b.path(&format!("d/f{i}"))).is_ok());

@@ -5,10 +5,11 @@
 use super::{unexpected, Caller, Client, Entry};
 use fs_proto::*;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Instant;
 
 impl Client {
-    pub async fn lookup(self: &std::sync::Arc<Self>, c: Caller, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
+    pub async fn lookup(self: &Arc<Self>, c: Caller, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
         self.lookups.fetch_add(1, Relaxed);
         let dir = self.fh(parent)?;
         if !self.opts.lookup_cache {

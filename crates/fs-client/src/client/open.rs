@@ -428,20 +428,18 @@ impl Client {
         }
         {
             let mut m = self.misses.lock().unwrap();
-            let s = m.get_or_insert_mut(dir_ino, || Misses { found: 0, fetch_at: 2 });
+            let s = m.get_or_insert_mut(dir_ino, || Misses { found: 0, fetch_at: Some(2) });
             s.found = s.found.saturating_add(1);
-            if s.found != s.fetch_at {
-                return; // (too few yet, or a fetch on its way, or failed)
+            if Some(s.found) != s.fetch_at {
+                return; // (too few yet, or a fetch on its way, or one failed)
             }
         }
         let (this, cred) = (self.clone(), self.cred(c));
         tokio::spawn(async move {
             let ok = this.fetch_listing(dir_ino, &cred).await.is_ok();
             if let Some(s) = this.misses.lock().unwrap().get_mut(&dir_ino) {
-                *s = match ok {
-                    true => Misses { found: 0, fetch_at: s.fetch_at.saturating_mul(2) },
-                    false => Misses { found: 0, fetch_at: u32::MAX },
-                };
+                s.found = 0;
+                s.fetch_at = s.fetch_at.filter(|_| ok).and_then(|n| n.checked_mul(2));
             }
         });
     }
@@ -451,7 +449,8 @@ impl Client {
 /// fetched in the background, and how many fetch it next (see `Client::missed`).
 pub(super) struct Misses {
     found: u32,
-    fetch_at: u32,
+    /// None: never again (a fetch failed).
+    fetch_at: Option<u32>,
 }
 
 /// The largest folder (by its size attribute) whose listing a streak of LOOKUPs fetches.
