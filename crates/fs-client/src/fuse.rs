@@ -255,7 +255,13 @@ impl Filesystem for Fs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (c, cl, name) = (caller(req), self.client.clone(), bytes(name));
-        self.run(reply, async move { cl.lookup(c, parent.0, &name).await }, reply_entry);
+        // (The gate is held until the kernel has the answer, an error included.)
+        let (res, gate) = self.rt.block_on(async move { cl.lookup_in_order(c, parent.0, &name).await });
+        match res {
+            Ok(e) => reply_entry(reply, e),
+            Err(e) => reply.fail(e),
+        }
+        drop(gate);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -539,7 +545,7 @@ impl Filesystem for Fs {
         // Answered from this thread when the listing is at hand (no hand-off).
         let _rt = self.rt.enter();
         crate::client::now_or_spawn(async move {
-            let listing = match cl.readdir(ino.0, OpenNo(fh.0), offset).await {
+            let (listing, gate) = match cl.readdir_in_order(ino.0, OpenNo(fh.0), offset).await {
                 Ok(l) => l,
                 Err(e) => return reply.fail(e),
             };
@@ -550,6 +556,7 @@ impl Filesystem for Fs {
                 }
             }
             reply.ok();
+            drop(gate);
         });
     }
 
@@ -557,7 +564,7 @@ impl Filesystem for Fs {
         let (c, cl) = (caller(req), self.client.clone());
         let _rt = self.rt.enter();
         crate::client::now_or_spawn(async move {
-            let listing = match cl.readdir(ino.0, OpenNo(fh.0), offset).await {
+            let (listing, gate) = match cl.readdir_in_order(ino.0, OpenNo(fh.0), offset).await {
                 Ok(l) => l,
                 Err(e) => return reply.fail(e),
             };
@@ -566,7 +573,7 @@ impl Filesystem for Fs {
                 Err(e) => return reply.fail(e),
             };
             // Held until the kernel has the whole answer (see `client::Gate`).
-            let mut gates = Vec::new();
+            let mut gates = vec![gate];
             let mut rest = listing.from(offset as usize);
             // Remembered a chunk at a time (the page's size is the kernel's to know; what
             // did not fit is forgotten again).

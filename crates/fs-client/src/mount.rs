@@ -244,6 +244,13 @@ pub fn mount(addr: &str, mountpoint: &Path, opts: &str) -> anyhow::Result<()> {
         Err(e) => bail!("cannot mount at {}: {e}", mp.display()),
     };
     let _ = notifier.set(session.notifier());
+    // For the notifications fuser has no call for (see `client::order`).
+    match std::os::fd::AsFd::as_fd(&session).try_clone_to_owned() {
+        Ok(fd) => client.set_device(fd),
+        Err(e) => {
+            tracing::warn!("no second descriptor of /dev/fuse ({e}): names may be seen out of order for a moment")
+        }
+    }
     if opts.notify {
         crate::notifier::start(client.clone(), rt.handle().clone(), notifier);
     }

@@ -153,6 +153,8 @@ struct Inner {
     /// Which of `cfg.addrs` the connection goes to (or last went to).
     current: std::sync::atomic::AtomicUsize,
     pushes: Mutex<Option<std::sync::mpsc::Sender<Push>>>,
+    /// Pushed replies handed to the follower so far (see [`Rpc::pushes_received`]).
+    pushes_received: AtomicU64,
     cfg: RpcConfig,
     client: u64,
     next_xid: AtomicU64,
@@ -246,6 +248,7 @@ impl Rpc {
         let inner = Arc::new(Inner {
             current: current.into(),
             pushes: Mutex::new(None),
+            pushes_received: AtomicU64::new(0),
             cfg,
             client,
             next_xid: AtomicU64::new(1),
@@ -264,6 +267,13 @@ impl Rpc {
     /// Where pushed replies (xid 0) and news of new connections go from now on.
     pub fn set_pushes(&self, tx: std::sync::mpsc::Sender<Push>) {
         *self.inner.pushes.lock().unwrap() = Some(tx);
+    }
+
+    /// How many pushed replies (notices) were handed to the follower: a reply read after
+    /// them may reflect any change they tell of, so an answer built from it waits until
+    /// the follower has applied that many ([`crate::client::Client::caught_up`]).
+    pub fn pushes_received(&self) -> u64 {
+        self.inner.pushes_received.load(Ordering::SeqCst)
     }
 
     /// Closes the current connection; the connection thread reconnects and resends.
@@ -464,7 +474,10 @@ impl Inner {
 
 fn push(inner: &Inner, p: Push) {
     if let Some(tx) = inner.pushes.lock().unwrap().as_ref() {
-        let _ = tx.send(p);
+        let counted = matches!(p, Push::Reply(_));
+        if tx.send(p).is_ok() && counted {
+            inner.pushes_received.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -276,6 +276,12 @@ impl Request {
         )
     }
 
+    /// Readings of names (LOOKUP, READDIR, READDIRPLUS): a server that pushes change
+    /// notices answers them only after the notice of every change they may show.
+    pub fn reads_names(&self) -> bool {
+        matches!(self, Request::Lookup { .. } | Request::ReadDir { .. } | Request::ReadDirPlus { .. })
+    }
+
     /// Operations that change the export; a read-only server refuses them with `EROFS`.
     pub fn is_mutation(&self) -> bool {
         !self.is_idempotent() || matches!(self, Request::Write { .. } | Request::Commit { .. })

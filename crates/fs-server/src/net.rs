@@ -20,6 +20,7 @@
 //! ([`crate::notices::Hub`]), under the same lock as replies. When the hub drops a
 //! subscriber that fell behind, the pusher closes the connection.
 
+use crate::notices::{Queue, WeakQueue};
 use crate::server::Server;
 use fs_proto::{decode, encode_reply, frame_len, Addr, Call, Errno, FileHandle, Reply, Request};
 use std::io::{self, Read, Write};
@@ -349,17 +350,33 @@ impl Writes {
 /// The write side of a connection, shared by whoever finishes a call.
 struct Replies<W> {
     w: std::sync::Mutex<W>,
+    /// The connection's pushes, once it subscribed (not kept open by this: see [`Queue`]).
+    pushes: std::sync::OnceLock<WeakQueue>,
 }
 
 impl<W: Write> Replies<W> {
     fn send(&self, reply: Reply) {
+        self.send_after_pushes(reply, false)
+    }
+
+    /// With `ordered` (a reading of names), the reply goes behind the notices pushed
+    /// before it (the server's barrier made sure those include every change it may
+    /// show): a mount never learns of a change from a reply before its notice.
+    fn send_after_pushes(&self, reply: Reply, ordered: bool) {
         let xid = reply.xid;
         match encode_reply(reply) {
-            Ok(f) => {
-                let mut w = crate::lock(&self.w);
-                // A failed write means the client is gone; its reader sees that too.
-                let _ = w.write_all(&f.head).and_then(|_| w.write_all(&f.tail));
-            }
+            Ok(f) => match self.pushes.get().and_then(WeakQueue::upgrade).filter(|q| ordered && !q.drained()) {
+                Some(q) => {
+                    let mut frame = f.head;
+                    frame.extend_from_slice(&f.tail);
+                    q.send(Arc::new(frame));
+                }
+                None => {
+                    let mut w = crate::lock(&self.w);
+                    // A failed write means the client is gone; its reader sees that too.
+                    let _ = w.write_all(&f.head).and_then(|_| w.write_all(&f.tail));
+                }
+            },
             Err(e) => tracing::error!(xid, "reply not sent: {e}"),
         }
     }
@@ -372,20 +389,20 @@ impl<W: Write> Replies<W> {
 
 /// Writes a subscriber's queue to its connection until the queue closes (the connection
 /// ended, or the hub dropped the subscriber: then the connection is closed too).
-fn pusher<W: Write + Send + 'static>(
-    replies: Arc<Replies<W>>,
-    close: Close,
-) -> io::Result<std::sync::mpsc::SyncSender<crate::notices::Frame>> {
+fn pusher<W: Write + Send + 'static>(replies: Arc<Replies<W>>, close: Close) -> io::Result<Queue> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<crate::notices::Frame>(crate::notices::QUEUE);
+    let queue = Queue::from(tx);
+    let written = queue.written();
     std::thread::Builder::new().name("fs-push".into()).spawn(move || {
         for frame in rx {
             if !replies.send_frame(&frame) {
                 break;
             }
+            written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         close();
     })?;
-    Ok(tx)
+    Ok(queue)
 }
 
 fn answer(server: &Server, call: Call) -> Option<Reply> {
@@ -441,7 +458,7 @@ fn connection(
     let mut subscribed = false;
     let mut following = false;
     server.metrics.connections.inc();
-    let replies = Arc::new(Replies { w: std::sync::Mutex::new(write_half) });
+    let replies = Arc::new(Replies { w: std::sync::Mutex::new(write_half), pushes: std::sync::OnceLock::new() });
     let inflight = Arc::new(InFlight { n: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() });
     let writes = Arc::new(Writes::default());
     let mut warned = false;
@@ -486,8 +503,8 @@ fn connection(
                     continue;
                 }
                 match pusher(replies.clone(), close.clone()) {
-                    Ok(tx) => {
-                        server.follow_start(conn, peer.clone(), call.xid, tx);
+                    Ok(q) => {
+                        server.follow_start(conn, peer.clone(), call.xid, q.sender());
                         following = true;
                     }
                     Err(e) => {
@@ -513,8 +530,9 @@ fn connection(
                 continue;
             }
             match pusher(replies.clone(), close.clone()) {
-                Ok(tx) => {
-                    server.notices.subscribe(conn, call.client, call.xid, after, tx);
+                Ok(q) => {
+                    let _ = replies.pushes.set(q.downgrade());
+                    server.notices.subscribe(conn, call.client, call.xid, after, q);
                     subscribed = true;
                 }
                 Err(e) => {
@@ -524,10 +542,11 @@ fn connection(
             }
             continue;
         }
+        let ordered = call.req.reads_names();
         let others = inflight.acquire();
         if others == 0 && (!is_data(&call.req) || is_lone_read(&call.req)) {
             if let Some(reply) = answer(&server, call) {
-                replies.send(reply);
+                replies.send_after_pushes(reply, ordered);
             }
             inflight.release();
             continue;
@@ -547,7 +566,7 @@ fn connection(
         let (server, replies, inflight, w) = (server.clone(), replies.clone(), inflight.clone(), writes.clone());
         let run: Box<dyn FnOnce() + Send> = Box::new(move || {
             if let Some(reply) = answer(&server, call) {
-                replies.send(reply);
+                replies.send_after_pushes(reply, ordered);
             }
             if let Some(fh) = &write {
                 w.end(fh);

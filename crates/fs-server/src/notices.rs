@@ -20,8 +20,9 @@
 
 use fs_proto::{encode_frame, Change, Notice, Reply, Request, Response};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// The counter and the history buffer. Pure: no I/O.
@@ -84,6 +85,75 @@ impl Sequencer {
 /// One frame ready to write.
 pub type Frame = Arc<Vec<u8>>;
 
+/// A connection's queue of frames (pushes) that a thread of its own writes in order, and
+/// how many were sent into it and written: a reply that must not overtake a notice
+/// already pushed goes into the queue while some are unwritten (see `net`). The
+/// subscriber's entry in the [`Hub`] holds the only strong reference: when the hub drops
+/// a subscriber, its queue closes, and so does its connection.
+#[derive(Clone)]
+pub struct Queue {
+    tx: Arc<SyncSender<Frame>>,
+    sent: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+/// A [`Queue`] that does not keep it open.
+pub struct WeakQueue {
+    tx: std::sync::Weak<SyncSender<Frame>>,
+    sent: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+impl From<SyncSender<Frame>> for Queue {
+    fn from(tx: SyncSender<Frame>) -> Queue {
+        Queue { tx: Arc::new(tx), sent: Arc::default(), written: Arc::default() }
+    }
+}
+
+impl Queue {
+    /// Queues `f` unless the queue is full or closed.
+    pub fn try_send(&self, f: Frame) -> Result<(), TrySendError<Frame>> {
+        // Counted before it is in: a reader of the counts never sees it written early.
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        let r = self.tx.try_send(f);
+        if r.is_err() {
+            self.sent.fetch_sub(1, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Queues `f`, waiting for room; false when the queue is closed.
+    pub fn send(&self, f: Frame) -> bool {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        self.tx.send(f).is_ok()
+    }
+
+    /// Whether every frame sent so far was written.
+    pub fn drained(&self) -> bool {
+        self.written.load(Ordering::SeqCst) >= self.sent.load(Ordering::SeqCst)
+    }
+
+    /// The count the writer adds to after each frame.
+    pub fn written(&self) -> Arc<AtomicU64> {
+        self.written.clone()
+    }
+
+    pub fn downgrade(&self) -> WeakQueue {
+        WeakQueue { tx: Arc::downgrade(&self.tx), sent: self.sent.clone(), written: self.written.clone() }
+    }
+
+    /// The bare sender (the standbys' frames, which no reply needs to follow).
+    pub fn sender(&self) -> SyncSender<Frame> {
+        (*self.tx).clone()
+    }
+}
+
+impl WeakQueue {
+    pub fn upgrade(&self) -> Option<Queue> {
+        Some(Queue { tx: self.tx.upgrade()?, sent: self.sent.clone(), written: self.written.clone() })
+    }
+}
+
 /// Queued pushes per subscriber before it is dropped as too slow.
 pub const QUEUE: usize = 8192;
 
@@ -104,6 +174,11 @@ pub struct Awaited {
 /// The sequencer and its subscribers, shared by every connection.
 pub struct Hub {
     inner: Mutex<HubInner>,
+    /// Held shared by every change of names from before it is made until its notice is
+    /// pushed; a reading of names takes it alone for a moment after it read ([`Hub::
+    /// barrier`]), so its reply, sent after the pushes ([`Queue`]), never reaches a mount
+    /// before the notice of a change it shows.
+    order: RwLock<()>,
     /// Signalled when a subscriber acknowledges notices or leaves.
     acked: Condvar,
     drop_every: Option<u64>,
@@ -111,7 +186,7 @@ pub struct Hub {
 
 /// One subscribed connection.
 struct Sub {
-    tx: SyncSender<Frame>,
+    tx: Queue,
     /// The client (mount) on that connection: its own changes need no acknowledgement.
     client: u64,
     /// The last notice it says it applied (at first, the last one before its catch-up:
@@ -149,7 +224,19 @@ impl Hub {
             }),
             acked: Condvar::new(),
             drop_every: None,
+            order: RwLock::new(()),
         }
+    }
+
+    /// Held while a change of names is made and until its notice is pushed.
+    pub fn changing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.order.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until every change of names under way (whose effect a reading just made may
+    /// show) has pushed its notice.
+    pub fn barrier(&self) {
+        drop(self.order.write().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
     /// Tests only: notices numbered a multiple of `k` are numbered and kept, not pushed.
@@ -161,7 +248,8 @@ impl Hub {
     /// Subscribes connection `conn` of `client`: the answer to its SUBSCRIBE (call `xid`)
     /// goes into its queue first, then every notice after it, with nothing lost in
     /// between.
-    pub fn subscribe(&self, conn: u64, client: u64, xid: u64, after: u64, tx: SyncSender<Frame>) {
+    pub fn subscribe(&self, conn: u64, client: u64, xid: u64, after: u64, tx: impl Into<Queue>) {
+        let tx = tx.into();
         let mut h = crate::lock(&self.inner);
         let next = h.released_next();
         let (mut notices, mut complete) = h.seq.since(after);
@@ -479,6 +567,33 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect()
+    }
+
+    /// A reading of names waits for every change under way ([`Hub::changing`], held from
+    /// before the change until its notice is queued), and its reply goes behind the
+    /// connection's pushes not yet written ([`Queue::drained`]).
+    #[test]
+    fn a_reading_of_names_waits_for_changes_under_way_and_goes_behind_unwritten_pushes() {
+        let hub = Hub::new(1, 10);
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let q = Queue::from(tx);
+        hub.subscribe(1, 100, 7, u64::MAX, q.clone());
+        assert!(!q.drained(), "the subscription's answer is queued, not written");
+        rx.try_recv().unwrap();
+        q.written().fetch_add(1, Ordering::SeqCst);
+        assert!(q.drained());
+        let changing = hub.changing();
+        assert!(hub.order.try_write().is_err(), "a barrier waits while a change is under way");
+        hub.publish(200, ch(1));
+        drop(changing);
+        assert!(hub.order.try_write().is_ok(), "and not after its notice is queued");
+        hub.barrier();
+        assert!(!q.drained(), "the notice is queued, not written: a reply goes behind it");
+        rx.try_recv().unwrap();
+        q.written().fetch_add(1, Ordering::SeqCst);
+        assert!(q.drained());
+        hub.publish(100, ch(2));
+        assert!(q.drained(), "the subscriber's own notice waits for its next frame");
     }
 
     #[test]

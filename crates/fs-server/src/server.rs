@@ -177,9 +177,15 @@ impl Server {
                 &req,
                 Request::Commit { .. } | Request::Write { stable: Stable::DataSync | Stable::FileSync, .. }
             );
+            let reads_names = req.reads_names();
             let res = self.dispatch_tracked(client, &cred, req);
+            if reads_names {
+                // Its reply goes after the notice of any change of names it may show.
+                self.notices.barrier();
+            }
             if let (Some(shape), Ok(r)) = (&shape, &res) {
-                self.announce(client, crate::notices::changes(shape, r, Vec::new()), None, durable);
+                let awaited = self.announce(client, crate::notices::changes(shape, r, Vec::new()), None, durable);
+                self.await_mounts(client, awaited);
             }
             return Some(Reply { xid, res });
         }
@@ -208,6 +214,8 @@ impl Server {
             }
         }
         drop(drc);
+        // From before the change until its notice is pushed (see `Hub::barrier`).
+        let changing = self.notices.changing();
         let relinked = self.relinked_by(&req);
         // The call is finished in the cache however it ends: a panic left it "in
         // progress" for good, and every retransmission went unanswered.
@@ -235,7 +243,9 @@ impl Server {
         self.drc_done.notify_all();
         // Before the client sees it: a retransmission to a standby that took over gets
         // this same reply, and the standby has the notice.
-        self.announce(client, changes, call, true);
+        let awaited = self.announce(client, changes, call, true);
+        drop(changing);
+        self.await_mounts(client, awaited);
         Some(reply)
     }
 
@@ -250,7 +260,16 @@ impl Server {
     /// lock of that directory, which the kernel holds while that mount's own change in
     /// the directory waits for its reply, so two mounts changing one directory would
     /// wait for each other.
-    fn announce(&self, client: u64, changes: Vec<Change>, call: Option<fs_proto::ReplicaCall>, wait: bool) {
+    /// Returns the notice's number and the files whose holders [`Server::await_mounts`]
+    /// must then wait for (outside [`crate::notices::Hub::changing`]: the mounts'
+    /// acknowledgements come in on reader threads that a barrier may hold).
+    fn announce(
+        &self,
+        client: u64,
+        changes: Vec<Change>,
+        call: Option<fs_proto::ReplicaCall>,
+        wait: bool,
+    ) -> Option<(u64, Vec<fs_proto::FileHandle>)> {
         let await_mounts = fs_proto::Notice::of_objects_alone(&changes);
         let objects: Vec<fs_proto::FileHandle> = match await_mounts {
             true => changes
@@ -279,7 +298,13 @@ impl Server {
             // Pushed when the standbys acknowledge it (`follow_ack`).
             Some(_) => {}
         }
-        if let (Some(n), true) = (n, await_mounts) {
+        n.filter(|_| await_mounts).map(|n| (n, objects))
+    }
+
+    /// The second half of [`Server::announce`]: waits for the mounts that may hold the
+    /// changed files to apply the notice.
+    fn await_mounts(&self, client: u64, awaited: Option<(u64, Vec<fs_proto::FileHandle>)>) {
+        if let Some((n, objects)) = awaited {
             let holders = &self.holders;
             let fhs: Vec<&fs_proto::FileHandle> = objects.iter().collect();
             let a = self.notices.await_applied(n, client, crate::notices::APPLY_WAIT, |other| {

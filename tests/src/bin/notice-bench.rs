@@ -61,6 +61,8 @@ fn main() {
     println!();
     tree_rows(&rig);
     println!();
+    order_rows(&rig);
+    println!();
     writer_cost();
     println!();
     // A server of its own, whose first mount does not subscribe.
@@ -178,6 +180,63 @@ fn tree_rows(rig: &Rig) {
         rates.1,
         rates.0 / rates.1
     );
+}
+
+/// Names in the server's order: `lstat`s of eight names through a mount that keeps names
+/// (the default: in order, by epochs) and through one that keeps none (`lookupcache=none`,
+/// the server's answer each time), with the folder quiet and while another mount renames
+/// each name away and back as fast as it can; and that mount's renames per second.
+fn order_rows(rig: &Rig) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    std::fs::create_dir(rig.mnt("order")).unwrap();
+    for i in 0..8 {
+        std::fs::write(rig.mnt(&format!("order/k{i}")), b"k").unwrap();
+    }
+    let kept = rig.second_mount("ord", "actimeo=3600");
+    let none = rig.second_mount("ordn", "actimeo=3600,lookupcache=none");
+    let secs = Duration::from_secs(2);
+    let probe = |m: &tests::MountProc| {
+        let names: Vec<std::path::PathBuf> = (0..8).map(|i| m.path(&format!("order/k{i}"))).collect();
+        let mut i = 0;
+        move || {
+            let _ = std::fs::symlink_metadata(&names[i % 8]);
+            i += 1;
+        }
+    };
+    let quiet = (rate(secs, probe(&kept)), rate(secs, probe(&none)));
+    let epochs_before = tests::metric(&mount_status(&kept.mountpoint), "kernel name epochs");
+    let storm = |m: &tests::MountProc| {
+        let (stop, renames) = (AtomicBool::new(false), AtomicU64::new(0));
+        let seen = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Relaxed) {
+                    for i in 0..8 {
+                        let (k, t) = (rig.mnt(&format!("order/k{i}")), rig.mnt(&format!("order/t{i}")));
+                        std::fs::rename(&k, &t).unwrap();
+                        std::fs::rename(&t, &k).unwrap();
+                        renames.fetch_add(2, Relaxed);
+                    }
+                }
+            });
+            let r = rate(secs, probe(m));
+            stop.store(true, Relaxed);
+            r
+        });
+        (seen, renames.load(Relaxed) as f64 / secs.as_secs_f64())
+    };
+    let (kept_storm, kept_renames) = storm(&kept);
+    let epochs = tests::metric(&mount_status(&kept.mountpoint), "kernel name epochs") - epochs_before;
+    let (none_storm, none_renames) = storm(&none);
+    println!("| names another mount renames, per second | names kept, in order (default) | `lookupcache=none` | ratio |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| `lstat`, folder quiet | {:.0} | {:.0} | {:.1}x |", quiet.0, quiet.1, quiet.0 / quiet.1);
+    println!("| `lstat`, during a rename storm | {kept_storm:.0} | {none_storm:.0} | {:.1}x |", kept_storm / none_storm);
+    println!(
+        "| renames meanwhile by the other mount | {kept_renames:.0} | {none_renames:.0} | {:.2}x |",
+        kept_renames / none_renames
+    );
+    println!();
+    println!("(kernel name epochs begun by the default mount during its storm: {epochs:.0})");
 }
 
 /// SETATTRs per second from four clients, with no mount subscribed and with eight: each

@@ -40,6 +40,7 @@ mod known;
 mod names;
 mod notify;
 mod open;
+mod order;
 mod read;
 mod silly;
 mod write;
@@ -166,6 +167,8 @@ pub struct Client {
     notice: Mutex<notify::NoticeView>,
     notice_applied: Notify,
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Answers about names in the server's order ([`order`]).
+    order: order::Order,
     /// Recent directory listings, kept while the promise covers them. A leaf lock.
     listings: Mutex<LruCache<u64, Arc<open::Listing>>>,
     /// Per folder: LOOKUPs that found their names at the server (see `Client::missed`).
@@ -213,6 +216,7 @@ impl Client {
             notice: Mutex::new(Default::default()),
             notice_applied: Notify::new(),
             gate: Arc::new(tokio::sync::RwLock::new(())),
+            order: Default::default(),
             listings: Mutex::new(LruCache::new(NonZeroUsize::new(64).unwrap())),
             misses: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
             known: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap())),
@@ -348,6 +352,7 @@ impl Client {
         }
         s += &format!("server time {}\n", seconds(view));
         s += &self.notice_status();
+        s += &self.order_status();
         s += &self.rpc.stats().render();
         let (cached, (hits, misses)) = {
             let c = self.cache.lock().unwrap();

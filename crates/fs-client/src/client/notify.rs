@@ -46,6 +46,11 @@ impl Mark {
     pub(super) fn own_changes(&self) -> u64 {
         self.own_changes
     }
+
+    /// The last notice applied when it was taken.
+    pub(super) fn applied(&self) -> u64 {
+        self.applied
+    }
 }
 
 /// Whether no notice touched `inos` since `m` was taken.
@@ -207,6 +212,7 @@ impl Client {
         let _gate = self.gate.blocking_write();
         let mut out = Vec::new();
         let mut objects = false;
+        let mut names = Vec::new();
         {
             let now = Instant::now();
             let mut t = self.inodes.lock().unwrap();
@@ -231,6 +237,7 @@ impl Client {
                         node.notice_seq = n.seq;
                         node.promised_until = None;
                         out.push(Inval::Entry(ino, name.clone()));
+                        names.push((ino, name.clone()));
                     }
                 }
             }
@@ -254,6 +261,7 @@ impl Client {
                 self.invalidate(*ino, 0, u64::MAX);
             }
         }
+        self.names_changed(n.seq, &names, !names.is_empty());
         self.notice.lock().unwrap().applied = n.seq;
         self.notice_applied.notify_waiters();
         out
@@ -263,6 +271,7 @@ impl Client {
     pub fn drop_all(&self) -> Vec<Inval> {
         let _gate = self.gate.blocking_write();
         self.notices_lapsed();
+        self.names_all_changed();
         let now = Instant::now();
         let mut out = Vec::new();
         {
@@ -321,33 +330,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::MountOptions;
-    use crate::rpc::{Rpc, RpcConfig};
-    use fs_proto::{decode, encode_frame, Addr, Call, FileHandle, FileKind, Reply, Request, Response};
-    use std::io::{Read, Write};
-
-    /// A server that answers MOUNT and GETATTR for one directory, the root.
-    fn fake_server(path: &std::path::Path) {
-        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
-        std::thread::spawn(move || {
-            let Ok((mut s, _)) = listener.accept() else { return };
-            let attr = crate::testutil::attr(FileKind::Directory, 2, 0);
-            loop {
-                let mut h = [0u8; 4];
-                if s.read_exact(&mut h).is_err() {
-                    return;
-                }
-                let mut b = vec![0u8; u32::from_be_bytes(h) as usize];
-                s.read_exact(&mut b).unwrap();
-                let call: Call = decode(&b).unwrap();
-                let res = match call.req {
-                    Request::Mount { .. } => Response::Mount { root: FileHandle(vec![1]), attr, max_io: 1 << 20 },
-                    _ => Response::Attr(attr),
-                };
-                s.write_all(&encode_frame(&Reply { xid: call.xid, res: Ok(res) }).unwrap()).unwrap();
-            }
-        });
-    }
+    use fs_proto::{FileHandle, FileKind};
 
     /// The promise decision: an answer to a call sent before a notice about its object
     /// was applied is suspect (the kernel must not cache it at all, not even for the
@@ -356,15 +339,7 @@ mod tests {
     /// the notifier holds the gate, an answer is suspect too.
     #[test]
     fn an_answer_that_may_predate_a_notice_is_not_cached() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        fake_server(&path);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let cfg = RpcConfig::hard(vec![Addr::Unix(path)]);
-        let rpc = Rpc::connect(cfg, 7, Duration::from_secs(5)).unwrap();
-        let opts =
-            MountOptions { attr: crate::attrcache::AttrTimeouts::all(Duration::from_secs(60)), ..Default::default() };
-        let c = rt.block_on(Client::new(rpc, opts)).unwrap();
+        let (_dir, _rt, c) = crate::testutil::client(7);
         let attr = crate::testutil::attr(FileKind::Directory, 2, 0);
         let root = crate::inodes::ROOT;
         assert_eq!(c.kernel_ttl(c.mark(), root, &attr), Duration::from_secs(60), "not subscribed: adaptive");
