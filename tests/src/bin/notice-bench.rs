@@ -227,10 +227,15 @@ fn order_rows(rig: &Rig) {
     let (kept_storm, kept_renames) = storm(&kept);
     let epochs = tests::metric(&mount_status(&kept.mountpoint), "kernel name epochs") - epochs_before;
     let (none_storm, none_renames) = storm(&none);
-    println!("| names another mount renames, per second | names kept, in order (default) | `lookupcache=none` | ratio |");
+    println!(
+        "| names another mount renames, per second | names kept, in order (default) | `lookupcache=none` | ratio |"
+    );
     println!("| --- | ---: | ---: | ---: |");
     println!("| `lstat`, folder quiet | {:.0} | {:.0} | {:.1}x |", quiet.0, quiet.1, quiet.0 / quiet.1);
-    println!("| `lstat`, during a rename storm | {kept_storm:.0} | {none_storm:.0} | {:.1}x |", kept_storm / none_storm);
+    println!(
+        "| `lstat`, during a rename storm | {kept_storm:.0} | {none_storm:.0} | {:.1}x |",
+        kept_storm / none_storm
+    );
     println!(
         "| renames meanwhile by the other mount | {kept_renames:.0} | {none_renames:.0} | {:.2}x |",
         kept_renames / none_renames
