@@ -179,6 +179,11 @@ impl Client {
         }
         let mut again = 0;
         loop {
+            if self.mark().is_none() {
+                // Not following notices (yet): no order to keep, and nothing to wait for
+                // (a notifier subscribing again may be waiting on the server).
+                return (self.lookup(c, parent, name).await, None);
+            }
             self.caught_up().await;
             let Some(mark) = self.mark() else {
                 return (self.lookup(c, parent, name).await, None);
@@ -225,7 +230,7 @@ impl Client {
         fh: super::OpenNo,
         offset: u64,
     ) -> Result<(Arc<super::open::Listing>, Gate), Errno> {
-        if offset != 0 || !self.opts.lookup_cache {
+        if offset != 0 || !self.opts.lookup_cache || self.mark().is_none() {
             return Ok((self.readdir(dir, fh, offset).await?, None));
         }
         let mut again = 0;
