@@ -3,8 +3,9 @@
 //! `inval_entry`, which takes the directory's lock and so cannot be waited for by an
 //! answer the kernel is waiting for in that directory). Without more, a process could be
 //! told of a later change (a fresh answer) while the kernel still holds the name an
-//! earlier change removed, and see `b` after its rename to `c`. Every answer about a name
-//! (LOOKUP, and a listing's first page) therefore goes to the kernel only when:
+//! earlier change removed, and see `b` after its rename to `c`. While the mount follows
+//! the notices, every answer about a name (LOOKUP, and a listing's first page) therefore
+//! goes to the kernel only when:
 //!
 //! 1. the notifier has applied every notice pushed before the reply it was built from
 //!    (the server sends a reading of names only after the notices of the changes it may
