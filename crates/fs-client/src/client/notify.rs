@@ -261,7 +261,7 @@ impl Client {
                 self.invalidate(*ino, 0, u64::MAX);
             }
         }
-        self.names_changed(n.seq, &names, !names.is_empty());
+        self.names_changed(n.seq, &names);
         self.notice.lock().unwrap().applied = n.seq;
         self.notice_applied.notify_waiters();
         out

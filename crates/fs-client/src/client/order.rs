@@ -94,9 +94,9 @@ impl Client {
     }
 
     /// Under the gate's write lock, with a notice of another mount applied: the names it
-    /// changed (`(directory node, name)`), which the kernel is still to drop if `kernel`
-    /// ([`Client::names_dropped`] follows then).
-    pub(super) fn names_changed(&self, seq: u64, names: &[(u64, Vec<u8>)], kernel: bool) {
+    /// changed (`(directory node, name)`), which the kernel is still to drop if there are
+    /// any ([`Client::names_dropped`] follows then).
+    pub(super) fn names_changed(&self, seq: u64, names: &[(u64, Vec<u8>)]) {
         let mut r = self.order.recent.lock().unwrap();
         for (dir, name) in names {
             if r.len() == RECENT {
@@ -106,7 +106,7 @@ impl Client {
             }
             r.push_back((seq, *dir, name.clone()));
         }
-        if kernel {
+        if !names.is_empty() {
             self.order.names_due.fetch_add(1, SeqCst);
         }
     }
