@@ -101,7 +101,8 @@ fn peer_expiry(cfg: &BrokerConfig) -> Duration {
 }
 
 fn new_dispatcher(cfg: &BrokerConfig) -> Dispatcher {
-    let mut d = Dispatcher::new(cfg.liveness, cfg.redispatch);
+    // A random start, 2^56 numbers apart at most: see `numbering_from`.
+    let mut d = Dispatcher::new(cfg.liveness, cfg.redispatch).numbering_from(util::random_u64() >> 8);
     d.load_aware = cfg.dispatch == Dispatch::Load;
     d
 }

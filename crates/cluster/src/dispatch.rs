@@ -119,6 +119,15 @@ impl Dispatcher {
         }
     }
 
+    /// Numbers work items from `first` on. A broker starts each life (and each broker of a
+    /// pair) at a random point: a worker still holding an item of another broker (the one
+    /// that died, or this one before it restarted) may return its result here, and under
+    /// the same number it would be taken as another batch's answer.
+    pub fn numbering_from(mut self, first: WorkId) -> Dispatcher {
+        self.next_work = first.max(1);
+        self
+    }
+
     pub fn submit(&mut self, source: u64, seq: u64, item: Item) -> Submitted {
         if let Some(&last) = self.sources.get(&source) {
             if seq <= last {
@@ -454,6 +463,23 @@ mod tests {
 
     fn d() -> Dispatcher {
         Dispatcher::new(Duration::from_secs(3), Duration::from_secs(10))
+    }
+
+    /// Two brokers of a pair number their work apart: a worker's result for an item of
+    /// the broker that died, sent to the one that took over, is not taken as the answer
+    /// to another batch (the spool once wrote a batch's primes under another's number).
+    #[test]
+    fn a_result_for_another_brokers_item_is_not_taken_for_ours() {
+        let t = Instant::now();
+        let (mut old, mut new) = (d().numbering_from(1 << 40), d().numbering_from(2 << 40));
+        for (b, i) in [(&mut old, 0), (&mut new, 1)] {
+            b.submit(1, 1, item(i));
+            b.ready(10, b"w".to_vec(), 1, Load::default(), t);
+        }
+        let (_, held, _) = old.next_credit(t).expect("the old broker gives its item");
+        let (_, ours, _) = new.next_credit(t).expect("the new broker gives its item");
+        assert!(new.result(10, held, t).is_none(), "the old broker's item is not ours");
+        assert_eq!(new.result(10, ours, t).map(|c| c.item.batch), Some(1));
     }
 
     #[test]
